@@ -1,0 +1,216 @@
+"""The `build-training-set` flow: ingest, embed (per shard, on Dask), search (per shard), merge, mine, write, publish.
+
+Tasks pass paths and small metadata only; tables and vectors live in the run workspace. The task runner is chosen at
+call time (`build_training_set.with_options(task_runner=...)`), so the same flow runs on a local cluster or an
+existing Dask scheduler.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import time
+import uuid
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterator
+
+import polars as pl
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from schemas.config import BuildConfig
+from tasks.dataset_card import dataset_card
+from tasks.embed import embed_shard
+from tasks.ingest import ingest
+from tasks.mine import mine, reason_counts
+from tasks.model import EncoderSpec, ModelRef, named_prompt, resolve_model
+from tasks.registry import Registry
+from tasks.search import merge_hits, search_shard
+from tasks.training_set import ids_table, write_training_set
+
+PACKAGES = ("negforge", "prefect", "prefect-dask", "distributed", "polars", "faiss-cpu", "sentence-transformers",
+            "transformers", "torch", "datasets", "numpy", "great-expectations", "pydantic")
+
+ingest_task = task(ingest, name="ingest", cache_policy=NO_CACHE)
+embed_task = task(embed_shard, name="embed shard", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10])
+search_task = task(search_shard, name="search shard", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10])
+merge_task = task(merge_hits, name="merge hits", cache_policy=NO_CACHE)
+
+
+@task(name="mine", cache_policy=NO_CACHE)
+def mine_task(search: dict[str, str], summary: dict[str, Any], config: BuildConfig, range_max: int,
+              out_dir: str) -> dict[str, Any]:
+    """Decide every candidate; write the candidates (with reasons) and the ids table to the workspace."""
+    positives = pl.read_parquet(summary["positives_path"])
+    positive_scores = pl.read_parquet(search["positive_scores"])
+    query_ids = pl.read_parquet(summary["query_shards"], columns=["id"])["id"].to_list()
+    candidates = mine(pl.read_parquet(search["hits"]), positives, positive_scores, query_ids, config.mine, range_max)
+    ids, short = ids_table(candidates, positives, positive_scores, summary["corpus_shards"],
+                           config.output.format, config.mine.num_negatives)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    candidates.write_parquet(out / "candidates.parquet")
+    ids.write_parquet(out / "ids.parquet")
+    return {"ids": str(out / "ids.parquet"), "candidates": str(out / "candidates.parquet"),
+            "reasons": reason_counts(candidates), "short_queries": short,
+            "positive_scores": _stats(positive_scores["score"]),
+            "negative_scores": _stats(candidates.filter(pl.col("reason").is_null())["score"])}
+
+
+def _stats(scores: pl.Series) -> dict[str, float | int]:
+    if scores.is_empty():
+        return {"count": 0}
+    return {"count": scores.len(), "mean": round(float(scores.mean()), 6), "min": round(float(scores.min()), 6),
+            "median": round(float(scores.median()), 6), "max": round(float(scores.max()), 6)}
+
+
+@task(name="write training set", cache_policy=NO_CACHE)
+def write_task(mined: dict[str, Any], summary: dict[str, Any], config: BuildConfig, staging: str) -> dict[str, Any]:
+    """Join texts back and write data/, ids/ and exports into the staging folder."""
+    return write_training_set(pl.read_parquet(mined["ids"]), pl.read_parquet(summary["positives_path"]),
+                              summary["query_shards"], summary["corpus_shards"], config.output,
+                              config.mine.num_negatives, staging)
+
+
+@task(name="publish", cache_policy=NO_CACHE)
+def publish_task(staging: str, config: BuildConfig, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Number the staged version and move it into the registry, unless it equals the newest one."""
+    registry = Registry(config.publish.registry, config.publish.dataset)
+
+    def finish(folder: Path, version: str, parent: str | None, digest: str) -> None:
+        manifest.update(version=version, parent=parent, data_hash=digest)
+        (folder / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=False))
+        (folder / "README.md").write_text(dataset_card(manifest))
+
+    version_dir, published = registry.publish(Path(staging), finish)
+    return {"version_dir": str(version_dir), "published": published, "version": version_dir.name}
+
+
+def _encoder(ref: ModelRef, config: BuildConfig, prompt: str | None, prompt_name: str | None) -> EncoderSpec:
+    text = prompt if prompt is not None else (named_prompt(ref, prompt_name) if prompt_name else "")
+    return EncoderSpec(ref.path, ref.weights_sha256, text, config.embed.max_seq_length, config.embed.batch_size,
+                       config.runtime.device)
+
+
+def _code_version() -> str:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=5).stdout.strip()
+    except OSError:
+        sha = ""
+    return sha or f"negforge {metadata.version('negforge')}"
+
+
+def _package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+@contextmanager
+def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
+    start = time.perf_counter()
+    yield
+    timings[stage] = round(time.perf_counter() - start, 3)
+
+
+def _embed_all(summary: dict[str, Any], specs: dict[str, EncoderSpec], store: str, run_dir: Path) -> dict[str, Any]:
+    """Submit one embed task per shard (queries and corpus) and wait for all of them."""
+    jobs = [(kind, shard) for kind in ("query", "corpus") for shard in summary[f"{kind}_shards"]]
+    futures = []
+    for kind, shard in jobs:
+        shards = summary[f"{kind}_shards"]
+        number = shards.index(shard) + 1
+        vectors = str(run_dir / "vectors" / f"{Path(shard).stem}.npy")
+        futures.append(embed_task.with_options(task_run_name=f"embed {kind} shard {number}/{len(shards)}")
+                       .submit(shard, specs[kind], store, vectors))
+    results = [f.result() for f in futures]
+    by_kind = {kind: [r["vectors"] for (k, _), r in zip(jobs, results) if k == kind] for kind in specs}
+    return {"vectors": by_kind, "texts_embedded": sum(r["embedded"] for r in results),
+            "texts_cached": sum(r["cached"] for r in results)}
+
+
+def _search_all(summary: dict[str, Any], vectors: dict[str, list[str]], config: BuildConfig, depth: int,
+                out_dir: Path) -> dict[str, str]:
+    """Search every corpus shard in parallel, then merge the per-shard top-k exactly."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    corpus = vectors["corpus"]
+    futures = [search_task.with_options(task_run_name=f"search shard {i + 1}/{len(corpus)}")
+               .submit(path, i * config.runtime.shard_size, vectors["query"], summary["positives_path"], depth,
+                       config.search.query_batch_size, str(out_dir))
+               for i, path in enumerate(corpus)]
+    results = [f.result() for f in futures]
+    return merge_task([r["hits"] for r in results], [r["positive_scores"] for r in results], depth, str(out_dir))
+
+
+@flow(name="build-training-set", flow_run_name="build {config.publish.dataset}", validate_parameters=True)
+def build_training_set(config: BuildConfig) -> dict[str, Any]:
+    """Build and publish one version of a training set with mined hard negatives.
+
+    Returns:
+        The version folder, whether it was newly published, and the manifest's counts.
+    """
+    logger = get_run_logger()
+    timings: dict[str, float] = {}
+    started = datetime.now(timezone.utc)
+    run_dir = Path(config.runtime.workdir) / "runs" / f"{started:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
+    store = str(Path(config.runtime.workdir) / "embeddings")
+
+    with _timed(timings, "ingest"):
+        summary = ingest_task(config.input, str(run_dir / "ingest"), config.runtime.shard_size)
+    logger.info("ingested %d documents (%d unique texts), %d queries with positives, %d rows rejected",
+                summary["documents"], summary["unique_texts"], summary["queries_used"], summary["rows_rejected"])
+
+    with _timed(timings, "embed"):
+        ref = resolve_model(config.embed.model)
+        specs = {"query": _encoder(ref, config, config.embed.query_prompt, config.embed.query_prompt_name),
+                 "corpus": _encoder(ref, config, config.embed.corpus_prompt, config.embed.corpus_prompt_name)}
+        embedded = _embed_all(summary, specs, store, run_dir)
+    logger.info("embedded %d texts, %d from the store", embedded["texts_embedded"], embedded["texts_cached"])
+
+    range_max = config.mine.effective_range_max(summary["max_positives"])
+    depth = config.search.depth or range_max + summary["max_positives"]
+    with _timed(timings, "search"):
+        search = _search_all(summary, embedded["vectors"], config, depth, run_dir / "search")
+
+    with _timed(timings, "mine"):
+        mined = mine_task(search, summary, config, range_max, str(run_dir / "mine"))
+
+    registry = Registry(config.publish.registry, config.publish.dataset)
+    staging = registry.staging()
+    with _timed(timings, "write"):
+        written = write_task(mined, summary, config, str(staging))
+
+    manifest = {
+        "dataset": config.publish.dataset, "version": None, "parent": None, "data_hash": None,
+        "created_at": started.isoformat(), "code_version": _code_version(), "packages": _package_versions(),
+        "config": config.model_dump(mode="json"), "inputs": summary["inputs"],
+        "model": {"name": config.embed.model, "weights_sha256": ref.weights_sha256,
+                  "fingerprints": {kind: spec.fingerprint for kind, spec in specs.items()}},
+        "embed": {"texts_embedded": embedded["texts_embedded"], "texts_cached": embedded["texts_cached"]},
+        "search": {"depth": depth, "range_max": range_max},
+        "counts": {key: summary[key] for key in ("documents", "unique_texts", "queries_read", "queries_used",
+                                                 "queries_unused", "positives", "rows_rejected")}
+                  | {"rows": written["rows"], "id_rows": written["id_rows"]},
+        "rejects": {"path": summary["rejects_path"], "reasons": summary["reject_reasons"]},
+        "reasons": mined["reasons"],
+        "short_queries": {"count": len(mined["short_queries"]), "ids": mined["short_queries"]},
+        "scores": {"positive": mined["positive_scores"], "negative": mined["negative_scores"]},
+        "files": written["files"], "run_dir": str(run_dir), "timings": timings,
+    }
+    with _timed(timings, "publish"):
+        published = publish_task(str(staging), config, manifest)
+    if published["published"]:
+        logger.info("published %s", published["version_dir"])
+    else:
+        logger.info("up to date: %s", published["version_dir"])
+    return published | {"counts": manifest["counts"], "embed": manifest["embed"], "timings": timings,
+                        "short_queries": manifest["short_queries"]["count"], "reasons": manifest["reasons"]}

@@ -1,0 +1,68 @@
+"""The `negforge` command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from flows.runtime import quiet_environment
+
+DEFAULT_CONFIG = Path("configs/demo.yaml")
+
+
+def default_config() -> Path:
+    """configs/demo.yaml of the working directory, else the one beside the installed package (editable installs)."""
+    if DEFAULT_CONFIG.exists():
+        return DEFAULT_CONFIG
+    return Path(__file__).resolve().parent.parent / DEFAULT_CONFIG
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="negforge", description="Mine hard negatives and publish training sets.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    commands = parser.add_subparsers(dest="command", required=True)
+    build = commands.add_parser("build", help="build and publish a training set")
+    build.add_argument("--config", type=Path, default=None, help="build YAML (default: configs/demo.yaml)")
+    build.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                       help="override a config field; the value is parsed as YAML (repeatable)")
+    return parser
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from schemas.config import load_config
+
+    config = load_config(args.config or default_config(), args.overrides)
+    from flows.build import build_training_set
+    from flows.runtime import dask_task_runner, prefect_api
+
+    with prefect_api():
+        result = build_training_set.with_options(task_runner=dask_task_runner(config.runtime))(config)
+    counts = result["counts"]
+    print(f"{counts['rows']} training rows from {counts['queries_used']} queries; "
+          f"{result['embed']['texts_embedded']} texts embedded, {result['embed']['texts_cached']} from the store; "
+          f"{result['short_queries']} queries short of negatives")
+    if not result["published"]:
+        print("up to date")
+    print(result["version_dir"])
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    quiet_environment()
+    args = _parser().parse_args(argv)
+    from schemas.config import ConfigError
+    from tasks.model import ModelError
+    from tasks.readers import InputError
+
+    try:
+        return {"build": cmd_build}[args.command](args)
+    except (ConfigError, InputError, ModelError) as error:
+        if args.debug:
+            raise
+        print(f"negforge: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""Where a build runs: a Prefect API (a local one started on loopback when none is configured) and a Dask cluster.
+
+Dask worker processes must report to the same Prefect API as the flow, so a local server is started once and its
+URL is put in the environment before the cluster's workers are spawned (DESIGN.md section 4).
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from typing import Iterator
+
+from schemas.config import RuntimeConfig
+
+QUIET_ENV = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "GX_ANALYTICS_ENABLED": "false",
+    "DASK_LOGGING__DISTRIBUTED": "warning",
+    "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"),
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+
+def quiet_environment() -> None:
+    """Settings every negforge process needs: no analytics (no network here), quiet Dask, offline model hub."""
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+
+
+@contextmanager
+def prefect_api() -> Iterator[str]:
+    """Yield the Prefect API URL, starting a local server on 127.0.0.1 for the duration when none is set."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    configured = os.environ.get("PREFECT_API_URL") or PREFECT_API_URL.value()
+    if configured:
+        yield configured
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()
+    server.start(timeout=120)
+    os.environ["PREFECT_API_URL"] = server.api_url
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
+            yield server.api_url
+    finally:
+        from prefect.logging.handlers import APILogHandler
+
+        APILogHandler().flush()  # send the last run logs before the server goes away
+        os.environ.pop("PREFECT_API_URL", None)
+        server.stop()
+
+
+def dask_task_runner(runtime: RuntimeConfig):
+    """The DaskTaskRunner for this build: an existing scheduler, or a local cluster sized to the machine."""
+    from prefect_dask import DaskTaskRunner
+
+    if runtime.dask_address:
+        return DaskTaskRunner(address=runtime.dask_address)
+    workers = runtime.n_workers or max(1, (os.cpu_count() or 1) // runtime.threads_per_worker)
+    return DaskTaskRunner(cluster_class="distributed.LocalCluster",
+                          cluster_kwargs={"n_workers": workers, "threads_per_worker": runtime.threads_per_worker,
+                                          "processes": True, "dashboard_address": None})

@@ -1,0 +1,244 @@
+"""The build configuration: one pydantic tree, read from YAML, overridable with `--set`, and the flow's parameter.
+
+Every field has a default and a description, so the Prefect UI draws a documented form from it. Everything outside
+`runtime` may change what is published; `runtime` never does (the content hash excludes it).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+FileFormat = Literal["auto", "jsonl", "parquet", "csv", "tsv"]
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message names the field path."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class InputConfig(_Section):
+    corpus: str | None = Field(None, description="Corpus file (BEIR corpus.jsonl: _id, title, text); path or fsspec URL.")
+    queries: str | None = Field(None, description="Queries file (BEIR queries.jsonl: _id, text); path or fsspec URL.")
+    qrels: str | None = Field(None, description="Qrels file (tsv: query-id, corpus-id, score) naming the positives.")
+    pairs: list[str] | None = Field(
+        None, description="Files of (anchor, positive) pairs, instead of queries+qrels; paths or fsspec URLs."
+    )
+    format: FileFormat = Field("auto", description="File format of all inputs; auto picks it from the file suffix.")
+    doc_id_field: str = Field("_id", description="Corpus column holding the document id.")
+    doc_title_field: str | None = Field("title", description="Corpus column holding the title (null: no title).")
+    doc_text_field: str = Field("text", description="Corpus column holding the document text.")
+    query_id_field: str = Field("_id", description="Queries column holding the query id.")
+    query_text_field: str = Field("text", description="Queries column holding the query text.")
+    anchor_field: str = Field("anchor", description="Pairs column holding the anchor (query) text.")
+    positive_field: str = Field("positive", description="Pairs column holding the positive document text.")
+    doc_template: str = Field(
+        "{title} {text}", description="How a document's embedded text is built from its title and text (stripped)."
+    )
+    positive_threshold: float = Field(0.0, description="A qrel is a positive when its score is above this value.")
+    max_reject_fraction: float = Field(
+        0.01, ge=0, le=1, description="Stop before embedding when more than this fraction of input rows is rejected."
+    )
+
+    @field_validator("pairs", mode="before")
+    @classmethod
+    def _one_path_is_a_list(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _one_input_layout(self) -> InputConfig:
+        if self.pairs is None and not (self.corpus and self.queries and self.qrels):
+            raise ValueError("give either input.pairs, or input.corpus, input.queries and input.qrels")
+        if self.pairs is not None and (self.queries or self.qrels):
+            raise ValueError("input.pairs cannot be combined with input.queries/input.qrels")
+        return self
+
+
+class EmbedConfig(_Section):
+    model: str = Field(
+        DEFAULT_MODEL,
+        description="sentence-transformers model name or path; the default is the offline copy shipped on PyPI.",
+    )
+    batch_size: int = Field(32, gt=0, description="Texts per encode batch.")
+    max_seq_length: int | None = Field(None, gt=0, description="Truncate texts to this many tokens (null: model's).")
+    query_prompt: str | None = Field(None, description="Raw prompt prepended to queries (wins over query_prompt_name).")
+    query_prompt_name: str | None = Field(None, description="Name of a prompt in the model's prompts for queries.")
+    corpus_prompt: str | None = Field(None, description="Raw prompt prepended to documents.")
+    corpus_prompt_name: str | None = Field(None, description="Name of a prompt in the model's prompts for documents.")
+
+
+class SearchConfig(_Section):
+    depth: int | None = Field(
+        None, gt=0, description="Candidates retrieved per query (null: range_max + the most positives of any query)."
+    )
+    query_batch_size: int = Field(4096, gt=0, description="Queries searched at once against a corpus shard.")
+
+
+class MineConfig(_Section):
+    num_negatives: int = Field(5, ge=1, description="Negatives per query.")
+    range_min: int = Field(0, ge=0, description="Skip this many of the best surviving candidates.")
+    range_max: int | None = Field(
+        None, gt=0, description="Consider only this many best surviving candidates (null: derived as in the reference)."
+    )
+    max_score: float | None = Field(None, description="Drop candidates scoring above this.")
+    min_score: float | None = Field(None, description="Drop candidates scoring below this.")
+    absolute_margin: float | None = Field(None, description="Keep n only if s(q,n) <= s_p - margin (s_p: lowest positive).")
+    relative_margin: float | None = Field(
+        0.05, description="Keep n only if s(q,n) <= s_p - |s_p| * margin (0.05: at most 95% of the positive score)."
+    )
+    sampling_strategy: Literal["top", "random"] = Field("top", description="top: hardest survivors; random: uniform.")
+    seed: int = Field(42, description="Seed of the per-query random streams.")
+    include_positives: bool = Field(False, description="Let positives be candidates (for reranking evaluation sets).")
+
+    @model_validator(mode="after")
+    def _window_fits(self) -> MineConfig:
+        if self.range_max is not None:
+            if self.range_min >= self.range_max:
+                raise ValueError(f"range_min ({self.range_min}) must be smaller than range_max ({self.range_max})")
+            if self.num_negatives > self.range_max - self.range_min:
+                raise ValueError(
+                    f"num_negatives ({self.num_negatives}) does not fit the window range_min..range_max "
+                    f"({self.range_min}..{self.range_max})"
+                )
+        return self
+
+    def effective_range_max(self, max_positives: int) -> int:
+        """The window size, derived like sentence-transformers' mine_hard_negatives when range_max is unset."""
+        if self.range_max is not None:
+            return self.range_max
+        filtered = self.absolute_margin is not None or self.relative_margin is not None or self.max_score is not None
+        return self.range_min + self.num_negatives * (10 if filtered else 1) + max_positives
+
+
+class OutputConfig(_Section):
+    format: Literal["n-tuple", "triplet", "labeled-pair", "labeled-list"] = Field(
+        "n-tuple", description="Training-set layout, as in sentence-transformers' mine_hard_negatives."
+    )
+    scores: bool = Field(False, description="Add the similarity scores to the training set (for distillation).")
+    exports: list[Literal["flagembedding"]] = Field(
+        default_factory=list, description="Extra formats written beside the dataset (flagembedding: hn_mine jsonl)."
+    )
+    rows_per_file: int = Field(100_000, gt=0, description="Training rows per parquet file.")
+
+
+class PublishConfig(_Section):
+    registry: str = Field("./registry", description="Registry folder holding <dataset>/vNNNN versions.")
+    dataset: str = Field("negforge-dataset", description="Dataset name inside the registry.")
+
+    @field_validator("dataset")
+    @classmethod
+    def _safe_name(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", value):
+            raise ValueError("must be letters, digits, '.', '_' or '-' (at most 100), starting with a letter or digit")
+        return value
+
+
+class RuntimeConfig(_Section):
+    dask_address: str | None = Field(None, description="Run tasks on this Dask scheduler (null: start a local cluster).")
+    n_workers: int | None = Field(None, gt=0, description="Local cluster worker processes (null: one per CPU core).")
+    threads_per_worker: int = Field(1, gt=0, description="Threads per local worker (torch threads follow it).")
+    shard_size: int = Field(500, gt=0, description="Unique texts per embedding/search shard (bounds memory).")
+    workdir: str = Field("./.negforge", description="Run workspaces and the content-addressed embedding store.")
+    device: str | None = Field(None, description="torch device for the model (null: sentence-transformers picks).")
+
+
+class BuildConfig(_Section):
+    input: InputConfig = Field(description="Where the queries, corpus and positives come from.")
+    embed: EmbedConfig = Field(default_factory=EmbedConfig, description="The embedding model and prompts.")
+    search: SearchConfig = Field(default_factory=SearchConfig, description="Nearest-neighbour search.")
+    mine: MineConfig = Field(default_factory=MineConfig, description="Which candidates become negatives.")
+    output: OutputConfig = Field(default_factory=OutputConfig, description="Layout of the published training set.")
+    publish: PublishConfig = Field(default_factory=PublishConfig, description="Registry and dataset name.")
+    runtime: RuntimeConfig = Field(
+        default_factory=RuntimeConfig, description="Where and how the work runs; never changes what is published."
+    )
+
+    def content_dict(self) -> dict[str, Any]:
+        """The settings that determine the published data (everything but `runtime`)."""
+        return self.model_dump(mode="json", exclude={"runtime"})
+
+
+_RELATIVE_PATHS = {("input", "corpus"), ("input", "queries"), ("input", "qrels"), ("publish", "registry"),
+                   ("runtime", "workdir")}
+
+
+def _is_local(value: str) -> bool:
+    return "://" not in value and not Path(value).is_absolute()
+
+
+def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
+    """Make the YAML's relative local paths relative to the YAML file, not the working directory."""
+    for section, field in _RELATIVE_PATHS:
+        value = (raw.get(section) or {}).get(field)
+        if isinstance(value, str) and _is_local(value):
+            raw[section][field] = str((base / value).resolve())
+    pairs = (raw.get("input") or {}).get("pairs")
+    if isinstance(pairs, str):
+        pairs = [pairs]
+    if isinstance(pairs, list):
+        raw["input"]["pairs"] = [str((base / p).resolve()) if isinstance(p, str) and _is_local(p) else p for p in pairs]
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split `section.field=value`; the value is parsed as YAML, so `null`, numbers and lists work."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {text!r}: expected section.field=value")
+    return key.strip().split("."), yaml.safe_load(value) if value.strip() else None
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Deep-set each `a.b=value` into the raw config mapping."""
+    for text in overrides:
+        path, value = parse_override(text)
+        node = raw
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {text!r}: {part} is not a section")
+            node = child
+        node[path[-1]] = value
+    return raw
+
+
+def format_validation_error(error: ValidationError, source: str) -> str:
+    """One line per problem, each naming the dotted field path."""
+    lines = []
+    for item in error.errors():
+        path = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        message = "unknown field" if item["type"] == "extra_forbidden" else item["msg"]
+        got = f" (got {item['input']!r})" if item["type"] != "missing" and not isinstance(item["input"], dict) else ""
+        lines.append(f"{source}: {path}: {message}{got}")
+    return "\n".join(lines)
+
+
+def validate_config(raw: dict[str, Any], source: str = "config") -> BuildConfig:
+    """Validate a raw mapping, raising ConfigError with field paths."""
+    try:
+        return BuildConfig.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(format_validation_error(error, source)) from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> BuildConfig:
+    """Read a YAML build config, resolve its paths against its folder, apply `--set` overrides, validate."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    _resolve_paths(raw, path.parent.resolve())
+    apply_overrides(raw, overrides or [])
+    return validate_config(raw, str(path))

@@ -1,0 +1,34 @@
+"""Column names and dtypes of the tables that stages hand each other; each stage writes through `frame`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import polars as pl
+
+TEXT_SHARD = {"row": pl.UInt32, "text_hash": pl.String, "id": pl.String, "text": pl.String}
+# `canonical`: the positive's id is the id its text row carries (false: an exact duplicate of that document).
+POSITIVES = {"query_row": pl.UInt32, "query_id": pl.String, "doc_row": pl.UInt32, "positive_id": pl.String,
+             "text_hash": pl.String, "canonical": pl.Boolean}
+REJECTS = {"source": pl.String, "line": pl.Int64, "field": pl.String, "reason": pl.String, "raw": pl.String}
+# Top-k of every query against one corpus shard, and after the exact merge over shards.
+HITS = {"query_row": pl.UInt32, "doc_row": pl.UInt32, "score": pl.Float32}
+POSITIVE_SCORES = {"query_row": pl.UInt32, "doc_row": pl.UInt32, "score": pl.Float32}
+# Every candidate with the reason it was not kept (null: kept as a negative).
+CANDIDATES = {"query_row": pl.UInt32, "doc_row": pl.UInt32, "score": pl.Float32, "rank": pl.UInt32,
+              "reason": pl.String}
+IDS = {"query_id": pl.String, "positive_id": pl.String, "negative_ids": pl.List(pl.String),
+       "positive_score": pl.Float32, "negative_scores": pl.List(pl.Float32)}
+
+
+def frame(schema: dict[str, pl.DataType], columns: dict[str, Any]) -> pl.DataFrame:
+    """A DataFrame with exactly the schema's columns and dtypes, whatever the input's inferred types."""
+    return pl.DataFrame({name: columns[name] for name in schema}, schema=schema)
+
+
+def check(schema: dict[str, pl.DataType], df: pl.DataFrame, what: str) -> pl.DataFrame:
+    """Fail loudly when a stage's table drifts from its declared schema."""
+    actual = dict(df.schema)
+    if actual != schema:
+        raise TypeError(f"{what}: columns {actual} do not match the declared {schema}")
+    return df

@@ -1,0 +1,46 @@
+"""The version's README.md: a dataset card whose YAML header lets `datasets.load_dataset` find both configs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+
+def dataset_card(manifest: dict[str, Any]) -> str:
+    """Render the card from the manifest: configs header, then what the data is and how it was made."""
+    header = {
+        "configs": [
+            {"config_name": "default", "default": True, "data_files": [{"split": "train", "path": "data/train-*"}]},
+            {"config_name": "ids", "data_files": [{"split": "train", "path": "ids/train-*"}]},
+        ],
+        "tags": ["negforge", "hard-negatives", "sentence-transformers"],
+    }
+    cfg, counts = manifest["config"], manifest["counts"]
+    mine = {k: v for k, v in cfg["mine"].items() if v is not None}
+    reasons = "\n".join(f"| {name} | {count} |" for name, count in manifest["reasons"].items())
+    return f"""---
+{yaml.safe_dump(header, sort_keys=False).strip()}
+---
+
+# {manifest['dataset']} {manifest['version']}
+
+Hard-negative training set built by negforge from {', '.join(i['path'] for i in manifest['inputs'])}.
+
+- Layout: `{cfg['output']['format']}`{' with scores' if cfg['output']['scores'] else ''}; {counts['rows']} training rows
+  (config `default`), {counts['id_rows']} id rows (config `ids`: query_id, positive_id, negative_ids, scores).
+- Model: `{manifest['model']['name']}` (weights sha256 `{manifest['model']['weights_sha256'][:16]}...`).
+- Mining: {', '.join(f'{k}={v}' for k, v in mine.items())}.
+- Queries short of negatives: {manifest['short_queries']['count']}.
+- Parent version: {manifest['parent'] or 'none'}; data hash `{manifest['data_hash'][:16]}...`.
+
+```python
+from datasets import load_dataset
+train = load_dataset("<this folder>", split="train")          # the training rows
+ids = load_dataset("<this folder>", "ids", split="train")     # the same rows by id, with scores
+```
+
+| candidate outcome | count |
+|---|---|
+{reasons}
+"""

@@ -1,0 +1,120 @@
+"""Mine: decide, for every retrieved candidate, whether it becomes a negative, and if not, why.
+
+Steps and meanings follow sentence-transformers' `mine_hard_negatives` (DESIGN.md section 3): remove positives (by id
+and by text), then absolute margin, relative margin, max_score, min_score (margins anchor on the query's lowest
+positive score), keep the best `range_max` survivors, skip the first `range_min`, sample `num_negatives`. The reason a
+candidate carries is the first step that removed it. Arithmetic is float32, as in the reference.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import polars as pl
+
+from schemas.config import MineConfig
+from schemas.tables import CANDIDATES, frame
+
+REASONS = ("positive_id", "positive_text", "absolute_margin", "relative_margin", "max_score", "min_score",
+           "rank_window", "not_sampled")
+_CODE = {name: code for code, name in enumerate(REASONS, start=1)}
+
+
+def query_rng(seed: int, query_id: str) -> np.random.Generator:
+    """The random stream of one query: depends on (seed, query id) only, never on order or sharding."""
+    key = int.from_bytes(hashlib.blake2b(query_id.encode(), digest_size=8).digest(), "little")
+    return np.random.default_rng([seed, key])
+
+
+def _mark(reason: np.ndarray, mask: np.ndarray, name: str) -> None:
+    reason[mask & (reason == 0)] = _CODE[name]
+
+
+def _positive_flags(q: np.ndarray, d: np.ndarray, positives: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Whether each candidate is a positive of its query by id, or only by text (a duplicate document)."""
+    flags = (positives.group_by(["query_row", "doc_row"]).agg(pl.col("canonical").any())
+             .with_columns(pl.col("query_row", "doc_row").cast(pl.UInt32)))
+    joined = (pl.DataFrame({"query_row": q, "doc_row": d}, schema={"query_row": pl.UInt32, "doc_row": pl.UInt32})
+              .join(flags, on=["query_row", "doc_row"], how="left", maintain_order="left")["canonical"])
+    by_id = joined.fill_null(False).to_numpy()
+    return by_id, (joined.is_not_null() & ~joined.fill_null(True)).to_numpy()
+
+
+def _position_among(q: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """For rows where `mask` holds, their 0-based position among such rows of the same query (rows sorted by q)."""
+    running = np.cumsum(mask)
+    starts = np.flatnonzero(np.r_[True, q[1:] != q[:-1]])
+    before = np.r_[0, running][starts]
+    return running - np.repeat(before, np.diff(np.r_[starts, len(q)])) - 1
+
+
+def mine(hits: pl.DataFrame, positives: pl.DataFrame, positive_scores: pl.DataFrame, query_ids: list[str],
+         cfg: MineConfig, range_max: int) -> pl.DataFrame:
+    """Every candidate with its reason (null: kept as a negative).
+
+    Args:
+        hits: merged search hits (query_row, doc_row, score, rank), sorted by query_row then rank.
+        positives: the positives table of ingest.
+        positive_scores: (query_row, doc_row, score) of every positive.
+        query_ids: the id of each query row.
+        cfg: the mining options.
+        range_max: the window size, derived when cfg.range_max is unset.
+    """
+    q = hits["query_row"].to_numpy()
+    d = hits["doc_row"].to_numpy()
+    s = hits["score"].to_numpy().astype(np.float32)
+    reason = np.zeros(len(q), dtype=np.int8)
+    if not cfg.include_positives:
+        by_id, by_text = _positive_flags(q, d, positives)
+        _mark(reason, by_id, "positive_id")
+        _mark(reason, by_text, "positive_text")
+
+    lowest = positive_scores.group_by("query_row").agg(pl.col("score").min())
+    s_p = np.full(len(query_ids), np.nan, dtype=np.float32)
+    s_p[lowest["query_row"].to_numpy()] = lowest["score"].to_numpy()
+    s_p = s_p[q]
+    if cfg.absolute_margin is not None:
+        _mark(reason, s + np.float32(cfg.absolute_margin) > s_p, "absolute_margin")
+    if cfg.relative_margin is not None:
+        _mark(reason, s > s_p - np.abs(s_p) * np.float32(cfg.relative_margin), "relative_margin")
+    if cfg.max_score is not None:
+        _mark(reason, s > np.float32(cfg.max_score), "max_score")
+    if cfg.min_score is not None:
+        _mark(reason, s < np.float32(cfg.min_score), "min_score")
+
+    survivor = reason == 0
+    position = _position_among(q, survivor)
+    window = survivor & (position >= cfg.range_min) & (position < range_max)
+    _mark(reason, survivor & ~window, "rank_window")
+    in_window = position - cfg.range_min
+    if cfg.sampling_strategy == "top":
+        _mark(reason, window & (in_window >= cfg.num_negatives), "not_sampled")
+    else:
+        _sample_random(reason, q, window, query_ids, cfg)
+
+    names = np.array([None, *REASONS], dtype=object)[reason]
+    return frame(CANDIDATES, {"query_row": q, "doc_row": d, "score": s, "rank": hits["rank"], "reason": names})
+
+
+def _sample_random(reason: np.ndarray, q: np.ndarray, window: np.ndarray, query_ids: list[str],
+                   cfg: MineConfig) -> None:
+    """Uniform choice without replacement of num_negatives window rows per query, from the query's own stream."""
+    rows = np.flatnonzero(window)
+    if not len(rows):
+        return
+    bounds = np.flatnonzero(np.r_[True, q[rows][1:] != q[rows][:-1], True])
+    for start, stop in zip(bounds[:-1], bounds[1:]):
+        group = rows[start:stop]
+        if len(group) <= cfg.num_negatives:
+            continue
+        chosen = query_rng(cfg.seed, query_ids[q[group[0]]]).choice(len(group), cfg.num_negatives, replace=False)
+        dropped = np.ones(len(group), dtype=bool)
+        dropped[chosen] = False
+        reason[group[dropped]] = _CODE["not_sampled"]
+
+
+def reason_counts(candidates: pl.DataFrame) -> dict[str, int]:
+    """Candidates per reason code, `kept` for the negatives."""
+    counts = candidates.group_by("reason").len().sort("reason", nulls_last=True)
+    return {(r or "kept"): int(n) for r, n in counts.iter_rows()}

