@@ -93,7 +93,7 @@ def mine(hits: pl.DataFrame, positives: pl.DataFrame, positive_scores: pl.DataFr
     else:
         _sample_random(reason, q, window, query_ids, cfg)
 
-    names = np.array([None, *REASONS], dtype=object)[reason]
+    names = np.array([None, *REASONS], dtype=object)[reason].tolist()
     return frame(CANDIDATES, {"query_row": q, "doc_row": d, "score": s, "rank": hits["rank"], "reason": names})
 
 

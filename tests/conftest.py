@@ -1,0 +1,80 @@
+"""Shared fixtures: real data locations, small BEIR datasets cut from the shipped demo, a session Prefect server."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO = ROOT / "data" / "scifact-demo"
+SCIFACT = ROOT.parent / "shared" / "data" / "scifact"
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
+os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="negforge-prefect-home-"))
+
+
+@pytest.fixture(scope="session")
+def scifact() -> Path:
+    """The full SciFact copy in ../shared; tests that need it skip where it is absent."""
+    if not (SCIFACT / "corpus.jsonl").exists():
+        pytest.skip(f"{SCIFACT} is absent (the shared SciFact copy is only on the project's machines)")
+    return SCIFACT
+
+
+def write_beir(target: Path, docs: list[dict], queries: list[dict], qrels: list[tuple[str, str, int]]) -> Path:
+    """Write a BEIR-layout dataset (corpus.jsonl, queries.jsonl, qrels/train.tsv) and return its folder."""
+    (target / "qrels").mkdir(parents=True, exist_ok=True)
+    (target / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+    (target / "queries.jsonl").write_text("".join(json.dumps(q) + "\n" for q in queries))
+    lines = ["query-id\tcorpus-id\tscore", *(f"{q}\t{d}\t{s}" for q, d, s in qrels)]
+    (target / "qrels" / "train.tsv").write_text("\n".join(lines) + "\n")
+    return target
+
+
+def beir_subset(source: Path, target: Path, n_queries: int, n_docs: int) -> Path:
+    """The first `n_queries` train queries of `source` with their positives, padded with other documents."""
+    rows = [line.split("\t") for line in (source / "qrels/train.tsv").read_text().splitlines()[1:] if line]
+    chosen: list[str] = []
+    for q, _, _ in rows:
+        if q not in chosen and len(chosen) < n_queries:
+            chosen.append(q)
+    qrels = [(q, d, int(s)) for q, d, s in rows if q in chosen]
+    needed = {d for _, d, _ in qrels}
+    corpus = [json.loads(line) for line in (source / "corpus.jsonl").read_text().splitlines()]
+    others = [d for d in corpus if d["_id"] not in needed]
+    keep = needed | {d["_id"] for d in others[: max(0, n_docs - len(needed))]}
+    docs = [{"_id": d["_id"], "title": d["title"], "text": d["text"]} for d in corpus if d["_id"] in keep]
+    queries = [json.loads(line) for line in (source / "queries.jsonl").read_text().splitlines()]
+    queries = [{"_id": q["_id"], "text": q["text"]} for q in queries if q["_id"] in chosen]
+    return write_beir(target, docs, queries, qrels)
+
+
+@pytest.fixture
+def tiny_beir(tmp_path: Path) -> Path:
+    """40 demo queries and 200 documents: enough for a real flow run in seconds."""
+    return beir_subset(DEMO, tmp_path / "tiny", 40, 200)
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    """One real Prefect API server on loopback for the whole test session, with its own database."""
+    from prefect.server.api.server import SubprocessASGIServer
+
+    from prefect.logging.handlers import APILogHandler
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    server = SubprocessASGIServer()
+    server.start(timeout=300)  # a fresh database is migrated first
+    os.environ["PREFECT_API_URL"] = server.api_url
+    with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
+        yield server.api_url
+    APILogHandler().flush()
+    os.environ.pop("PREFECT_API_URL", None)
+    server.stop()

@@ -1,0 +1,167 @@
+"""Every mining rule on small hand-built score lists, checked against what sentence-transformers' options mean."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+
+from schemas.config import MineConfig
+from schemas.tables import HITS, POSITIVE_SCORES, POSITIVES, frame
+from tasks.mine import REASONS, mine, query_rng
+
+
+def _case(candidates: dict[int, list[tuple[int, float]]], positives: dict[int, list[tuple[int, float, bool]]]):
+    """Build hits (ranked by score, ties by doc row) and positives from {query: [(doc, score)]}."""
+    q, d, s = [], [], []
+    for query, cands in sorted(candidates.items()):
+        for doc, score in sorted(cands, key=lambda c: (-c[1], c[0])):
+            q.append(query), d.append(doc), s.append(score)
+    hits = frame(HITS, {"query_row": q, "doc_row": d, "score": s})
+    hits = hits.with_columns(pl.int_range(pl.len(), dtype=pl.UInt32).over("query_row").alias("rank"))
+    rows = [(query, doc, score, canonical) for query, ps in positives.items() for doc, score, canonical in ps]
+    pos = frame(POSITIVES, {"query_row": [r[0] for r in rows], "query_id": [f"q{r[0]}" for r in rows],
+                            "doc_row": [r[1] for r in rows], "positive_id": [f"p{r[1]}" for r in rows],
+                            "text_hash": [f"h{r[1]}" for r in rows], "canonical": [r[3] for r in rows]})
+    scores = frame(POSITIVE_SCORES, {"query_row": [r[0] for r in rows], "doc_row": [r[1] for r in rows],
+                                     "score": [r[2] for r in rows]})
+    ids = [f"q{i}" for i in range(max(candidates) + 1)]
+    return hits, pos, scores, ids
+
+
+def _run(candidates, positives, range_max=10, **options) -> pl.DataFrame:
+    hits, pos, scores, ids = _case(candidates, positives)
+    options.setdefault("relative_margin", None)
+    return mine(hits, pos, scores, ids, MineConfig(**options), range_max)
+
+
+def _kept(result: pl.DataFrame, query: int = 0) -> list[int]:
+    return result.filter((pl.col("query_row") == query) & pl.col("reason").is_null())["doc_row"].to_list()
+
+
+def _reason(result: pl.DataFrame, doc: int, query: int = 0) -> str | None:
+    return result.filter((pl.col("query_row") == query) & (pl.col("doc_row") == doc))["reason"].item()
+
+
+CANDS = {0: [(1, 0.9), (2, 0.8), (3, 0.7), (4, 0.6), (5, 0.5), (6, 0.4), (7, 0.3)]}
+POS = {0: [(1, 0.85, True)]}
+
+
+def test_positive_excluded_by_id_and_duplicate_text_of_a_positive_by_text():
+    result = _run(CANDS, {0: [(1, 0.85, True), (2, 0.85, False)]}, num_negatives=2)
+    assert _reason(result, 1) == "positive_id"
+    assert _reason(result, 2) == "positive_text"
+    assert _kept(result) == [3, 4]
+
+
+def test_include_positives_keeps_them_as_candidates():
+    result = _run(CANDS, POS, num_negatives=2, include_positives=True)
+    assert _kept(result) == [1, 2]
+
+
+def test_absolute_margin_keeps_only_scores_at_most_positive_minus_margin():
+    result = _run(CANDS, POS, num_negatives=3, absolute_margin=0.1)
+    # s_p = 0.85: keep s <= 0.75, so 0.8 goes, 0.7 stays
+    assert _reason(result, 2) == "absolute_margin"
+    assert _kept(result) == [3, 4, 5]
+
+
+def test_relative_margin_is_a_fraction_of_the_positive_score():
+    result = _run(CANDS, POS, num_negatives=2, relative_margin=0.2)
+    # threshold 0.85 - 0.17 = 0.68: 0.8 and 0.7 go
+    assert [_reason(result, d) for d in (2, 3)] == ["relative_margin", "relative_margin"]
+    assert _kept(result) == [4, 5]
+
+
+def test_relative_margin_is_sign_safe_for_a_negative_positive_score():
+    cands = {0: [(1, -0.1), (2, -0.2), (3, -0.25), (4, -0.3), (5, -0.4)]}
+    result = _run(cands, {0: [(9, -0.2, True)]}, num_negatives=2, relative_margin=0.2)
+    # threshold -0.2 - 0.04 = -0.24: keep s <= -0.24 (a naive s_p * (1 - r) = -0.16 would keep -0.2)
+    assert _reason(result, 2) == "relative_margin"
+    assert _kept(result) == [3, 4]
+
+
+def test_max_and_min_score_bounds():
+    result = _run(CANDS, POS, num_negatives=2, max_score=0.75, min_score=0.45)
+    assert _reason(result, 2) == "max_score"
+    assert _reason(result, 6) == "min_score"
+    assert _kept(result) == [3, 4]
+
+
+def test_first_removing_step_gives_the_reason():
+    # 0.8 fails both the absolute margin and max_score: absolute margin comes first
+    result = _run(CANDS, POS, num_negatives=2, absolute_margin=0.1, max_score=0.5)
+    assert _reason(result, 2) == "absolute_margin"
+    assert _reason(result, 3) == "max_score"
+
+
+def test_window_counts_survivors_after_filtering():
+    # after the positive and 0.8 (max_score) go, survivors are 3..7; range_min 1 skips 3, range_max 3 ends at 5
+    result = _run(CANDS, POS, range_max=3, num_negatives=2, max_score=0.75, range_min=1)
+    assert _reason(result, 3) == "rank_window"
+    assert _kept(result) == [4, 5]
+    assert [_reason(result, d) for d in (6, 7)] == ["rank_window", "rank_window"]
+
+
+def test_margins_anchor_on_the_lowest_positive():
+    result = _run(CANDS, {0: [(1, 0.95, True), (2, 0.75, True)]}, num_negatives=2, absolute_margin=0.0)
+    # s_p = min(0.95, 0.75) = 0.75: 0.7 survives, nothing above 0.75 does
+    assert _kept(result) == [3, 4]
+
+
+def test_ties_are_broken_by_corpus_row():
+    cands = {0: [(5, 0.5), (3, 0.5), (4, 0.5), (6, 0.1)]}
+    result = _run(cands, {0: [(9, 0.9, True)]}, num_negatives=2)
+    assert _kept(result) == [3, 4]
+    assert _reason(result, 5) == "not_sampled"
+
+
+def test_not_enough_candidates_keeps_what_there_is():
+    result = _run({0: [(1, 0.9), (2, 0.3)]}, POS, num_negatives=3)
+    assert _kept(result) == [2]
+
+
+def test_every_candidate_is_kept_or_has_a_known_reason():
+    result = _run(CANDS, POS, num_negatives=2, relative_margin=0.05, max_score=0.65)
+    assert set(result["reason"].drop_nulls()) <= set(REASONS)
+    assert result.height == len(CANDS[0])
+
+
+def test_random_sampling_is_seeded_per_query_and_without_replacement():
+    cands = {q: [(d, 1 - d / 100) for d in range(1, 40)] for q in range(3)}
+    pos = {q: [(0, 0.99, True)] for q in range(3)}
+    first = _run(cands, pos, range_max=30, num_negatives=5, sampling_strategy="random", seed=7)
+    again = _run(cands, pos, range_max=30, num_negatives=5, sampling_strategy="random", seed=7)
+    other = _run(cands, pos, range_max=30, num_negatives=5, sampling_strategy="random", seed=8)
+    kept = [_kept(first, q) for q in range(3)]
+    assert kept == [_kept(again, q) for q in range(3)]
+    assert kept != [_kept(other, q) for q in range(3)]
+    assert all(len(set(k)) == 5 and all(1 <= d <= 30 for d in k) for k in kept)
+    assert len({tuple(k) for k in kept}) == 3  # each query draws from its own stream
+
+
+def test_random_sampling_does_not_depend_on_which_queries_are_mined_together():
+    cands = {q: [(d, 1 - d / 100) for d in range(1, 40)] for q in range(4)}
+    pos = {q: [(0, 0.99, True)] for q in range(4)}
+    hits, positives, scores, ids = _case(cands, pos)
+    cfg = MineConfig(num_negatives=4, sampling_strategy="random", relative_margin=None)
+    whole = mine(hits, positives, scores, ids, cfg, 30)
+    part = mine(hits.filter(pl.col("query_row") == 2), positives.filter(pl.col("query_row") == 2),
+                scores.filter(pl.col("query_row") == 2), ids, cfg, 30)
+    assert _kept(whole, 2) == _kept(part, 2)
+
+
+def test_random_sampling_is_uniform_over_the_window():
+    counts = np.zeros(20)
+    for seed in range(400):
+        chosen = query_rng(seed, "q").choice(20, 5, replace=False)
+        counts[chosen] += 1
+    expected = 400 * 5 / 20
+    chi2 = ((counts - expected) ** 2 / expected).sum()
+    assert chi2 < 43.8  # the 0.999 quantile of chi-square with 19 degrees of freedom
+
+
+@pytest.mark.parametrize("range_min, range_max, n", [(3, 3, 1), (0, 2, 3)])
+def test_a_window_that_cannot_hold_the_negatives_is_rejected(range_min, range_max, n):
+    with pytest.raises(ValueError, match="range"):
+        MineConfig(range_min=range_min, range_max=range_max, num_negatives=n)
