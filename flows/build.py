@@ -204,7 +204,7 @@ def build_training_set(config: BuildConfig) -> dict[str, Any]:
         "reasons": mined["reasons"],
         "short_queries": {"count": len(mined["short_queries"]), "ids": mined["short_queries"]},
         "scores": {"positive": mined["positive_scores"], "negative": mined["negative_scores"]},
-        "files": written["files"], "run_dir": str(run_dir), "timings": timings,
+        "files": written["files"] | {"bytes": written["bytes"]}, "run_dir": str(run_dir), "timings": timings,
     }
     with _timed(timings, "publish"):
         published = publish_task(str(staging), config, manifest)

@@ -14,6 +14,10 @@ def dataset_card(manifest: dict[str, Any]) -> str:
             {"config_name": "default", "default": True, "data_files": [{"split": "train", "path": "data/train-*"}]},
             {"config_name": "ids", "data_files": [{"split": "train", "path": "ids/train-*"}]},
         ],
+        # `datasets` caches a local folder under its name ("v0001") and a hash of this header, so two registries'
+        # v0001 would share a cache entry; the byte sizes make the header differ wherever the data differs.
+        "dataset_info": [{"config_name": name, "dataset_size": manifest["files"]["bytes"][folder]}
+                         for name, folder in (("default", "data"), ("ids", "ids"))],
         "tags": ["negforge", "hard-negatives", "sentence-transformers"],
     }
     cfg, counts = manifest["config"], manifest["counts"]

@@ -139,4 +139,6 @@ def write_training_set(ids: pl.DataFrame, positives: pl.DataFrame, query_shards:
     if "flagembedding" in cfg.exports:
         write_flagembedding(base, out / "exports" / "flagembedding.jsonl", cfg.scores)
         files["exports"] = ["flagembedding.jsonl"]
-    return {"rows": training.height, "id_rows": ids.height, "columns": training.columns, "files": files}
+    sizes = {config: sum((out / config / name).stat().st_size for name in files[config]) for config in ("data", "ids")}
+    return {"rows": training.height, "id_rows": ids.height, "columns": training.columns, "files": files,
+            "bytes": sizes}
