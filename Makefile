@@ -1,5 +1,8 @@
 # The two commands: `make demo` and `make test`. Both create .venv at the project root when needed.
 VENV ?= .venv
+# The torch requirement installed first; elsewhere pick CUDA or CPU, e.g.
+# make demo TORCH_SPEC="torch --index-url https://download.pytorch.org/whl/cu124"
+TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
@@ -11,7 +14,7 @@ $(PY):
 # torch is pinned first so pip takes the CPU wheel on disk instead of a multi-GB CUDA build.
 $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q $(TORCH_SPEC)
 	$(PY) -m pip install -q -e '.[test]'
 	touch $(STAMP)
 

@@ -145,7 +145,7 @@ class RuntimeConfig(_Section):
     dask_address: str | None = Field(None, description="Run tasks on this Dask scheduler (null: start a local cluster).")
     n_workers: int | None = Field(None, gt=0, description="Local cluster worker processes (null: one per CPU core).")
     threads_per_worker: int = Field(1, gt=0, description="Threads per local worker (torch threads follow it).")
-    shard_size: int = Field(500, gt=0, description="Unique texts per embedding/search shard (bounds memory).")
+    shard_size: int = Field(256, gt=0, description="Unique texts per embedding/search shard (bounds memory).")
     workdir: str = Field("./.negforge", description="Run workspaces and the content-addressed embedding store.")
     device: str | None = Field(None, description="torch device for the model (null: sentence-transformers picks).")
 

@@ -67,12 +67,13 @@ def _reference(model, reference_inputs, options, cache: Path) -> dict[str, tuple
     return {r["anchor"]: ([r[f"negative_{i}"] for i in range(1, n + 1)], r["scores"][1:]) for r in rows}
 
 
-def _negforge(sample: Path, tmp: Path, options: dict) -> dict[str, tuple[list[str], list[float]]]:
+def _negforge_rows(sample: Path, tmp: Path, options: dict, *extra: str) -> pl.DataFrame:
+    """Run the real flow (thread runner: the Dask path has its own tests) and read the published rows."""
     from prefect.task_runners import ThreadPoolTaskRunner
 
     from flows.build import build_training_set
 
-    overrides = [f"mine.{k}={v}" for k, v in options.items()]
+    overrides = [f"mine.{k}={v}" for k, v in options.items()] + list(extra)
     if "relative_margin" not in options:
         overrides.append("mine.relative_margin=null")
     config = load_config(ROOT_CONFIG, [f"input.corpus={sample / 'corpus.jsonl'}",
@@ -81,7 +82,11 @@ def _negforge(sample: Path, tmp: Path, options: dict) -> dict[str, tuple[list[st
                                        f"publish.registry={tmp / 'registry'}", f"runtime.workdir={tmp / 'work'}",
                                        "runtime.shard_size=300", *overrides])
     result = build_training_set.with_options(task_runner=ThreadPoolTaskRunner(max_workers=2))(config)
-    rows = pl.read_parquet(Path(result["version_dir"]) / "data")
+    return pl.read_parquet(Path(result["version_dir"]) / "data")
+
+
+def _negforge(sample: Path, tmp: Path, options: dict) -> dict[str, tuple[list[str], list[float]]]:
+    rows = _negforge_rows(sample, tmp, options)
     n = options["num_negatives"]
     return {r["anchor"]: ([r[f"negative_{i}"] for i in range(1, n + 1)], r["scores"][1:])
             for r in rows.iter_rows(named=True)}
@@ -119,3 +124,26 @@ def test_negatives_match_the_reference(name, sample, reference_inputs, model, tm
     assert len(same) / len(anchors) >= 0.99, f"{len(differing)} of {len(anchors)} queries differ"
     worst = max(abs(a - b) for anchor in same for a, b in zip(ours[anchor][1], theirs[anchor][1]))
     assert worst < 1e-4
+
+
+@pytest.mark.parametrize("fmt", ["triplet", "labeled-pair", "labeled-list"])
+@pytest.mark.parametrize("scores", [False, True])
+def test_other_layouts_match_the_reference_row_for_row(fmt, scores, sample, reference_inputs, model,
+                                                        tmp_path_factory, prefect_server):
+    from sentence_transformers.util import mine_hard_negatives
+
+    options = {"num_negatives": 3, "relative_margin": 0.05, "range_max": 30}
+    pairs, corpus, _ = reference_inputs
+    theirs = mine_hard_negatives(pairs, model, corpus=corpus, output_format=fmt, output_scores=scores,
+                                 use_faiss=True, verbose=False,
+                                 cache_folder=str(tmp_path_factory.getbasetemp() / "st-cache"), **options).to_polars()
+    ours = _negforge_rows(sample, tmp_path_factory.getbasetemp() / "negforge", options, f"output.format={fmt}",
+                          f"output.scores={str(scores).lower()}")
+    assert ours.columns == theirs.columns
+    assert ours.height == theirs.height
+    text_columns = [c for c in ours.columns if c not in ("scores", "score", "label", "labels")]
+    mismatched = sum(a != b for a, b in zip(ours.select(text_columns).rows(), theirs.select(text_columns).rows()))
+    assert mismatched <= 0.01 * ours.height
+    for value in set(ours.columns) - set(text_columns):
+        for a, b in zip(ours[value].to_list(), theirs[value].to_list()):
+            assert a == pytest.approx(b, abs=1e-4)
