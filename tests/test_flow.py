@@ -102,7 +102,7 @@ def test_rebuilds_embed_nothing_twice_and_unchanged_content_publishes_nothing(co
     assert again[-2:] == ["up to date", first]
     assert not (Path(first).parent / "v0002").exists()
 
-    elsewhere = _build(config, "publish.registry=registry-2")[-1]
+    elsewhere = _build(config, f"publish.registry={config.parent / 'registry-2'}")[-1]
     assert _manifest(elsewhere)["embed"]["texts_embedded"] == 0
     assert _manifest(elsewhere)["data_hash"] == _manifest(first)["data_hash"]  # runtime never changes the data
 
