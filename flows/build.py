@@ -28,6 +28,7 @@ from tasks.embed import embed_shard
 from tasks.ingest import ingest
 from tasks.mine import mine, reason_counts
 from tasks.model import EncoderSpec, ModelRef, named_prompt, resolve_model
+from tasks.quality_gate import check_candidate, check_inputs
 from tasks.registry import Registry
 from tasks.search import merge_hits, search_shard
 from tasks.training_set import ids_table, write_training_set
@@ -39,6 +40,8 @@ ingest_task = task(ingest, name="ingest", cache_policy=NO_CACHE)
 embed_task = task(embed_shard, name="embed shard", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10])
 search_task = task(search_shard, name="search shard", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10])
 merge_task = task(merge_hits, name="merge hits", cache_policy=NO_CACHE)
+validate_inputs_task = task(check_inputs, name="validate inputs", cache_policy=NO_CACHE)
+validate_candidate_task = task(check_candidate, name="validate candidate", cache_policy=NO_CACHE)
 
 
 @task(name="mine", cache_policy=NO_CACHE)
@@ -168,6 +171,8 @@ def build_training_set(config: BuildConfig) -> dict[str, Any]:
         summary = ingest_task(config.input, str(run_dir / "ingest"), config.runtime.shard_size)
     logger.info("ingested %d documents (%d unique texts), %d queries with positives, %d rows rejected",
                 summary["documents"], summary["unique_texts"], summary["queries_used"], summary["rows_rejected"])
+    with _timed(timings, "validate_inputs"):
+        validate_inputs_task(summary, str(run_dir / "validation" / "inputs"))
 
     with _timed(timings, "embed"):
         ref = resolve_model(config.embed.model)
@@ -188,11 +193,18 @@ def build_training_set(config: BuildConfig) -> dict[str, Any]:
     staging = registry.staging()
     with _timed(timings, "write"):
         written = write_task(mined, summary, config, str(staging))
+    latest = registry.latest()
+    with _timed(timings, "validate"):
+        validation = validate_candidate_task(str(staging), mined, summary, config,
+                                             registry.manifest(latest) if latest else None,
+                                             str(run_dir / "validation" / "candidate"))
+    for warning in validation["warnings"]:
+        logger.warning("drift: %s", warning)
 
     manifest = {
         "dataset": config.publish.dataset, "version": None, "parent": None, "data_hash": None,
         "created_at": started.isoformat(), "code_version": _code_version(), "packages": _package_versions(),
-        "config": config.model_dump(mode="json"), "inputs": summary["inputs"],
+        "config": config.model_dump(mode="json", by_alias=True), "inputs": summary["inputs"],
         "model": {"name": config.embed.model, "weights_sha256": ref.weights_sha256,
                   "fingerprints": {kind: spec.fingerprint for kind, spec in specs.items()}},
         "embed": {"texts_embedded": embedded["texts_embedded"], "texts_cached": embedded["texts_cached"]},
@@ -204,6 +216,7 @@ def build_training_set(config: BuildConfig) -> dict[str, Any]:
         "reasons": mined["reasons"],
         "short_queries": {"count": len(mined["short_queries"]), "ids": mined["short_queries"]},
         "scores": {"positive": mined["positive_scores"], "negative": mined["negative_scores"]},
+        "validation": validation,
         "files": written["files"] | {"bytes": written["bytes"]}, "run_dir": str(run_dir), "timings": timings,
     }
     with _timed(timings, "publish"):

@@ -54,14 +54,15 @@ def main(argv: list[str] | None = None) -> int:
     from schemas.config import ConfigError
     from tasks.model import ModelError
     from tasks.readers import InputError
+    from tasks.validate import ValidationFailed
 
     try:
         return {"build": cmd_build}[args.command](args)
-    except (ConfigError, InputError, ModelError) as error:
+    except (ConfigError, InputError, ModelError, ValidationFailed) as error:
         if args.debug:
             raise
         print(f"negforge: error: {error}", file=sys.stderr)
-        return 2
+        return 1 if isinstance(error, ValidationFailed) else 2
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ class ConfigError(ValueError):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
 
 
 class InputConfig(_Section):
@@ -129,6 +129,25 @@ class OutputConfig(_Section):
     rows_per_file: int = Field(100_000, gt=0, description="Training rows per parquet file.")
 
 
+class ValidateConfig(_Section):
+    eval_qrels: str | None = Field(
+        None, description="Qrels of an evaluation split (e.g. test.tsv): its queries must not be training anchors."
+    )
+    eval_queries: str | None = Field(None, description="Queries file of the evaluation split (null: input.queries).")
+    min_rows: int = Field(1, ge=0, description="Fewest training rows a version may have.")
+    min_coverage: float = Field(
+        0.5, ge=0, le=1, description="Least fraction of used queries that must get all their negatives."
+    )
+    score_tolerance: float = Field(1e-5, ge=0, description="Slack on the [-1, 1] cosine range and on the filters.")
+    max_row_change: float = Field(
+        0.5, ge=0, description="Drift: largest relative change of the row count from the previous version."
+    )
+    max_score_shift: float = Field(
+        0.05, ge=0, description="Drift: largest change of the mean positive or negative score from the previous version."
+    )
+    drift_fails: bool = Field(False, description="Fail the build on drift instead of warning in the report.")
+
+
 class PublishConfig(_Section):
     registry: str = Field("./registry", description="Registry folder holding <dataset>/vNNNN versions.")
     dataset: str = Field("negforge-dataset", description="Dataset name inside the registry.")
@@ -156,6 +175,8 @@ class BuildConfig(_Section):
     search: SearchConfig = Field(default_factory=SearchConfig, description="Nearest-neighbour search.")
     mine: MineConfig = Field(default_factory=MineConfig, description="Which candidates become negatives.")
     output: OutputConfig = Field(default_factory=OutputConfig, description="Layout of the published training set.")
+    validate_: ValidateConfig = Field(default_factory=ValidateConfig, alias="validate",
+                                      description="The quality gate every version must pass.")
     publish: PublishConfig = Field(default_factory=PublishConfig, description="Registry and dataset name.")
     runtime: RuntimeConfig = Field(
         default_factory=RuntimeConfig, description="Where and how the work runs; never changes what is published."
@@ -163,11 +184,11 @@ class BuildConfig(_Section):
 
     def content_dict(self) -> dict[str, Any]:
         """The settings that determine the published data (everything but `runtime`)."""
-        return self.model_dump(mode="json", exclude={"runtime"})
+        return self.model_dump(mode="json", by_alias=True, exclude={"runtime"})
 
 
 _RELATIVE_PATHS = {("input", "corpus"), ("input", "queries"), ("input", "qrels"), ("publish", "registry"),
-                   ("runtime", "workdir")}
+                   ("runtime", "workdir"), ("validate", "eval_qrels"), ("validate", "eval_queries")}
 
 
 def _is_local(value: str) -> bool:

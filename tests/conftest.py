@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -78,3 +80,36 @@ def prefect_server():
     APILogHandler().flush()
     os.environ.pop("PREFECT_API_URL", None)
     server.stop()
+
+
+@pytest.fixture
+def config(tmp_path, tiny_beir) -> Path:
+    """A build YAML over `tiny_beir`, with its registry and workdir under tmp_path."""
+    path = tmp_path / "build.yaml"
+    path.write_text(f"""
+input:
+  corpus: {tiny_beir / 'corpus.jsonl'}
+  queries: {tiny_beir / 'queries.jsonl'}
+  qrels: {tiny_beir / 'qrels/train.tsv'}
+mine:
+  num_negatives: 3
+output:
+  exports: [flagembedding]
+publish:
+  registry: registry
+  dataset: tiny
+runtime:
+  workdir: work
+  shard_size: 64
+  n_workers: 2
+""")
+    return path
+
+
+def run_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Run `negforge ARGS` as a user would, in the project root."""
+    done = subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=ROOT, capture_output=True, text=True,
+                          env=os.environ.copy(), timeout=600)
+    if check:
+        assert done.returncode == 0, done.stderr[-3000:]
+    return done

@@ -4,48 +4,21 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import run_cli
 
 pytestmark = pytest.mark.slow
 
 
 def _build(config: Path, *overrides: str) -> list[str]:
-    """Run `negforge build` as a user would; return its output lines (fails the test on a non-zero exit)."""
-    args = [sys.executable, "-m", "flows.cli", "build", "--config", str(config)]
+    """Run `negforge build`; return its output lines (fails the test on a non-zero exit)."""
+    args = ["build", "--config", str(config)]
     for override in overrides:
         args += ["--set", override]
-    done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, env=os.environ.copy(), timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done.stdout.strip().splitlines()
-
-
-@pytest.fixture
-def config(tmp_path, tiny_beir) -> Path:
-    path = tmp_path / "build.yaml"
-    path.write_text(f"""
-input:
-  corpus: {tiny_beir / 'corpus.jsonl'}
-  queries: {tiny_beir / 'queries.jsonl'}
-  qrels: {tiny_beir / 'qrels/train.tsv'}
-mine:
-  num_negatives: 3
-output:
-  exports: [flagembedding]
-publish:
-  registry: registry
-  dataset: tiny
-runtime:
-  workdir: work
-  shard_size: 64
-  n_workers: 2
-""")
-    return path
+    return run_cli(*args).stdout.strip().splitlines()
 
 
 def _manifest(version_dir: str) -> dict:

@@ -1,0 +1,118 @@
+"""Row-wise quality conditions of a candidate version, computed in polars as boolean columns.
+
+The suites in schemas/expectations.py then expect every one of them true; this keeps Great Expectations to
+column-level work, which it does fast.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+
+from schemas.config import BuildConfig, InputConfig
+from tasks.readers import read_rows
+from tasks.text import text_hash
+
+
+def _not_empty(column: str, dtype: pl.DataType) -> pl.Expr:
+    col = pl.col(column)
+    if dtype == pl.String:
+        return col.is_not_null() & (col.str.strip_chars().str.len_chars() > 0)
+    return col.is_not_null() & col.list.eval(pl.element().is_not_null() & (pl.element().str.strip_chars() != "")).list.all()
+
+
+def text_checks(data: pl.DataFrame) -> pl.DataFrame:
+    """One row per training row: are all its texts (strings and lists of strings) present and non-empty?"""
+    text_columns = [c for c, t in data.schema.items() if t == pl.String or t == pl.List(pl.String)]
+    condition = pl.all_horizontal([_not_empty(c, data.schema[c]) for c in text_columns]) if text_columns else pl.lit(True)
+    return data.select(condition.alias("texts_not_empty"))
+
+
+def _filter_violation(score: pl.Expr, lowest: pl.Expr, cfg: BuildConfig) -> pl.Expr:
+    """True where a kept negative's score breaks a margin or bound of the mining config (with tolerance)."""
+    mine, tol = cfg.mine, cfg.validate_.score_tolerance
+    broken = pl.lit(False)
+    if mine.absolute_margin is not None:
+        broken |= score + mine.absolute_margin > lowest + tol
+    if mine.relative_margin is not None:
+        broken |= score > lowest - lowest.abs() * mine.relative_margin + tol
+    if mine.max_score is not None:
+        broken |= score > mine.max_score + tol
+    if mine.min_score is not None:
+        broken |= score < mine.min_score - tol
+    return broken
+
+
+def eval_query_hashes(cfg: BuildConfig) -> set[str]:
+    """Text hashes of the evaluation split's queries (those named in validate.eval_qrels)."""
+    if not cfg.validate_.eval_qrels:
+        return set()
+    qrels = read_rows(cfg.validate_.eval_qrels, cfg.input.format)
+    wanted = {str(r.get("query-id")) for _, r in qrels.records}
+    queries = read_rows(cfg.validate_.eval_queries or cfg.input.queries, cfg.input.format)
+    field, text = cfg.input.query_id_field, cfg.input.query_text_field
+    return {text_hash(str(r[text])) for _, r in queries.records
+            if str(r.get(field)) in wanted and isinstance(r.get(text), str)}
+
+
+def row_checks(ids: pl.DataFrame, positives: pl.DataFrame, corpus_shards: list[str], query_shards: list[str],
+               cfg: BuildConfig, eval_hashes: set[str]) -> pl.DataFrame:
+    """One row per ids row with a boolean column per condition of OUTPUT_CHECKS (True: the row is fine)."""
+    known = positives.group_by("query_id").agg(pl.col("positive_id").alias("known_ids"),
+                                               pl.col("text_hash").alias("known_hashes"))
+    own = positives.select("query_id", "positive_id", pl.col("text_hash").alias("positive_hash"))
+    id_hash = pl.scan_parquet(corpus_shards).select(pl.col("id").alias("negative_id"),
+                                                    pl.col("text_hash").alias("negative_hash")).collect()
+    anchor_hash = pl.scan_parquet(query_shards).select(pl.col("id").alias("query_id"),
+                                                       pl.col("text_hash").alias("anchor_hash")).collect()
+    lowest = ids.group_by("query_id").agg(pl.col("positive_score").min().alias("lowest"))
+    rows = (ids.with_row_index("row")
+            .join(own, on=["query_id", "positive_id"], how="left")
+            .join(known, on="query_id", how="left")
+            .join(lowest, on="query_id", how="left")
+            .join(anchor_hash, on="query_id", how="left"))
+    low, high = -1 - cfg.validate_.score_tolerance, 1 + cfg.validate_.score_tolerance
+    negatives = (rows.select("row", "positive_id", "positive_hash", "known_ids", "known_hashes", "lowest",
+                             pl.col("negative_ids").alias("negative_id"), pl.col("negative_scores").alias("score"))
+                 .explode(["negative_id", "score"]).drop_nulls("negative_id")
+                 .join(id_hash, on="negative_id", how="left")
+                 .select("row",
+                         ((pl.col("negative_id") == pl.col("positive_id"))
+                          | (pl.col("negative_hash") == pl.col("positive_hash"))).fill_null(False).alias("is_own"),
+                         (pl.col("known_ids").list.contains(pl.col("negative_id"))
+                          | pl.col("known_hashes").list.contains(pl.col("negative_hash"))).fill_null(False)
+                         .alias("is_known"),
+                         (pl.col("score").is_finite() & pl.col("score").is_between(low, high)).alias("score_ok"),
+                         _filter_violation(pl.col("score"), pl.col("lowest"), cfg).alias("broken"))
+                 .group_by("row").agg(pl.col("is_own").any(), pl.col("is_known").any(), pl.col("score_ok").all(),
+                                      pl.col("broken").any()))
+    return (rows.join(negatives, on="row", how="left").sort("row")
+            .select("query_id", "positive_id", "negative_ids",
+                    (~pl.col("is_own").fill_null(False)).alias("negative_not_own_positive"),
+                    (~pl.col("is_known").fill_null(False)).alias("negative_not_any_positive"),
+                    (pl.col("negative_ids").list.n_unique() == pl.col("negative_ids").list.len())
+                    .alias("negatives_unique"),
+                    (pl.col("score_ok").fill_null(True) & pl.col("positive_score").is_finite()
+                     & pl.col("positive_score").is_between(low, high)).alias("scores_in_range"),
+                    (~pl.col("broken").fill_null(False)).alias("negatives_within_filters"),
+                    (~pl.col("anchor_hash").is_in(list(eval_hashes))).alias("anchor_not_eval_query")))
+
+
+def coverage_checks(query_ids: list[str], short_queries: list[str]) -> pl.DataFrame:
+    """One row per used query: did it get all its negatives?"""
+    short = set(short_queries)
+    return pl.DataFrame({"query_id": query_ids, "full": [float(q not in short) for q in query_ids]})
+
+
+def shared_positives(positives: pl.DataFrame, cfg: InputConfig, eval_qrels: str | None) -> int:
+    """Documents that are positives in both the training and the evaluation split (normal in BEIR: only reported)."""
+    if not eval_qrels:
+        return 0
+    rows = read_rows(eval_qrels, cfg.format)
+    eval_docs = {str(r.get("corpus-id")) for _, r in rows.records}
+    return positives.filter(pl.col("positive_id").is_in(list(eval_docs)))["positive_id"].n_unique()
+
+
+def read_staged(staged: Path, config: str) -> pl.DataFrame:
+    return pl.read_parquet(staged / config)

@@ -1,0 +1,62 @@
+"""The two gates of a build: inputs after ingest, and the candidate version before it is published."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from schemas.config import BuildConfig
+from schemas.expectations import MEANINGS, coverage_suite, input_suite, output_suite, text_suite
+from tasks.quality_checks import (coverage_checks, eval_query_hashes, row_checks, shared_positives, text_checks)
+from tasks.validate import ValidationFailed, describe_failures, drift, quarantine, run_suites
+
+
+def _texts(shards: list[str]) -> pl.DataFrame:
+    return pl.read_parquet(shards, columns=["id", "text"]).select(
+        "id", (pl.col("text").str.strip_chars().str.len_chars() > 0).alias("text_not_empty"))
+
+
+def check_inputs(summary: dict[str, Any], out_dir: str) -> dict[str, Any]:
+    """ids unique and present, texts non-empty, positives resolvable; raises ValidationFailed otherwise."""
+    positives = pl.read_parquet(summary["positives_path"])
+    checks = [("corpus", input_suite("corpus"), _texts(summary["corpus_shards"])),
+              ("queries", input_suite("queries"), _texts(summary["query_shards"])),
+              ("positives", input_suite("positives"), positives.select(
+                  "query_id", "positive_id", (pl.col("query_row") < summary["queries_used"]).alias("query_resolves"),
+                  (pl.col("doc_row") < summary["unique_texts"]).alias("doc_resolves")))]
+    outcome = run_suites(out_dir, checks)
+    if not outcome["success"]:
+        raise ValidationFailed(f"the inputs failed validation (see {outcome['data_docs']}):\n"
+                               + describe_failures(outcome["failures"], MEANINGS))
+    return outcome
+
+
+def check_candidate(staged: str, mined: dict[str, Any], summary: dict[str, Any], config: BuildConfig,
+                    previous: dict[str, Any] | None, out_dir: str) -> dict[str, Any]:
+    """Run the output suites on the staged version; quarantine it and raise ValidationFailed when one fails."""
+    staged_path = Path(staged)
+    ids = pl.read_parquet(staged_path / "ids")
+    positives = pl.read_parquet(summary["positives_path"])
+    query_ids = pl.read_parquet(summary["query_shards"], columns=["id"])["id"].to_list()
+    data = pl.read_parquet(staged_path / "data")
+    checks = [("training_rows", text_suite(config.validate_), text_checks(data)),
+              ("ids_rows", output_suite(), row_checks(ids, positives, summary["corpus_shards"],
+                                                      summary["query_shards"], config, eval_query_hashes(config))),
+              ("queries", coverage_suite(config.validate_), coverage_checks(query_ids, mined["short_queries"]))]
+    outcome = run_suites(out_dir, checks)
+    warnings = drift(previous, data.height, {"positive": mined["positive_scores"], "negative": mined["negative_scores"]},
+                     config.validate_)
+    if config.validate_.drift_fails and warnings:
+        outcome["success"] = False
+    if not outcome["success"]:
+        registry_folder = staged_path.parent
+        place = quarantine(staged_path, registry_folder, Path(out_dir))
+        details = describe_failures(outcome["failures"], MEANINGS)
+        drift_lines = "\n".join(f"  drift: {w}" for w in warnings) if config.validate_.drift_fails else ""
+        raise ValidationFailed(f"the candidate version failed validation; nothing was published. Quarantined at "
+                               f"{place}\n{details}{chr(10) if details and drift_lines else ''}{drift_lines}")
+    return {"success": True, "expectations": outcome["expectations"], "warnings": warnings,
+            "shared_positives_with_eval": shared_positives(positives, config.input, config.validate_.eval_qrels),
+            "eval_qrels": config.validate_.eval_qrels}

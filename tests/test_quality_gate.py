@@ -1,0 +1,116 @@
+"""The quality gate: corrupted candidates are refused with readable reasons, quarantined, and nothing is published."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from schemas.config import load_config
+from schemas.tables import IDS
+from tasks.ingest import ingest
+from tasks.quality_gate import check_candidate, check_inputs
+from tasks.registry import Registry
+from tasks.validate import ValidationFailed, drift
+from tests.conftest import run_cli
+
+MINED = {"short_queries": [], "positive_scores": {"mean": 0.6}, "negative_scores": {"mean": 0.4}}
+
+
+@pytest.fixture
+def candidate(tmp_path, config):
+    """A real ingest of the tiny dataset and a hand-made, valid candidate version staged in a registry."""
+    cfg = load_config(config, ["mine.relative_margin=null"])
+    summary = ingest(cfg.input, tmp_path / "ingest", cfg.runtime.shard_size)
+    positives = pl.read_parquet(summary["positives_path"])
+    docs = pl.read_parquet(summary["corpus_shards"])
+    queries = pl.read_parquet(summary["query_shards"])
+    taken = set(positives["doc_row"].to_list())
+    spare = docs.filter(~pl.col("row").is_in(list(taken)))
+    first = positives.unique("query_id", keep="first", maintain_order=True)
+    negatives = spare["id"].head(3).to_list()
+    ids = pl.DataFrame({"query_id": first["query_id"], "positive_id": first["positive_id"],
+                        "negative_ids": [negatives] * first.height, "positive_score": [0.7] * first.height,
+                        "negative_scores": [[0.5, 0.4, 0.3]] * first.height}, schema=IDS)
+    text = dict(zip(docs["id"], docs["text"]))
+    data = pl.DataFrame({"anchor": first.join(queries.select(pl.col("id").alias("query_id"), "text"), on="query_id",
+                                              maintain_order="left")["text"],
+                         "positive": [text.get(p, "positive text") for p in first["positive_id"]],
+                         **{f"negative_{i + 1}": [text[n]] * first.height for i, n in enumerate(negatives)}})
+    registry = Registry(cfg.publish.registry, cfg.publish.dataset)
+    staged = registry.staging()
+
+    def stage(ids_table: pl.DataFrame = ids, data_table: pl.DataFrame = data) -> Path:
+        for name, table in (("ids", ids_table), ("data", data_table)):
+            (staged / name).mkdir(exist_ok=True)
+            table.write_parquet(staged / name / "train-00000-of-00001.parquet")
+        return staged
+
+    return cfg, summary, stage, registry, positives
+
+
+def _refused(cfg, summary, staged, tmp_path) -> str:
+    with pytest.raises(ValidationFailed) as refused:
+        check_candidate(str(staged), MINED, summary, cfg, None, str(tmp_path / "validation"))
+    return str(refused.value)
+
+
+def test_a_valid_candidate_passes_and_real_inputs_pass(candidate, tmp_path):
+    cfg, summary, stage, registry, _ = candidate
+    outcome = check_candidate(str(stage()), MINED, summary, cfg, None, str(tmp_path / "validation"))
+    assert outcome["success"] and outcome["expectations"] >= 8
+    assert check_inputs(summary, str(tmp_path / "inputs"))["success"]
+
+
+def test_a_positive_injected_into_the_negatives_is_refused_and_quarantined(candidate, tmp_path):
+    cfg, summary, stage, registry, positives = candidate
+    stage()
+    ids = pl.read_parquet(next((Path(registry.folder).glob(".staging-*/ids"))))
+    row = ids.row(0, named=True)
+    other_positive = positives.filter(pl.col("query_id") == row["query_id"])["positive_id"][0]
+    corrupted = ids.with_columns(pl.when(pl.int_range(pl.len()) == 0)
+                                 .then(pl.lit([other_positive, *row["negative_ids"][1:]]))
+                                 .otherwise(pl.col("negative_ids")).alias("negative_ids"))
+    message = _refused(cfg, summary, stage(ids_table=corrupted), tmp_path)
+    assert "negative_not_any_positive) failed: 1 offending rows" in message
+    assert row["query_id"] in message  # the sample names the row
+    assert registry.versions() == [] and registry.latest() is None
+    quarantined = list((registry.folder / ".quarantine").iterdir())
+    assert len(quarantined) == 1
+    assert (quarantined[0] / "validation.json").exists() and (quarantined[0] / "data_docs" / "index.html").exists()
+    assert (quarantined[0] / "candidate" / "ids").exists()
+
+
+def test_an_empty_text_is_refused(candidate, tmp_path):
+    cfg, summary, stage, registry, _ = candidate
+    stage()
+    data = pl.read_parquet(next((Path(registry.folder).glob(".staging-*/data"))))
+    corrupted = data.with_columns(pl.when(pl.int_range(pl.len()) == 1).then(pl.lit("  "))
+                                  .otherwise(pl.col("negative_2")).alias("negative_2"))
+    message = _refused(cfg, summary, stage(data_table=corrupted), tmp_path)
+    assert "texts_not_empty) failed: 1 offending rows - a text of the row is null or empty" in message
+
+
+def test_a_negative_that_breaks_the_configured_margin_is_refused(candidate, tmp_path):
+    cfg, summary, stage, registry, _ = candidate
+    cfg.mine.absolute_margin = 0.25  # positives score 0.7, so negatives must be <= 0.45; the first is 0.5
+    message = _refused(cfg, summary, stage(), tmp_path)
+    assert "negatives_within_filters) failed" in message
+
+
+def test_an_evaluation_query_as_anchor_fails_the_whole_build_and_publishes_nothing(config, tiny_beir, prefect_server):
+    done = run_cli("build", "--config", str(config), "--set", f"validate.eval_qrels={tiny_beir / 'qrels/train.tsv'}",
+                   check=False)
+    assert done.returncode == 1
+    assert "anchor_not_eval_query) failed" in done.stderr and "nothing was published" in done.stderr
+    registry = Registry(config.parent / "registry", "tiny")
+    assert registry.versions() == [] and registry.latest() is None
+
+
+def test_drift_warns_beyond_tolerance():
+    limits = load_config(Path(__file__).resolve().parent.parent / "configs" / "demo.yaml").validate_
+    previous = {"counts": {"rows": 100}, "scores": {"positive": {"mean": 0.6}, "negative": {"mean": 0.4}}}
+    assert drift(previous, 110, {"positive": {"mean": 0.61}, "negative": {"mean": 0.41}}, limits) == []
+    warnings = drift(previous, 20, {"positive": {"mean": 0.6}, "negative": {"mean": 0.5}}, limits)
+    assert len(warnings) == 2 and "row count 100 -> 20" in warnings[0]
