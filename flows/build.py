@@ -101,8 +101,9 @@ def _encoder(ref: ModelRef, config: BuildConfig, prompt: str | None, prompt_name
 
 def _code_version() -> str:
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                             text=True, timeout=5).stdout.strip()
+        done = subprocess.run(["git", "rev-parse", "--verify", "-q", "HEAD"], cwd=Path(__file__).parent,
+                              capture_output=True, text=True, timeout=5)
+        sha = done.stdout.strip() if done.returncode == 0 else ""
     except OSError:
         sha = ""
     return sha or f"negforge {metadata.version('negforge')}"
@@ -178,6 +179,7 @@ def build_training_set(config: BuildConfig) -> dict[str, Any]:
         ref = resolve_model(config.embed.model)
         specs = {"query": _encoder(ref, config, config.embed.query_prompt, config.embed.query_prompt_name),
                  "corpus": _encoder(ref, config, config.embed.corpus_prompt, config.embed.corpus_prompt_name)}
+        (run_dir / "fingerprints.json").write_text(json.dumps(sorted({s.fingerprint for s in specs.values()})))
         embedded = _embed_all(summary, specs, store, run_dir)
     logger.info("embedded %d texts, %d from the store", embedded["texts_embedded"], embedded["texts_cached"])
 

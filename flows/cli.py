@@ -26,7 +26,37 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--config", type=Path, default=None, help="build YAML (default: configs/demo.yaml)")
     build.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                        help="override a config field; the value is parsed as YAML (repeatable)")
+    versions = commands.add_parser("versions", help="list, show, compare or roll back published versions")
+    actions = versions.add_subparsers(dest="action", required=True)
+    for name, extra, text in (("list", [], "versions of a dataset"), ("show", ["version"], "one version's manifest"),
+                              ("diff", ["a", "b"], "what changed between two versions"),
+                              ("rollback", ["version"], "point LATEST at an older version (deletes nothing)")):
+        action = actions.add_parser(name, help=text)
+        action.add_argument("dataset")
+        for positional in extra:
+            action.add_argument(positional)
+        action.add_argument("--registry", default=None, help="registry folder (default: the demo config's)")
+    gc = commands.add_parser("gc", help="remove old run workspaces and unreferenced embedding-store entries")
+    gc.add_argument("--config", type=Path, default=None, help="build YAML naming the workdir and registry")
+    gc.add_argument("--keep-runs", type=int, default=3, help="newest run workspaces to keep (default 3)")
+    gc.add_argument("--dry-run", action="store_true", help="only report what would be removed")
     return parser
+
+
+def cmd_versions(args: argparse.Namespace) -> int:
+    from flows import registry_commands
+    from schemas.config import load_config
+
+    args.registry = args.registry or load_config(default_config()).publish.registry
+    return getattr(registry_commands, f"versions_{args.action}")(args)
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    from flows.registry_commands import gc
+    from schemas.config import load_config
+
+    config = load_config(args.config or default_config())
+    return gc(args, config.runtime.workdir, config.publish.registry)
 
 
 def cmd_build(args: argparse.Namespace) -> int:
@@ -57,11 +87,12 @@ def main(argv: list[str] | None = None) -> int:
     from tasks.validate import ValidationFailed
 
     try:
-        return {"build": cmd_build}[args.command](args)
-    except (ConfigError, InputError, ModelError, ValidationFailed) as error:
+        return {"build": cmd_build, "versions": cmd_versions, "gc": cmd_gc}[args.command](args)
+    except (ConfigError, InputError, ModelError, ValidationFailed, KeyError) as error:
         if args.debug:
             raise
-        print(f"negforge: error: {error}", file=sys.stderr)
+        message = error.args[0] if isinstance(error, KeyError) else error
+        print(f"negforge: error: {message}", file=sys.stderr)
         return 1 if isinstance(error, ValidationFailed) else 2
 
 

@@ -70,7 +70,10 @@ class Registry:
         return path.read_text().strip() if path.exists() else None
 
     def manifest(self, version: str) -> dict[str, Any]:
-        return json.loads((self.folder / version / "manifest.json").read_text())
+        path = self.folder / version / "manifest.json"
+        if not VERSION.match(version) or not path.exists():
+            raise KeyError(f"{self.folder}: no version {version} (have: {', '.join(self.versions()) or 'none'})")
+        return json.loads(path.read_text())
 
     def staging(self) -> Path:
         """A fresh hidden folder on the registry's filesystem, for building a candidate version."""
@@ -112,3 +115,17 @@ class Registry:
             _fsync_dir(self.folder)
             _write_atomic(self.folder / "LATEST", version + "\n")
             return target, True
+
+    def rollback(self, version: str) -> None:
+        """Point LATEST at an existing version; nothing is deleted, and the next build still takes max + 1."""
+        with self._lock():
+            if version not in self.versions():
+                raise KeyError(f"{self.folder}: no version {version} (have: {', '.join(self.versions()) or 'none'})")
+            _write_atomic(self.folder / "LATEST", version + "\n")
+
+
+def datasets(root: str | Path) -> list[Registry]:
+    """Every dataset of a registry folder."""
+    root = Path(root)
+    return [Registry(root, p.name) for p in sorted(root.iterdir()) if p.is_dir() and not p.name.startswith(".")] \
+        if root.exists() else []

@@ -1,0 +1,44 @@
+"""Garbage collection: old run workspaces, and embedding-store fingerprints no published version or recent run uses."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from tasks.registry import datasets
+
+
+def _size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.exists() else 0
+
+
+def _run_fingerprints(run: Path) -> set[str]:
+    marker = run / "fingerprints.json"
+    return set(json.loads(marker.read_text())) if marker.exists() else set()
+
+
+def collect_garbage(workdir: str | Path, registry: str | Path, keep_runs: int, dry_run: bool) -> dict[str, Any]:
+    """Remove all but the newest `keep_runs` run workspaces, and store fingerprints nothing kept refers to.
+
+    Returns:
+        What was (or, with dry_run, would be) removed, and the store size before and after.
+    """
+    workdir = Path(workdir)
+    runs = sorted((workdir / "runs").iterdir()) if (workdir / "runs").exists() else []
+    kept_runs, old_runs = runs[len(runs) - keep_runs:] if keep_runs else [], runs[:len(runs) - keep_runs]
+    used = set().union(*(_run_fingerprints(r) for r in kept_runs)) if kept_runs else set()
+    for dataset in datasets(registry):
+        for version in dataset.versions():
+            used.update(dataset.manifest(version)["model"]["fingerprints"].values())
+    store = workdir / "embeddings"
+    stale = [p for p in sorted(store.iterdir()) if p.is_dir() and p.name not in used] if store.exists() else []
+    before = _size(store)
+    freed = sum(_size(p) for p in old_runs + stale)
+    if not dry_run:
+        for path in old_runs + stale:
+            shutil.rmtree(path, ignore_errors=True)
+    return {"runs_removed": [str(p) for p in old_runs], "fingerprints_removed": [p.name for p in stale],
+            "bytes_freed": freed, "store_bytes_before": before,
+            "store_bytes_after": before - sum(_size(p) for p in stale), "dry_run": dry_run}
