@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import platform
+import shutil
 import subprocess
 import time
 import uuid
@@ -28,6 +29,7 @@ from tasks.embed import embed_shard
 from tasks.ingest import ingest
 from tasks.mine import mine, reason_counts
 from tasks.model import EncoderSpec, ModelRef, named_prompt, resolve_model
+from tasks.quality_checks import contaminated_queries
 from tasks.quality_gate import check_candidate, check_inputs
 from tasks.registry import Registry
 from tasks.search import merge_hits, search_shard
@@ -54,12 +56,14 @@ def mine_task(search: dict[str, str], summary: dict[str, Any], config: BuildConf
     candidates = mine(pl.read_parquet(search["hits"]), positives, positive_scores, query_ids, config.mine, range_max)
     ids, short = ids_table(candidates, positives, positive_scores, summary["corpus_shards"],
                            config.output.format, config.mine.num_negatives)
+    dropped = contaminated_queries(summary["query_shards"], config) if config.validate_.drop_eval_queries else []
+    ids = ids.filter(~pl.col("query_id").is_in(dropped))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     candidates.write_parquet(out / "candidates.parquet")
     ids.write_parquet(out / "ids.parquet")
     return {"ids": str(out / "ids.parquet"), "candidates": str(out / "candidates.parquet"),
-            "reasons": reason_counts(candidates), "short_queries": short,
+            "reasons": reason_counts(candidates), "short_queries": short, "dropped_eval_queries": dropped,
             "positive_scores": _stats(positive_scores["score"]),
             "negative_scores": _stats(candidates.filter(pl.col("reason").is_null())["score"])}
 
@@ -193,13 +197,17 @@ def build_training_set(config: BuildConfig) -> dict[str, Any]:
 
     registry = Registry(config.publish.registry, config.publish.dataset)
     staging = registry.staging()
-    with _timed(timings, "write"):
-        written = write_task(mined, summary, config, str(staging))
-    latest = registry.latest()
-    with _timed(timings, "validate"):
-        validation = validate_candidate_task(str(staging), mined, summary, config,
-                                             registry.manifest(latest) if latest else None,
-                                             str(run_dir / "validation" / "candidate"))
+    try:
+        with _timed(timings, "write"):
+            written = write_task(mined, summary, config, str(staging))
+        latest = registry.latest()
+        with _timed(timings, "validate"):
+            validation = validate_candidate_task(str(staging), mined, summary, config,
+                                                 registry.manifest(latest) if latest else None,
+                                                 str(run_dir / "validation" / "candidate"))
+    except Exception:
+        shutil.rmtree(staging, ignore_errors=True)  # a refused candidate was already moved to quarantine
+        raise
     for warning in validation["warnings"]:
         logger.warning("drift: %s", warning)
 
@@ -217,6 +225,7 @@ def build_training_set(config: BuildConfig) -> dict[str, Any]:
         "rejects": {"path": summary["rejects_path"], "reasons": summary["reject_reasons"]},
         "reasons": mined["reasons"],
         "short_queries": {"count": len(mined["short_queries"]), "ids": mined["short_queries"]},
+        "dropped_eval_queries": mined["dropped_eval_queries"],
         "scores": {"positive": mined["positive_scores"], "negative": mined["negative_scores"]},
         "validation": validation,
         "files": written["files"] | {"bytes": written["bytes"]}, "run_dir": str(run_dir), "timings": timings,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
@@ -59,12 +60,30 @@ def cmd_gc(args: argparse.Namespace) -> int:
     return gc(args, config.runtime.workdir, config.publish.registry)
 
 
+def _console_without_tracebacks() -> None:
+    """Prefect logs a failed run's traceback to the console; without --debug, show only its message lines there.
+
+    The API log handler still receives the whole record, so the Prefect UI keeps the traceback.
+    """
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    formatter = PrefectConsoleHandler.format
+
+    def without_traceback(self: PrefectConsoleHandler, record: logging.LogRecord) -> str:
+        return formatter(self, logging.makeLogRecord(record.__dict__ | {"exc_info": None, "exc_text": None}))
+
+    PrefectConsoleHandler.format = without_traceback
+
+
 def cmd_build(args: argparse.Namespace) -> int:
     from schemas.config import load_config
 
     config = load_config(args.config or default_config(), args.overrides)
     from flows.build import build_training_set
     from flows.runtime import dask_task_runner, prefect_api
+
+    if not args.debug:
+        _console_without_tracebacks()
 
     with prefect_api():
         result = build_training_set.with_options(task_runner=dask_task_runner(config.runtime))(config)

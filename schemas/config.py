@@ -134,6 +134,9 @@ class ValidateConfig(_Section):
         None, description="Qrels of an evaluation split (e.g. test.tsv): its queries must not be training anchors."
     )
     eval_queries: str | None = Field(None, description="Queries file of the evaluation split (null: input.queries).")
+    drop_eval_queries: bool = Field(
+        False, description="Leave out training queries whose text equals an evaluation query (else the gate fails)."
+    )
     min_rows: int = Field(1, ge=0, description="Fewest training rows a version may have.")
     min_coverage: float = Field(
         0.5, ge=0, le=1, description="Least fraction of used queries that must get all their negatives."
@@ -151,6 +154,14 @@ class ValidateConfig(_Section):
 class PublishConfig(_Section):
     registry: str = Field("./registry", description="Registry folder holding <dataset>/vNNNN versions.")
     dataset: str = Field("negforge-dataset", description="Dataset name inside the registry.")
+
+    @field_validator("registry")
+    @classmethod
+    def _local_registry(cls, value: str) -> str:
+        if "://" in value and not value.startswith("file://"):
+            raise ValueError("must be a local folder: publishing to object stores lacks the atomic rename and lock "
+                             "the registry relies on (see README, 'The registry')")
+        return value.removeprefix("file://")
 
     @field_validator("dataset")
     @classmethod

@@ -56,6 +56,13 @@ def eval_query_hashes(cfg: BuildConfig) -> set[str]:
             if str(r.get(field)) in wanted and isinstance(r.get(text), str)}
 
 
+def contaminated_queries(query_shards: list[str], cfg: BuildConfig) -> list[str]:
+    """Ids of training queries whose text equals a query of the evaluation split."""
+    hashes = eval_query_hashes(cfg)
+    queries = pl.read_parquet(query_shards, columns=["id", "text_hash"])
+    return queries.filter(pl.col("text_hash").is_in(list(hashes)))["id"].to_list()
+
+
 def row_checks(ids: pl.DataFrame, positives: pl.DataFrame, corpus_shards: list[str], query_shards: list[str],
                cfg: BuildConfig, eval_hashes: set[str]) -> pl.DataFrame:
     """One row per ids row with a boolean column per condition of OUTPUT_CHECKS (True: the row is fine)."""

@@ -109,9 +109,13 @@ class Registry:
                 return self.folder / parent, False
             existing = self.versions()
             version = f"v{(int(existing[-1][1:]) + 1 if existing else 1):04d}"
-            finish(staged, version, parent, digest)
             target = self.folder / version
-            os.rename(staged, target)
+            try:
+                finish(staged, version, parent, digest)
+                os.rename(staged, target)
+            except BaseException:
+                shutil.rmtree(staged, ignore_errors=True)
+                raise
             _fsync_dir(self.folder)
             _write_atomic(self.folder / "LATEST", version + "\n")
             return target, True

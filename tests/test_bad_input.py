@@ -130,3 +130,29 @@ def test_random_delimited_files_never_crash_and_account_for_every_row(tmp_path, 
     except InputError:
         return
     assert len(parsed.records) + len(parsed.rejects) == parsed.rows_read
+
+
+@pytest.mark.slow
+def test_the_cli_reports_bad_input_in_readable_lines_and_publishes_nothing(config, tiny_beir, prefect_server):
+    from tasks.registry import Registry
+    from tests.conftest import run_cli
+
+    with (tiny_beir / "corpus.jsonl").open("a") as handle:
+        handle.write("{broken\n" * 10)
+    done = run_cli("build", "--config", str(config), check=False)
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("negforge: error: 10 of ") and "malformed_json (10)" in last and "rejects.parquet" in last
+    assert Registry(config.parent / "registry", "tiny").versions() == []
+
+
+def test_all_of_scifact_passes_ingest_and_the_input_suites(scifact, tmp_path):
+    from tasks.quality_gate import check_inputs
+
+    for split in ("train", "test"):
+        cfg = InputConfig(corpus=str(scifact / "corpus.jsonl"), queries=str(scifact / "queries.jsonl"),
+                          qrels=str(scifact / "qrels" / f"{split}.tsv"))
+        summary = ingest(cfg, tmp_path / split, shard_size=1000)
+        assert summary["rows_rejected"] == 0 and summary["documents"] == 5183
+        assert check_inputs(summary, str(tmp_path / split / "gx"))["success"]

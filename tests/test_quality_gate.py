@@ -99,13 +99,23 @@ def test_a_negative_that_breaks_the_configured_margin_is_refused(candidate, tmp_
     assert "negatives_within_filters) failed" in message
 
 
-def test_an_evaluation_query_as_anchor_fails_the_whole_build_and_publishes_nothing(config, tiny_beir, prefect_server):
-    done = run_cli("build", "--config", str(config), "--set", f"validate.eval_qrels={tiny_beir / 'qrels/train.tsv'}",
-                   check=False)
-    assert done.returncode == 1
-    assert "anchor_not_eval_query) failed" in done.stderr and "nothing was published" in done.stderr
+def test_an_evaluation_query_as_anchor_fails_the_build_unless_dropped(config, tiny_beir, prefect_server):
+    lines = (tiny_beir / "qrels/train.tsv").read_text().splitlines()
+    leaked = lines[1].split("\t")[0]
+    eval_qrels = tiny_beir / "eval.tsv"
+    eval_qrels.write_text("\n".join([lines[0], lines[1]]) + "\n")
+    refused = run_cli("build", "--config", str(config), "--set", f"validate.eval_qrels={eval_qrels}", check=False)
+    assert refused.returncode == 1
+    assert "anchor_not_eval_query) failed" in refused.stderr and "nothing was published" in refused.stderr
     registry = Registry(config.parent / "registry", "tiny")
     assert registry.versions() == [] and registry.latest() is None
+
+    built = run_cli("build", "--config", str(config), "--set", f"validate.eval_qrels={eval_qrels}",
+                    "--set", "validate.drop_eval_queries=true")
+    manifest = registry.manifest(Path(built.stdout.strip().splitlines()[-1]).name)
+    assert manifest["dropped_eval_queries"] == [leaked]
+    assert leaked not in pl.read_parquet(registry.folder / "v0001" / "ids")["query_id"].to_list()
+    assert manifest["validation"]["success"] and manifest["validation"]["shared_positives_with_eval"] >= 1
 
 
 def test_drift_warns_beyond_tolerance():
