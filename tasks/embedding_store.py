@@ -58,6 +58,3 @@ class EmbeddingStore:
             missing = order.filter(pl.col("vector").is_null())["text_hash"].head(3).to_list()
             raise KeyError(f"{self.folder}: no vector for text hashes {missing}")
         return np.ascontiguousarray(order["vector"].to_numpy(), dtype=np.float32)
-
-    def size_bytes(self) -> int:
-        return sum(p.stat().st_size for p in self._parts())

@@ -66,6 +66,18 @@ class _Checker:
             return None
         return value
 
+    def pair(self, line: int, record: dict[str, Any], first: str, second: str) -> tuple[str, str] | None:
+        """Two required fields, checked in order: None, with one reject, when either is bad."""
+        a = self.string(line, record, first)
+        b = self.string(line, record, second) if a is not None else None
+        return (a, b) if b is not None else None
+
+
+def _open(path: str, cfg: InputConfig, columns: list[str]) -> tuple[FileRows, _Checker]:
+    rows = read_rows(path, cfg.format)
+    require_columns(rows, columns)
+    return rows, _Checker(rows)
+
 
 def _accounting(rows: FileRows) -> dict[str, Any]:
     """Per-file counts; accepted and rejected rows must add up to the rows read, or rows were lost."""
@@ -76,58 +88,49 @@ def _accounting(rows: FileRows) -> dict[str, Any]:
             "rows_accepted": rows.accepted, "rows_rejected": rejected}
 
 
+def _add_identified(check: _Checker, line: int, id_field: str, item_id: str, text: str, texts: _Texts,
+                    id_rows: dict[str, int]) -> None:
+    """Accept an (id, text) row, or reject it when its id was seen before (with the same or another text)."""
+    digest = text_hash(text)
+    if item_id in id_rows:
+        same = texts.hashes[id_rows[item_id]] == digest
+        check.reject(line, id_field, "duplicate_id_same_text" if same else "duplicate_id_conflict", item_id)
+        return
+    id_rows[item_id] = texts.add(item_id, text, digest)
+    check.rows.accepted += 1
+
+
 def _read_corpus(path: str, cfg: InputConfig, texts: _Texts, doc_rows: dict[str, int]) -> FileRows:
-    rows = read_rows(path, cfg.format)
-    require_columns(rows, [cfg.doc_id_field, cfg.doc_text_field])
-    check = _Checker(rows)
+    rows, check = _open(path, cfg, [cfg.doc_id_field, cfg.doc_text_field])
     for line, record in rows.records:
-        doc_id = check.string(line, record, cfg.doc_id_field)
-        body = doc_id is not None and check.string(line, record, cfg.doc_text_field)
-        title = body and (check.string(line, record, cfg.doc_title_field, required=False) if cfg.doc_title_field
-                          else "")
-        if title is None or not body:
+        fields = check.pair(line, record, cfg.doc_id_field, cfg.doc_text_field)
+        title = fields and (check.string(line, record, cfg.doc_title_field, required=False)
+                            if cfg.doc_title_field else "")
+        if not fields or title is None:
             continue
+        doc_id, body = fields
         full = document_text(cfg.doc_template, title, body)
-        digest = text_hash(full)
-        if doc_id in doc_rows:
-            same = texts.hashes[doc_rows[doc_id]] == digest
-            check.reject(line, cfg.doc_id_field, "duplicate_id_same_text" if same else "duplicate_id_conflict", doc_id)
-            continue
-        doc_rows[doc_id] = texts.add(doc_id, full, digest)
-        rows.accepted += 1
+        _add_identified(check, line, cfg.doc_id_field, doc_id, full, texts, doc_rows)
     return rows
 
 
 def _read_queries(path: str, cfg: InputConfig, queries: _Texts, query_rows: dict[str, int]) -> FileRows:
-    rows = read_rows(path, cfg.format)
-    require_columns(rows, [cfg.query_id_field, cfg.query_text_field])
-    check = _Checker(rows)
+    rows, check = _open(path, cfg, [cfg.query_id_field, cfg.query_text_field])
     for line, record in rows.records:
-        query_id = check.string(line, record, cfg.query_id_field)
-        body = query_id is not None and check.string(line, record, cfg.query_text_field)
-        if not body:
-            continue
-        digest = text_hash(body)
-        if query_id in query_rows:
-            same = queries.hashes[query_rows[query_id]] == digest
-            check.reject(line, cfg.query_id_field, "duplicate_id_same_text" if same else "duplicate_id_conflict",
-                         query_id)
-            continue
-        query_rows[query_id] = queries.add(query_id, body, digest)
-        rows.accepted += 1
+        fields = check.pair(line, record, cfg.query_id_field, cfg.query_text_field)
+        if fields:
+            _add_identified(check, line, cfg.query_id_field, *fields, queries, query_rows)
     return rows
 
 
 def _read_qrels(path: str, cfg: InputConfig, query_rows: dict[str, int], doc_rows: dict[str, int],
                 positives: dict[int, dict[int, str]]) -> FileRows:
-    rows = read_rows(path, cfg.format)
-    require_columns(rows, [QREL_QUERY, QREL_DOC, QREL_SCORE])
-    check = _Checker(rows)
+    rows, check = _open(path, cfg, [QREL_QUERY, QREL_DOC, QREL_SCORE])
     for line, record in rows.records:
-        query_id = check.string(line, record, QREL_QUERY)
-        doc_id = query_id is not None and check.string(line, record, QREL_DOC)
-        if not doc_id:
+        fields = check.pair(line, record, QREL_QUERY, QREL_DOC)
+        if not fields:
             continue
+        query_id, doc_id = fields
         raw_score = record.get(QREL_SCORE)
         try:
             score = float(raw_score)
@@ -149,14 +152,12 @@ def _read_qrels(path: str, cfg: InputConfig, query_rows: dict[str, int], doc_row
 
 def _read_pairs(path: str, cfg: InputConfig, texts: _Texts, queries: _Texts,
                 positives: dict[int, dict[int, str]]) -> FileRows:
-    rows = read_rows(path, cfg.format)
-    require_columns(rows, [cfg.anchor_field, cfg.positive_field])
-    check = _Checker(rows)
+    rows, check = _open(path, cfg, [cfg.anchor_field, cfg.positive_field])
     for line, record in rows.records:
-        anchor = check.string(line, record, cfg.anchor_field)
-        positive = anchor is not None and check.string(line, record, cfg.positive_field)
-        if not positive:
+        fields = check.pair(line, record, cfg.anchor_field, cfg.positive_field)
+        if not fields:
             continue
+        anchor, positive = fields
         anchor_hash, positive_hash = text_hash(anchor), text_hash(positive)
         query_row = queries.add(f"q-{anchor_hash[:16]}", anchor, anchor_hash)
         doc_row = texts.add(f"d-{positive_hash[:16]}", positive, positive_hash)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -100,9 +100,6 @@ class EncoderSpec:
         key = {"weights": self.weights_sha256, "prompt": self.prompt, "max_seq_length": self.max_seq_length,
                "normalize": True}
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @lru_cache(maxsize=2)

@@ -6,8 +6,6 @@ column-level work, which it does fast.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import polars as pl
 
 from schemas.config import BuildConfig, InputConfig
@@ -119,7 +117,3 @@ def shared_positives(positives: pl.DataFrame, cfg: InputConfig, eval_qrels: str 
     rows = read_rows(eval_qrels, cfg.format)
     eval_docs = {str(r.get("corpus-id")) for _, r in rows.records}
     return positives.filter(pl.col("positive_id").is_in(list(eval_docs)))["positive_id"].n_unique()
-
-
-def read_staged(staged: Path, config: str) -> pl.DataFrame:
-    return pl.read_parquet(staged / config)

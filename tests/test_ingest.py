@@ -97,3 +97,13 @@ def test_too_many_rejects_stop_with_the_commonest_reasons(tmp_path):
         ingest(cfg, tmp_path / "out", shard_size=2)
     rejects = pl.read_parquet(tmp_path / "out" / "rejects.parquet")
     assert rejects.select("line", "reason").row(0) == (5, "malformed_json")
+
+
+def test_inputs_are_read_through_fsspec_urls(tmp_path):
+    import fsspec
+
+    with fsspec.open("memory://negforge-test/pairs.jsonl", "w") as handle:
+        handle.write('{"anchor": "a?", "positive": "doc a"}\n{"anchor": "b?", "positive": "doc b"}\n')
+    summary = ingest(InputConfig(pairs=["memory://negforge-test/pairs.jsonl"]), tmp_path / "out", shard_size=10)
+    assert summary["queries_used"] == 2
+    assert summary["inputs"][0]["path"] == "memory://negforge-test/pairs.jsonl"
