@@ -94,7 +94,18 @@ class MineConfig(_Section):
     relative_margin: float | None = Field(
         0.05, description="Keep n only if s(q,n) <= s_p - |s_p| * margin (0.05: at most 95% of the positive score)."
     )
-    sampling_strategy: Literal["top", "random"] = Field("top", description="top: hardest survivors; random: uniform.")
+    sampling_strategy: Literal["top", "random", "softmax", "simans"] = Field(
+        "top", description="top: hardest survivors; random: uniform; softmax: p ~ exp(s/t); simans: p ~ "
+                           "exp(-a (s - s_p - b)^2)."
+    )
+    softmax_temperature: float = Field(
+        0.05, gt=0, description="softmax sampling temperature t on cosine scores (0.05: strongly prefers hard ones)."
+    )
+    simans_a: float = Field(20.0, gt=0, description="SimANS sharpness a on cosine scores.")
+    simans_b: float = Field(-0.1, description="SimANS centre b: preferred negatives score about s_p + b.")
+    max_uses_per_negative: int | None = Field(
+        None, ge=1, description="A document is a negative of at most this many queries (null: no cap)."
+    )
     seed: int = Field(42, description="Seed of the per-query random streams.")
     include_positives: bool = Field(False, description="Let positives be candidates (for reranking evaluation sets).")
 

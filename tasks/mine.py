@@ -17,7 +17,7 @@ from schemas.config import MineConfig
 from schemas.tables import CANDIDATES, frame
 
 REASONS = ("positive_id", "positive_text", "absolute_margin", "relative_margin", "max_score", "min_score",
-           "rank_window", "not_sampled")
+           "rank_window", "over_used", "not_sampled")
 _CODE = {name: code for code, name in enumerate(REASONS, start=1)}
 
 
@@ -87,31 +87,60 @@ def mine(hits: pl.DataFrame, positives: pl.DataFrame, positive_scores: pl.DataFr
     position = _position_among(q, survivor)
     window = survivor & (position >= cfg.range_min) & (position < range_max)
     _mark(reason, survivor & ~window, "rank_window")
-    in_window = position - cfg.range_min
-    if cfg.sampling_strategy == "top":
-        _mark(reason, window & (in_window >= cfg.num_negatives), "not_sampled")
+    if cfg.sampling_strategy == "top" and cfg.max_uses_per_negative is None:
+        _mark(reason, window & (position - cfg.range_min >= cfg.num_negatives), "not_sampled")
     else:
-        _sample_random(reason, q, window, query_ids, cfg)
+        _sample(reason, q, d, s, s_p, window, query_ids, cfg)
 
     names = np.array([None, *REASONS], dtype=object)[reason].tolist()
     return frame(CANDIDATES, {"query_row": q, "doc_row": d, "score": s, "rank": hits["rank"], "reason": names})
 
 
-def _sample_random(reason: np.ndarray, q: np.ndarray, window: np.ndarray, query_ids: list[str],
-                   cfg: MineConfig) -> None:
-    """Uniform choice without replacement of num_negatives window rows per query, from the query's own stream."""
+def sampling_weights(scores: np.ndarray, lowest_positive: float, cfg: MineConfig) -> np.ndarray | None:
+    """Selection probabilities of a query's window candidates (None: uniform; `top` is handled by its caller).
+
+    softmax: p ∝ exp(s / t) (CoRNStack); simans: p ∝ exp(-a (s - s_p - b)^2) (SimANS), s_p the lowest positive.
+    """
+    if cfg.sampling_strategy == "softmax":
+        logits = scores.astype(np.float64) / cfg.softmax_temperature
+    elif cfg.sampling_strategy == "simans":
+        logits = -cfg.simans_a * (scores.astype(np.float64) - lowest_positive - cfg.simans_b) ** 2
+    else:
+        return None
+    weights = np.exp(logits - logits.max())
+    return weights / weights.sum()
+
+
+def _sample(reason: np.ndarray, q: np.ndarray, d: np.ndarray, s: np.ndarray, s_p: np.ndarray, window: np.ndarray,
+            query_ids: list[str], cfg: MineConfig) -> None:
+    """Choose num_negatives window rows per query, without replacement, from the query's own random stream.
+
+    Queries are taken in row order (the order their first positive appeared): with `max_uses_per_negative`, a
+    document already used that often by earlier queries is `over_used` and the query chooses among the others.
+    """
     rows = np.flatnonzero(window)
     if not len(rows):
         return
+    uses: dict[int, int] = {}
+    cap = cfg.max_uses_per_negative
     bounds = np.flatnonzero(np.r_[True, q[rows][1:] != q[rows][:-1], True])
     for start, stop in zip(bounds[:-1], bounds[1:]):
         group = rows[start:stop]
-        if len(group) <= cfg.num_negatives:
-            continue
-        chosen = query_rng(cfg.seed, query_ids[q[group[0]]]).choice(len(group), cfg.num_negatives, replace=False)
+        if cap is not None:
+            over = np.array([uses.get(int(doc), 0) >= cap for doc in d[group]], dtype=bool)
+            reason[group[over]] = _CODE["over_used"]
+            group = group[~over]
+        if cfg.sampling_strategy == "top" or len(group) <= cfg.num_negatives:
+            chosen = np.arange(min(len(group), cfg.num_negatives))
+        else:
+            rng = query_rng(cfg.seed, query_ids[q[group[0]]])
+            chosen = rng.choice(len(group), cfg.num_negatives, replace=False,
+                                p=sampling_weights(s[group], float(s_p[group[0]]), cfg))
         dropped = np.ones(len(group), dtype=bool)
         dropped[chosen] = False
         reason[group[dropped]] = _CODE["not_sampled"]
+        for doc in d[group[~dropped]]:
+            uses[int(doc)] = uses.get(int(doc), 0) + 1
 
 
 def reason_counts(candidates: pl.DataFrame) -> dict[str, int]:
