@@ -28,6 +28,7 @@ from tasks.dataset_card import dataset_card
 from tasks.embed import embed_shard
 from tasks.ingest import ingest
 from tasks.mine import mine, reason_counts
+from tasks.candidate_store import save_candidates
 from tasks.model import EncoderSpec, ModelRef, named_prompt, resolve_model
 from tasks.quality_checks import contaminated_queries
 from tasks.quality_gate import check_candidate, check_inputs
@@ -47,13 +48,14 @@ validate_candidate_task = task(check_candidate, name="validate candidate", cache
 
 
 @task(name="mine", cache_policy=NO_CACHE)
-def mine_task(search: dict[str, str], summary: dict[str, Any], config: BuildConfig, range_max: int,
+def mine_task(search: dict[str, str], summary: dict[str, Any], config: BuildConfig, range_max: int, depth: int,
               out_dir: str) -> dict[str, Any]:
-    """Decide every candidate; write the candidates (with reasons) and the ids table to the workspace."""
+    """Decide every candidate to `depth`; write the candidates (with reasons) and the ids table to the workspace."""
     positives = pl.read_parquet(summary["positives_path"])
     positive_scores = pl.read_parquet(search["positive_scores"])
     query_ids = pl.read_parquet(summary["query_shards"], columns=["id"])["id"].to_list()
-    candidates = mine(pl.read_parquet(search["hits"]), positives, positive_scores, query_ids, config.mine, range_max)
+    hits = pl.read_parquet(search["hits"]).filter(pl.col("rank") < depth)
+    candidates = mine(hits, positives, positive_scores, query_ids, config.mine, range_max)
     ids, short = ids_table(candidates, positives, positive_scores, summary["corpus_shards"],
                            config.output.format, config.mine.num_negatives)
     dropped = contaminated_queries(summary["query_shards"], config) if config.validate_.drop_eval_queries else []
@@ -84,12 +86,12 @@ def write_task(mined: dict[str, Any], summary: dict[str, Any], config: BuildConf
 
 
 @task(name="publish", cache_policy=NO_CACHE)
-def publish_task(staging: str, config: BuildConfig, manifest: dict[str, Any]) -> dict[str, Any]:
+def publish_task(staging: str, config: BuildConfig, manifest: dict[str, Any], parent: str | None) -> dict[str, Any]:
     """Number the staged version and move it into the registry, unless it equals the newest one."""
     registry = Registry(config.publish.registry, config.publish.dataset)
 
-    def finish(folder: Path, version: str, parent: str | None, digest: str) -> None:
-        manifest.update(version=version, parent=parent, data_hash=digest)
+    def finish(folder: Path, version: str, latest: str | None, digest: str) -> None:
+        manifest.update(version=version, parent=parent or latest, data_hash=digest)
         (folder / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=False))
         (folder / "README.md").write_text(dataset_card(manifest))
 
@@ -192,14 +194,42 @@ def build_training_set(config: BuildConfig) -> dict[str, Any]:
     with _timed(timings, "search"):
         search = _search_all(summary, embedded["vectors"], config, depth, run_dir / "search")
 
+    base = {
+        "created_at": started.isoformat(), "inputs": summary["inputs"],
+        "model": {"name": config.embed.model, "weights_sha256": ref.weights_sha256,
+                  "fingerprints": {kind: spec.fingerprint for kind, spec in specs.items()}},
+        "embed": {"texts_embedded": embedded["texts_embedded"], "texts_cached": embedded["texts_cached"]},
+        "search": {"depth": depth, "range_max": range_max},
+        "counts": {key: summary[key] for key in ("documents", "unique_texts", "queries_read", "queries_used",
+                                                 "queries_unused", "positives", "rows_rejected")},
+        "rejects": {"path": summary["rejects_path"], "reasons": summary["reject_reasons"]},
+        "run_dir": str(run_dir),
+    }
+    return mine_and_publish(config, summary, search, depth, range_max, run_dir, timings, base)
+
+
+def mine_and_publish(config: BuildConfig, summary: dict[str, Any], search: dict[str, str], depth: int,
+                     range_max: int, run_dir: Path, timings: dict[str, float], base: dict[str, Any],
+                     parent: str | None = None, stored_depth: int | None = None) -> dict[str, Any]:
+    """The tail shared by build and remine: mine, write (with the candidates), validate, publish.
+
+    Args:
+        depth: how many candidates per query the options search (a remine mines this prefix of what is stored,
+            so that it equals a full build with the same options).
+        base: the manifest entries the caller knows (inputs, model, embedding counts, search, counts).
+        parent: the version a remine started from (default: the registry's LATEST at publish time).
+        stored_depth: the depth of the candidates `search` holds (default: depth).
+    """
+    logger = get_run_logger()
     with _timed(timings, "mine"):
-        mined = mine_task(search, summary, config, range_max, str(run_dir / "mine"))
+        mined = mine_task(search, summary, config, range_max, depth, str(run_dir / "mine"))
 
     registry = Registry(config.publish.registry, config.publish.dataset)
     staging = registry.staging()
     try:
         with _timed(timings, "write"):
             written = write_task(mined, summary, config, str(staging))
+            save_candidates(staging / "candidates", search, summary, stored_depth or depth)
         latest = registry.latest()
         with _timed(timings, "validate"):
             validation = validate_candidate_task(str(staging), mined, summary, config,
@@ -213,25 +243,18 @@ def build_training_set(config: BuildConfig) -> dict[str, Any]:
 
     manifest = {
         "dataset": config.publish.dataset, "version": None, "parent": None, "data_hash": None,
-        "created_at": started.isoformat(), "code_version": _code_version(), "packages": _package_versions(),
-        "config": config.model_dump(mode="json", by_alias=True), "inputs": summary["inputs"],
-        "model": {"name": config.embed.model, "weights_sha256": ref.weights_sha256,
-                  "fingerprints": {kind: spec.fingerprint for kind, spec in specs.items()}},
-        "embed": {"texts_embedded": embedded["texts_embedded"], "texts_cached": embedded["texts_cached"]},
-        "search": {"depth": depth, "range_max": range_max},
-        "counts": {key: summary[key] for key in ("documents", "unique_texts", "queries_read", "queries_used",
-                                                 "queries_unused", "positives", "rows_rejected")}
-                  | {"rows": written["rows"], "id_rows": written["id_rows"]},
-        "rejects": {"path": summary["rejects_path"], "reasons": summary["reject_reasons"]},
+        "code_version": _code_version(), "packages": _package_versions(),
+        "config": config.model_dump(mode="json", by_alias=True), **base,
+        "counts": base["counts"] | {"rows": written["rows"], "id_rows": written["id_rows"]},
         "reasons": mined["reasons"],
         "short_queries": {"count": len(mined["short_queries"]), "ids": mined["short_queries"]},
         "dropped_eval_queries": mined["dropped_eval_queries"],
         "scores": {"positive": mined["positive_scores"], "negative": mined["negative_scores"]},
         "validation": validation,
-        "files": written["files"] | {"bytes": written["bytes"]}, "run_dir": str(run_dir), "timings": timings,
+        "files": written["files"] | {"bytes": written["bytes"]}, "timings": timings,
     }
     with _timed(timings, "publish"):
-        published = publish_task(str(staging), config, manifest)
+        published = publish_task(str(staging), config, manifest, parent)
     if published["published"]:
         logger.info("published %s", published["version_dir"])
     else:

@@ -27,6 +27,12 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--config", type=Path, default=None, help="build YAML (default: configs/demo.yaml)")
     build.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                        help="override a config field; the value is parsed as YAML (repeatable)")
+    remine = commands.add_parser("remine", help="a new version from the candidates stored in an earlier one")
+    remine.add_argument("--from", dest="source", required=True, metavar="DATASET@VERSION",
+                        help="the version whose stored candidates are mined again")
+    remine.add_argument("--registry", default=None, help="registry folder (default: the demo config's)")
+    remine.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                        help="override a mine/output/validate/publish field of the source's config (repeatable)")
     versions = commands.add_parser("versions", help="list, show, compare or roll back published versions")
     actions = versions.add_subparsers(dest="action", required=True)
     for name, extra, text in (("list", [], "versions of a dataset"), ("show", ["version"], "one version's manifest"),
@@ -75,6 +81,41 @@ def _console_without_tracebacks() -> None:
     PrefectConsoleHandler.format = without_traceback
 
 
+def _print_result(result: dict) -> int:
+    counts = result["counts"]
+    print(f"{counts['rows']} training rows from {counts['queries_used']} queries; "
+          f"{result['embed']['texts_embedded']} texts embedded, {result['embed']['texts_cached']} from the store; "
+          f"{result['short_queries']} queries short of negatives")
+    if not result["published"]:
+        print("up to date")
+    print(result["version_dir"])
+    return 0
+
+
+def cmd_remine(args: argparse.Namespace) -> int:
+    from schemas.config import ConfigError, apply_overrides, load_config, validate_config
+    from tasks.candidate_store import check_remine, load_candidates
+    from tasks.registry import Registry
+
+    dataset, sep, version = args.source.partition("@")
+    if not sep or not version:
+        raise ConfigError(f"--from {args.source!r}: expected DATASET@VERSION, e.g. scifact-demo@v0001")
+    registry = Registry(args.registry or load_config(default_config()).publish.registry, dataset)
+    parent = registry.manifest(version)
+    raw = apply_overrides(parent["config"] | {"publish": parent["config"]["publish"] | {
+        "registry": str(registry.folder.parent)}}, args.overrides)
+    config = validate_config(raw, f"{args.source} config")
+    summary, _, depth = load_candidates(registry.folder / version / "candidates")
+    check_remine(parent["config"], config, depth, summary["max_positives"])  # refuse before any run starts
+    from flows.remine import remine_training_set
+    from flows.runtime import prefect_api
+
+    if not args.debug:
+        _console_without_tracebacks()
+    with prefect_api():
+        return _print_result(remine_training_set(version, config))
+
+
 def cmd_build(args: argparse.Namespace) -> int:
     from schemas.config import load_config
 
@@ -86,28 +127,22 @@ def cmd_build(args: argparse.Namespace) -> int:
         _console_without_tracebacks()
 
     with prefect_api():
-        result = build_training_set.with_options(task_runner=dask_task_runner(config.runtime))(config)
-    counts = result["counts"]
-    print(f"{counts['rows']} training rows from {counts['queries_used']} queries; "
-          f"{result['embed']['texts_embedded']} texts embedded, {result['embed']['texts_cached']} from the store; "
-          f"{result['short_queries']} queries short of negatives")
-    if not result["published"]:
-        print("up to date")
-    print(result["version_dir"])
-    return 0
+        return _print_result(build_training_set.with_options(task_runner=dask_task_runner(config.runtime))(config))
 
 
 def main(argv: list[str] | None = None) -> int:
     quiet_environment()
     args = _parser().parse_args(argv)
     from schemas.config import ConfigError
+    from tasks.candidate_store import RemineError
     from tasks.model import ModelError
     from tasks.readers import InputError
     from tasks.validate import ValidationFailed
 
     try:
-        return {"build": cmd_build, "versions": cmd_versions, "gc": cmd_gc}[args.command](args)
-    except (ConfigError, InputError, ModelError, ValidationFailed, KeyError) as error:
+        commands = {"build": cmd_build, "remine": cmd_remine, "versions": cmd_versions, "gc": cmd_gc}
+        return commands[args.command](args)
+    except (ConfigError, InputError, ModelError, ValidationFailed, RemineError, KeyError) as error:
         if args.debug:
             raise
         message = error.args[0] if isinstance(error, KeyError) else error

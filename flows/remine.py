@@ -1,0 +1,42 @@
+"""The `remine-training-set` flow: a new version from the candidates stored in an earlier one, in seconds.
+
+Nothing is embedded or searched: the stored candidates (to the depth searched) are mined again with the new mining,
+output or validation options, then written, validated and published like a build, with the source as parent.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from prefect import flow
+
+from flows.build import mine_and_publish
+from schemas.config import BuildConfig
+from tasks.candidate_store import check_remine, load_candidates
+from tasks.registry import Registry
+
+COUNTS = ("documents", "unique_texts", "queries_read", "queries_used", "queries_unused", "positives", "rows_rejected")
+
+
+@flow(name="remine-training-set", flow_run_name="remine {config.publish.dataset}", validate_parameters=True)
+def remine_training_set(source: str, config: BuildConfig) -> dict[str, Any]:
+    """Mine the candidates stored in `source` (a version of config.publish.dataset) again and publish the result."""
+    registry = Registry(config.publish.registry, config.publish.dataset)
+    parent = registry.manifest(source)
+    summary, search, depth = load_candidates(registry.folder / source / "candidates")
+    check_remine(parent["config"], config, depth, summary["max_positives"])
+    started = datetime.now(timezone.utc)
+    run_dir = Path(config.runtime.workdir) / "runs" / f"{started:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
+    range_max = config.mine.effective_range_max(summary["max_positives"])
+    mine_depth = config.search.depth or range_max + summary["max_positives"]
+    base = {
+        "created_at": started.isoformat(), "inputs": parent["inputs"], "model": parent["model"],
+        "embed": {"texts_embedded": 0, "texts_cached": 0}, "search": {"depth": mine_depth, "range_max": range_max},
+        "counts": {key: parent["counts"][key] for key in COUNTS}, "rejects": parent["rejects"],
+        "remined_from": f"{config.publish.dataset}@{source}", "run_dir": str(run_dir),
+    }
+    return mine_and_publish(config, summary, search, mine_depth, range_max, run_dir, {}, base, parent=source,
+                            stored_depth=depth)

@@ -1,0 +1,58 @@
+"""The candidates kept inside each version (`candidates/`, outside its dataset configs), for re-mining.
+
+They hold every retrieved candidate with its score to the depth searched, the positives and their scores, the used
+queries, and the documents those name, with their original row numbers: enough to mine again with other options
+without embedding or searching.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+
+class RemineError(ValueError):
+    """The stored candidates cannot serve the requested options."""
+
+
+def save_candidates(folder: Path, search: dict[str, str], summary: dict[str, Any], depth: int) -> None:
+    """Copy what re-mining needs from the run workspace into `folder`."""
+    folder.mkdir(parents=True)
+    shutil.copy(search["hits"], folder / "hits.parquet")
+    shutil.copy(search["positive_scores"], folder / "positive-scores.parquet")
+    shutil.copy(summary["positives_path"], folder / "positives.parquet")
+    pl.read_parquet(summary["query_shards"]).write_parquet(folder / "queries.parquet")
+    needed = pl.concat([pl.read_parquet(search["hits"], columns=["doc_row"]),
+                        pl.read_parquet(summary["positives_path"], columns=["doc_row"])])["doc_row"].unique()
+    (pl.scan_parquet(summary["corpus_shards"]).filter(pl.col("row").is_in(needed)).collect()
+     .write_parquet(folder / "documents.parquet"))
+    meta = {"depth": depth, "max_positives": summary["max_positives"]}
+    (folder / "meta.json").write_text(json.dumps(meta))
+
+
+def load_candidates(folder: Path) -> tuple[dict[str, Any], dict[str, str], int]:
+    """The stored candidates as the (summary, search results, depth) that mining and writing read."""
+    if not (folder / "meta.json").exists():
+        raise RemineError(f"{folder.parent}: this version holds no stored candidates; rebuild it with negforge build")
+    meta = json.loads((folder / "meta.json").read_text())
+    summary = {"positives_path": str(folder / "positives.parquet"), "query_shards": [str(folder / "queries.parquet")],
+               "corpus_shards": [str(folder / "documents.parquet")], "max_positives": meta["max_positives"]}
+    search = {"hits": str(folder / "hits.parquet"), "positive_scores": str(folder / "positive-scores.parquet")}
+    return summary, search, meta["depth"]
+
+
+def check_remine(parent_config: dict[str, Any], config: Any, stored_depth: int, max_positives: int) -> None:
+    """Refuse options the stored candidates cannot serve: other inputs, model or search, or a deeper window."""
+    new = config.content_dict()
+    changed = [section for section in ("input", "embed", "search") if new[section] != parent_config[section]]
+    if changed:
+        raise RemineError(f"re-mining reuses the stored candidates, so {', '.join(changed)} cannot change; "
+                          f"use negforge build for that")
+    needed = config.search.depth or config.mine.effective_range_max(max_positives) + max_positives
+    if needed > stored_depth:
+        raise RemineError(f"these options need the top {needed} candidates per query, but the version stored "
+                          f"{stored_depth} (its search depth); run negforge build with search.depth >= {needed}")
