@@ -27,7 +27,7 @@ from schemas.config import BuildConfig
 from tasks.dataset_card import dataset_card
 from tasks.embed import embed_shard
 from tasks.ingest import ingest
-from tasks.mine import mine, reason_counts
+from tasks.mine import mine, reason_counts, reasons_per_query
 from tasks.candidate_store import save_candidates
 from tasks.model import EncoderSpec, ModelRef, named_prompt, resolve_model
 from tasks.quality_checks import contaminated_queries
@@ -57,7 +57,7 @@ def mine_task(search: dict[str, str], summary: dict[str, Any], config: BuildConf
     hits = pl.read_parquet(search["hits"]).filter(pl.col("rank") < depth)
     candidates = mine(hits, positives, positive_scores, query_ids, config.mine, range_max)
     ids, short = ids_table(candidates, positives, positive_scores, summary["corpus_shards"],
-                           config.output.format, config.mine.num_negatives)
+                           config.output.format, config.mine.num_negatives, config.output.keep_candidates)
     dropped = contaminated_queries(summary["query_shards"], config) if config.validate_.drop_eval_queries else []
     ids = ids.filter(~pl.col("query_id").is_in(dropped))
     out = Path(out_dir)
@@ -65,7 +65,8 @@ def mine_task(search: dict[str, str], summary: dict[str, Any], config: BuildConf
     candidates.write_parquet(out / "candidates.parquet")
     ids.write_parquet(out / "ids.parquet")
     return {"ids": str(out / "ids.parquet"), "candidates": str(out / "candidates.parquet"),
-            "reasons": reason_counts(candidates), "short_queries": short, "dropped_eval_queries": dropped,
+            "reasons": reason_counts(candidates), "reasons_per_query": reasons_per_query(candidates, len(query_ids)),
+            "short_queries": short, "dropped_eval_queries": dropped,
             "positive_scores": _stats(positive_scores["score"]),
             "negative_scores": _stats(candidates.filter(pl.col("reason").is_null())["score"])}
 
@@ -246,7 +247,7 @@ def mine_and_publish(config: BuildConfig, summary: dict[str, Any], search: dict[
         "code_version": _code_version(), "packages": _package_versions(),
         "config": config.model_dump(mode="json", by_alias=True), **base,
         "counts": base["counts"] | {"rows": written["rows"], "id_rows": written["id_rows"]},
-        "reasons": mined["reasons"],
+        "reasons": mined["reasons"], "reasons_per_query": mined["reasons_per_query"],
         "short_queries": {"count": len(mined["short_queries"]), "ids": mined["short_queries"]},
         "dropped_eval_queries": mined["dropped_eval_queries"],
         "scores": {"positive": mined["positive_scores"], "negative": mined["negative_scores"]},

@@ -138,6 +138,9 @@ class OutputConfig(_Section):
         default_factory=list, description="Extra formats written beside the dataset (flagembedding: hn_mine jsonl)."
     )
     rows_per_file: int = Field(100_000, gt=0, description="Training rows per parquet file.")
+    keep_candidates: bool = Field(
+        False, description="Add each query's dropped candidates, their scores and reasons to the ids config."
+    )
 
 
 class ValidateConfig(_Section):

@@ -19,6 +19,9 @@ CANDIDATES = {"query_row": pl.UInt32, "doc_row": pl.UInt32, "score": pl.Float32,
               "reason": pl.String}
 IDS = {"query_id": pl.String, "positive_id": pl.String, "negative_ids": pl.List(pl.String),
        "positive_score": pl.Float32, "negative_scores": pl.List(pl.Float32)}
+# Added to IDS with output.keep_candidates: the query's dropped candidates in rank order, and why each was dropped.
+CANDIDATE_COLUMNS = {"candidate_ids": pl.List(pl.String), "candidate_scores": pl.List(pl.Float32),
+                     "candidate_reasons": pl.List(pl.String)}
 
 
 def frame(schema: dict[str, pl.DataType], columns: dict[str, Any]) -> pl.DataFrame:

@@ -147,3 +147,11 @@ def reason_counts(candidates: pl.DataFrame) -> dict[str, int]:
     """Candidates per reason code, `kept` for the negatives."""
     counts = candidates.group_by("reason").len().sort("reason", nulls_last=True)
     return {(r or "kept"): int(n) for r, n in counts.iter_rows()}
+
+
+def reasons_per_query(candidates: pl.DataFrame, queries: int) -> dict[str, dict[str, float | int]]:
+    """For each reason: how many queries it touched, and its mean and largest count per query."""
+    per_query = candidates.with_columns(pl.col("reason").fill_null("kept")).group_by("reason", "query_row").len()
+    stats = per_query.group_by("reason").agg(pl.len().alias("queries"), pl.col("len").sum().alias("total"),
+                                             pl.col("len").max().alias("max")).sort("reason")
+    return {r: {"queries": q, "mean": round(t / queries, 3), "max": m} for r, q, t, m in stats.iter_rows()}

@@ -14,7 +14,7 @@ from typing import Any
 import polars as pl
 
 from schemas.config import OutputConfig
-from schemas.tables import IDS, check
+from schemas.tables import CANDIDATE_COLUMNS, IDS, check
 
 
 def _texts(shards: list[str], rows: pl.Series) -> pl.DataFrame:
@@ -28,9 +28,23 @@ def _minimum_negatives(fmt: str, num_negatives: int) -> int:
     return {"n-tuple": num_negatives, "triplet": 1, "labeled-list": 1, "labeled-pair": 0}[fmt]
 
 
+def _dropped(candidates: pl.DataFrame, corpus_shards: list[str]) -> pl.DataFrame:
+    """Per query, the candidates that did not become negatives, in rank order, with their reasons."""
+    dropped = candidates.filter(pl.col("reason").is_not_null()).sort(["query_row", "rank"])
+    doc_ids = _texts(corpus_shards, dropped["doc_row"]).select("row", "id")
+    return (dropped.join(doc_ids, left_on="doc_row", right_on="row", maintain_order="left")
+            .group_by("query_row", maintain_order=True)
+            .agg(pl.col("id").alias("candidate_ids"), pl.col("score").alias("candidate_scores"),
+                 pl.col("reason").alias("candidate_reasons")))
+
+
 def ids_table(candidates: pl.DataFrame, positives: pl.DataFrame, positive_scores: pl.DataFrame,
-              corpus_shards: list[str], fmt: str, num_negatives: int) -> tuple[pl.DataFrame, list[str]]:
-    """One row per (query, positive) that has a training row, and the ids of the queries short of negatives."""
+              corpus_shards: list[str], fmt: str, num_negatives: int,
+              keep_candidates: bool = False) -> tuple[pl.DataFrame, list[str]]:
+    """One row per (query, positive) that has a training row, and the ids of the queries short of negatives.
+
+    With `keep_candidates`, each row also lists the query's dropped candidates with their scores and reasons.
+    """
     kept = candidates.filter(pl.col("reason").is_null()).sort(["query_row", "score", "doc_row"],
                                                              descending=[False, True, False])
     doc_ids = _texts(corpus_shards, kept["doc_row"]).select("row", pl.col("id").alias("negative_id"))
@@ -45,7 +59,10 @@ def ids_table(candidates: pl.DataFrame, positives: pl.DataFrame, positive_scores
     found = rows["negative_ids"].list.len()
     short = rows.filter(found < num_negatives)["query_id"].unique(maintain_order=True).to_list()
     table = rows.filter(found >= _minimum_negatives(fmt, num_negatives))
-    return check(IDS, table.select(list(IDS)), "ids table"), short
+    schema = IDS | (CANDIDATE_COLUMNS if keep_candidates else {})
+    if keep_candidates:
+        table = table.join(_dropped(candidates, corpus_shards), on="query_row", how="left", maintain_order="left")
+    return check(schema, table.select(list(schema)), "ids table"), short
 
 
 def joined_texts(ids: pl.DataFrame, positives: pl.DataFrame, query_shards: list[str],
