@@ -28,6 +28,7 @@ from tasks.dataset_card import dataset_card
 from tasks.embed import embed_shard
 from tasks.ingest import ingest
 from tasks.mine import mine, reason_counts, reasons_per_query
+from tasks.audit import audit
 from tasks.candidate_store import save_candidates
 from tasks.model import EncoderSpec, ModelRef, named_prompt, resolve_model
 from tasks.quality_checks import contaminated_queries
@@ -60,13 +61,18 @@ def mine_task(search: dict[str, str], summary: dict[str, Any], config: BuildConf
                            config.output.format, config.mine.num_negatives, config.output.keep_candidates)
     dropped = contaminated_queries(summary["query_shards"], config) if config.validate_.drop_eval_queries else []
     ids = ids.filter(~pl.col("query_id").is_in(dropped))
+    report = None
+    if config.audit.qrels:
+        doc_ids = pl.scan_parquet(summary["corpus_shards"]).select("row", "id").collect()
+        report = audit(candidates, query_ids, doc_ids, config.audit.qrels, config.input.format,
+                       config.mine.num_negatives)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     candidates.write_parquet(out / "candidates.parquet")
     ids.write_parquet(out / "ids.parquet")
     return {"ids": str(out / "ids.parquet"), "candidates": str(out / "candidates.parquet"),
             "reasons": reason_counts(candidates), "reasons_per_query": reasons_per_query(candidates, len(query_ids)),
-            "short_queries": short, "dropped_eval_queries": dropped,
+            "short_queries": short, "dropped_eval_queries": dropped, "audit": report,
             "positive_scores": _stats(positive_scores["score"]),
             "negative_scores": _stats(candidates.filter(pl.col("reason").is_null())["score"])}
 
@@ -249,7 +255,7 @@ def mine_and_publish(config: BuildConfig, summary: dict[str, Any], search: dict[
         "counts": base["counts"] | {"rows": written["rows"], "id_rows": written["id_rows"]},
         "reasons": mined["reasons"], "reasons_per_query": mined["reasons_per_query"],
         "short_queries": {"count": len(mined["short_queries"]), "ids": mined["short_queries"]},
-        "dropped_eval_queries": mined["dropped_eval_queries"],
+        "dropped_eval_queries": mined["dropped_eval_queries"], "audit": mined["audit"],
         "scores": {"positive": mined["positive_scores"], "negative": mined["negative_scores"]},
         "validation": validation,
         "files": written["files"] | {"bytes": written["bytes"]}, "timings": timings,

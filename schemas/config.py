@@ -165,6 +165,12 @@ class ValidateConfig(_Section):
     drift_fails: bool = Field(False, description="Fail the build on drift instead of warning in the report.")
 
 
+class AuditConfig(_Section):
+    qrels: str | None = Field(
+        None, description="Held-out relevance judgements (qrels) for the false-negative audit; never used to mine."
+    )
+
+
 class PublishConfig(_Section):
     registry: str = Field("./registry", description="Registry folder holding <dataset>/vNNNN versions.")
     dataset: str = Field("negforge-dataset", description="Dataset name inside the registry.")
@@ -200,6 +206,7 @@ class BuildConfig(_Section):
     search: SearchConfig = Field(default_factory=SearchConfig, description="Nearest-neighbour search.")
     mine: MineConfig = Field(default_factory=MineConfig, description="Which candidates become negatives.")
     output: OutputConfig = Field(default_factory=OutputConfig, description="Layout of the published training set.")
+    audit: AuditConfig = Field(default_factory=AuditConfig, description="False-negative audit of the negatives.")
     validate_: ValidateConfig = Field(default_factory=ValidateConfig, alias="validate",
                                       description="The quality gate every version must pass.")
     publish: PublishConfig = Field(default_factory=PublishConfig, description="Registry and dataset name.")
@@ -213,7 +220,7 @@ class BuildConfig(_Section):
 
 
 _RELATIVE_PATHS = {("input", "corpus"), ("input", "queries"), ("input", "qrels"), ("publish", "registry"),
-                   ("runtime", "workdir"), ("validate", "eval_qrels"), ("validate", "eval_queries")}
+                   ("runtime", "workdir"), ("validate", "eval_qrels"), ("validate", "eval_queries"), ("audit", "qrels")}
 
 
 def _is_local(value: str) -> bool:
