@@ -35,6 +35,7 @@ from tasks.quality_checks import contaminated_queries
 from tasks.quality_gate import check_candidate, check_inputs
 from tasks.registry import Registry
 from tasks.search import merge_hits, search_shard
+from tasks.similarity import candidate_similarity
 from tasks.training_set import ids_table, write_training_set
 
 PACKAGES = ("negforge", "prefect", "prefect-dask", "distributed", "polars", "faiss-cpu", "sentence-transformers",
@@ -44,6 +45,7 @@ ingest_task = task(ingest, name="ingest", cache_policy=NO_CACHE)
 embed_task = task(embed_shard, name="embed shard", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10])
 search_task = task(search_shard, name="search shard", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10])
 merge_task = task(merge_hits, name="merge hits", cache_policy=NO_CACHE)
+similarity_task = task(candidate_similarity, name="candidate similarity", cache_policy=NO_CACHE)
 validate_inputs_task = task(check_inputs, name="validate inputs", cache_policy=NO_CACHE)
 validate_candidate_task = task(check_candidate, name="validate candidate", cache_policy=NO_CACHE)
 
@@ -56,7 +58,8 @@ def mine_task(search: dict[str, str], summary: dict[str, Any], config: BuildConf
     positive_scores = pl.read_parquet(search["positive_scores"])
     query_ids = pl.read_parquet(summary["query_shards"], columns=["id"])["id"].to_list()
     hits = pl.read_parquet(search["hits"]).filter(pl.col("rank") < depth)
-    candidates = mine(hits, positives, positive_scores, query_ids, config.mine, range_max)
+    candidates = mine(hits, positives, positive_scores, query_ids, config.mine, range_max,
+                      pl.read_parquet(search["near_pairs"]), config.dedup.eps)
     ids, short = ids_table(candidates, positives, positive_scores, summary["corpus_shards"],
                            config.output.format, config.mine.num_negatives, config.output.keep_candidates)
     dropped = contaminated_queries(summary["query_shards"], config) if config.validate_.drop_eval_queries else []
@@ -165,7 +168,9 @@ def _search_all(summary: dict[str, Any], vectors: dict[str, list[str]], config: 
                        config.search.query_batch_size, str(out_dir))
                for i, path in enumerate(corpus)]
     results = [f.result() for f in futures]
-    return merge_task([r["hits"] for r in results], [r["positive_scores"] for r in results], depth, str(out_dir))
+    merged = merge_task([r["hits"] for r in results], [r["positive_scores"] for r in results], depth, str(out_dir))
+    return merged | similarity_task(merged["hits"], summary["positives_path"], corpus, config.runtime.shard_size,
+                                    str(out_dir))
 
 
 @flow(name="build-training-set", flow_run_name="build {config.publish.dataset}", validate_parameters=True)

@@ -106,6 +106,9 @@ class MineConfig(_Section):
     max_uses_per_negative: int | None = Field(
         None, ge=1, description="A document is a negative of at most this many queries (null: no cap)."
     )
+    max_positive_similarity: float | None = Field(
+        None, description="Drop a candidate whose cosine to any positive of its query is at least this (paraphrases)."
+    )
     seed: int = Field(42, description="Seed of the per-query random streams.")
     include_positives: bool = Field(False, description="Let positives be candidates (for reranking evaluation sets).")
 
@@ -127,6 +130,14 @@ class MineConfig(_Section):
             return self.range_max
         filtered = self.absolute_margin is not None or self.relative_margin is not None or self.max_score is not None
         return self.range_min + self.num_negatives * (10 if filtered else 1) + max_positives
+
+
+class DedupConfig(_Section):
+    eps: float | None = Field(
+        0.02, ge=0, le=0.1,
+        description="Near-duplicates have cosine >= 1 - eps (SemDeDup; 0.01 strict, 0.07 loose); null turns the "
+                    "near-duplicate rules off.",
+    )
 
 
 class OutputConfig(_Section):
@@ -205,6 +216,7 @@ class BuildConfig(_Section):
     embed: EmbedConfig = Field(default_factory=EmbedConfig, description="The embedding model and prompts.")
     search: SearchConfig = Field(default_factory=SearchConfig, description="Nearest-neighbour search.")
     mine: MineConfig = Field(default_factory=MineConfig, description="Which candidates become negatives.")
+    dedup: DedupConfig = Field(default_factory=DedupConfig, description="Near-duplicate negatives and positives.")
     output: OutputConfig = Field(default_factory=OutputConfig, description="Layout of the published training set.")
     audit: AuditConfig = Field(default_factory=AuditConfig, description="False-negative audit of the negatives.")
     validate_: ValidateConfig = Field(default_factory=ValidateConfig, alias="validate",

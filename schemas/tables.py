@@ -13,6 +13,8 @@ POSITIVES = {"query_row": pl.UInt32, "query_id": pl.String, "doc_row": pl.UInt32
 REJECTS = {"source": pl.String, "line": pl.Int64, "field": pl.String, "reason": pl.String, "raw": pl.String}
 # Top-k of every query against one corpus shard, and after the exact merge over shards.
 HITS = {"query_row": pl.UInt32, "doc_row": pl.UInt32, "score": pl.Float32}
+# Candidates of one query whose cosine is at least similarity.PAIR_FLOOR; doc_row ranks below other_row.
+NEAR_PAIRS = {"query_row": pl.UInt32, "doc_row": pl.UInt32, "other_row": pl.UInt32, "cosine": pl.Float32}
 POSITIVE_SCORES = {"query_row": pl.UInt32, "doc_row": pl.UInt32, "score": pl.Float32}
 # Every candidate with the reason it was not kept (null: kept as a negative).
 CANDIDATES = {"query_row": pl.UInt32, "doc_row": pl.UInt32, "score": pl.Float32, "rank": pl.UInt32,

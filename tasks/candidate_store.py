@@ -24,6 +24,7 @@ def save_candidates(folder: Path, search: dict[str, str], summary: dict[str, Any
     folder.mkdir(parents=True)
     shutil.copy(search["hits"], folder / "hits.parquet")
     shutil.copy(search["positive_scores"], folder / "positive-scores.parquet")
+    shutil.copy(search["near_pairs"], folder / "near-pairs.parquet")
     shutil.copy(summary["positives_path"], folder / "positives.parquet")
     pl.read_parquet(summary["query_shards"]).write_parquet(folder / "queries.parquet")
     needed = pl.concat([pl.read_parquet(search["hits"], columns=["doc_row"]),
@@ -41,7 +42,8 @@ def load_candidates(folder: Path) -> tuple[dict[str, Any], dict[str, str], int]:
     meta = json.loads((folder / "meta.json").read_text())
     summary = {"positives_path": str(folder / "positives.parquet"), "query_shards": [str(folder / "queries.parquet")],
                "corpus_shards": [str(folder / "documents.parquet")], "max_positives": meta["max_positives"]}
-    search = {"hits": str(folder / "hits.parquet"), "positive_scores": str(folder / "positive-scores.parquet")}
+    search = {"hits": str(folder / "hits.parquet"), "positive_scores": str(folder / "positive-scores.parquet"),
+              "near_pairs": str(folder / "near-pairs.parquet")}
     return summary, search, meta["depth"]
 
 

@@ -16,8 +16,9 @@ import polars as pl
 from schemas.config import MineConfig
 from schemas.tables import CANDIDATES, frame
 
-REASONS = ("positive_id", "positive_text", "absolute_margin", "relative_margin", "max_score", "min_score",
-           "rank_window", "over_used", "not_sampled")
+REASONS = ("positive_id", "positive_text", "too_similar_to_positive", "near_duplicate_of_positive",
+           "absolute_margin", "relative_margin", "max_score", "min_score", "rank_window", "near_duplicate_negative",
+           "over_used", "not_sampled")
 _CODE = {name: code for code, name in enumerate(REASONS, start=1)}
 
 
@@ -50,16 +51,20 @@ def _position_among(q: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 
 def mine(hits: pl.DataFrame, positives: pl.DataFrame, positive_scores: pl.DataFrame, query_ids: list[str],
-         cfg: MineConfig, range_max: int) -> pl.DataFrame:
+         cfg: MineConfig, range_max: int, near_pairs: pl.DataFrame | None = None,
+         eps: float | None = None) -> pl.DataFrame:
     """Every candidate with its reason (null: kept as a negative).
 
     Args:
-        hits: merged search hits (query_row, doc_row, score, rank), sorted by query_row then rank.
+        hits: merged search hits (query_row, doc_row, score, rank, and pos_sim: the highest cosine to a positive of
+            the query, when computed), sorted by query_row then rank.
         positives: the positives table of ingest.
         positive_scores: (query_row, doc_row, score) of every positive.
         query_ids: the id of each query row.
         cfg: the mining options.
         range_max: the window size, derived when cfg.range_max is unset.
+        near_pairs: near-duplicate candidate pairs per query (tasks/similarity.py), for the in-row dedup.
+        eps: near-duplicates have cosine >= 1 - eps (None: no near-duplicate rules).
     """
     q = hits["query_row"].to_numpy()
     d = hits["doc_row"].to_numpy()
@@ -69,6 +74,12 @@ def mine(hits: pl.DataFrame, positives: pl.DataFrame, positive_scores: pl.DataFr
         by_id, by_text = _positive_flags(q, d, positives)
         _mark(reason, by_id, "positive_id")
         _mark(reason, by_text, "positive_text")
+    if "pos_sim" in hits.columns:
+        pos_sim = hits["pos_sim"].to_numpy()
+        if cfg.max_positive_similarity is not None:
+            _mark(reason, pos_sim >= np.float32(cfg.max_positive_similarity), "too_similar_to_positive")
+        if eps is not None and not cfg.include_positives:
+            _mark(reason, pos_sim >= np.float32(1 - eps), "near_duplicate_of_positive")
 
     lowest = positive_scores.group_by("query_row").agg(pl.col("score").min())
     s_p = np.full(len(query_ids), np.nan, dtype=np.float32)
@@ -87,13 +98,37 @@ def mine(hits: pl.DataFrame, positives: pl.DataFrame, positive_scores: pl.DataFr
     position = _position_among(q, survivor)
     window = survivor & (position >= cfg.range_min) & (position < range_max)
     _mark(reason, survivor & ~window, "rank_window")
+    if near_pairs is not None and eps is not None:
+        _drop_near_duplicates(reason, q, d, window, near_pairs.filter(pl.col("cosine") >= 1 - eps))
+        window &= reason == 0
     if cfg.sampling_strategy == "top" and cfg.max_uses_per_negative is None:
-        _mark(reason, window & (position - cfg.range_min >= cfg.num_negatives), "not_sampled")
+        _mark(reason, window & (_position_among(q, window) >= cfg.num_negatives), "not_sampled")
     else:
         _sample(reason, q, d, s, s_p, window, query_ids, cfg)
 
     names = np.array([None, *REASONS], dtype=object)[reason].tolist()
     return frame(CANDIDATES, {"query_row": q, "doc_row": d, "score": s, "rank": hits["rank"], "reason": names})
+
+
+def _drop_near_duplicates(reason: np.ndarray, q: np.ndarray, d: np.ndarray, window: np.ndarray,
+                          pairs: pl.DataFrame) -> None:
+    """In each query's window, in rank order, drop a candidate that is a near-duplicate of one already kept.
+
+    Compared to kept candidates only, never chaining pairs into groups (SemDeDup): the better-ranked one stays and
+    the window's next candidate takes the place of the other.
+    """
+    if pairs.is_empty():
+        return
+    near: dict[tuple[int, int], set[int]] = {}
+    for query, doc, other in pairs.select("query_row", "doc_row", "other_row").iter_rows():
+        near.setdefault((query, doc), set()).add(other)
+    kept: dict[int, set[int]] = {}
+    for row in np.flatnonzero(window):
+        query, doc = int(q[row]), int(d[row])
+        if near.get((query, doc), set()) & kept.get(query, set()):
+            reason[row] = _CODE["near_duplicate_negative"]
+        else:
+            kept.setdefault(query, set()).add(doc)
 
 
 def sampling_weights(scores: np.ndarray, lowest_positive: float, cfg: MineConfig) -> np.ndarray | None:
