@@ -1,7 +1,7 @@
 """negforge against sentence-transformers' `mine_hard_negatives` on SciFact train, each run in a fresh process.
 
 Same model (bundled all-MiniLM-L6-v2), batch size 32 and options (relative_margin 0.05, range_max 50, 5 negatives,
-top; negforge's near-duplicate rules off, since the reference has none). Runs the reference (use_faiss=True), a cold `negforge build` (empty embedding store) and a warm rebuild, samples
+top; negforge's near-duplicate and positive-similarity rules off, since the reference has neither). Runs the reference (use_faiss=True), a cold `negforge build` (empty embedding store) and a warm rebuild, samples
 the memory of each process tree (Dask workers and the Prefect server included) and prints, as its last line, one
 JSON object: st_s, negforge_cold_s, negforge_warm_s, ratio, warm_ratio, st_peak_mb, negforge_peak_mb, jaccard, stages.
 
@@ -90,6 +90,7 @@ def main() -> None:
                        "input.qrels": data / "qrels" / "train.tsv", "publish.registry": work / "registry",
                        "publish.dataset": "scifact-train", "runtime.workdir": work / "negforge",
                        "output.exports": "[]", "embed.batch_size": 32, "dedup.eps": "null",
+                       "mine.max_positive_similarity": "null",
                        **{f"mine.{k}": v for k, v in OPTIONS.items()}}.items():
         build += ["--set", f"{key}={value}"]
     cold_s, cold_mb, cold_out = run_measured(build, ROOT)

@@ -17,12 +17,14 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SETTINGS = {
+SETTINGS = {  # each on top of the config defaults, with max_positive_similarity off unless named
     "plain top-k": ["mine.relative_margin=null"],
     "relative_margin 0.05": ["mine.relative_margin=0.05"],
     "relative_margin 0.1": ["mine.relative_margin=0.1"],
     "absolute_margin 0.1": ["mine.relative_margin=null", "mine.absolute_margin=0.1"],
     "relative_margin 0.05, max_score 0.7": ["mine.relative_margin=0.05", "mine.max_score=0.7"],
+    "relative_margin 0.05, max_positive_similarity 0.8": ["mine.relative_margin=0.05",
+                                                          "mine.max_positive_similarity=0.8"],
 }
 
 
@@ -56,7 +58,7 @@ def main() -> None:
                          f"input.qrels={train}", f"audit.qrels={hidden}", "validate.eval_qrels=null",
                          "mine.num_negatives=5", "mine.range_max=50", "output.exports=[]",
                          f"publish.registry={work / 'audit' / 'registry'}", f"publish.dataset=audit-{number}",
-                         f"runtime.workdir={work / 'negforge'}", *overrides]:
+                         f"runtime.workdir={work / 'negforge'}", "mine.max_positive_similarity=null", *overrides]:
             command += ["--set", override]
         done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
         if done.returncode:

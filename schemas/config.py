@@ -107,7 +107,8 @@ class MineConfig(_Section):
         None, ge=1, description="A document is a negative of at most this many queries (null: no cap)."
     )
     max_positive_similarity: float | None = Field(
-        None, description="Drop a candidate whose cosine to any positive of its query is at least this (paraphrases)."
+        0.8, description="Drop a candidate whose cosine to any positive of its query is at least this (paraphrases; "
+                         "0.8 chosen by bench/false_negatives.py)."
     )
     seed: int = Field(42, description="Seed of the per-query random streams.")
     include_positives: bool = Field(False, description="Let positives be candidates (for reranking evaluation sets).")

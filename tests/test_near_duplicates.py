@@ -56,7 +56,8 @@ def test_positive_similarity_rules_and_their_order():
     cfg = MineConfig(num_negatives=2, relative_margin=None, max_positive_similarity=0.9)
     result = mine(hits, pos, scores, ids, cfg, 10, None, 0.02)
     assert [_reason(result, d) for d in (1, 2)] == ["too_similar_to_positive", "too_similar_to_positive"]
-    only_dedup = mine(hits, pos, scores, ids, MineConfig(num_negatives=2, relative_margin=None), 10, None, 0.02)
+    only_dedup = mine(hits, pos, scores, ids,
+                      MineConfig(num_negatives=2, relative_margin=None, max_positive_similarity=None), 10, None, 0.02)
     assert _reason(only_dedup, 1) == "near_duplicate_of_positive" and _kept(only_dedup) == [2, 3]
 
 
@@ -122,5 +123,6 @@ def test_near_copies_and_paraphrases_of_positives_are_never_their_negatives(tmp_
         ids = pl.read_parquet(Path(out.stdout.strip().splitlines()[-1]) / "ids")
         return sum(len(set(r["negative_ids"]) & copies.get(r["query_id"], set())) for r in ids.iter_rows(named=True))
 
-    assert mined_copies("dedup.eps=null") > 0  # without the rules, copies of positives are mined as negatives
-    assert mined_copies("mine.max_positive_similarity=0.8") == 0
+    # without the rules, copies of positives are mined as negatives; with the defaults, never
+    assert mined_copies("dedup.eps=null", "mine.max_positive_similarity=null") > 0
+    assert mined_copies() == 0

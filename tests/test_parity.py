@@ -73,7 +73,7 @@ def _negforge_rows(sample: Path, tmp: Path, options: dict, *extra: str) -> pl.Da
 
     from flows.build import build_training_set
 
-    overrides = [f"mine.{k}={v}" for k, v in options.items()] + ["dedup.eps=null"] + list(extra)
+    overrides = [f"mine.{k}={v}" for k, v in options.items()] + ["dedup.eps=null", "mine.max_positive_similarity=null"] + list(extra)
     if "relative_margin" not in options:
         overrides.append("mine.relative_margin=null")
     config = load_config(ROOT_CONFIG, [f"input.corpus={sample / 'corpus.jsonl'}",
