@@ -1,4 +1,5 @@
-"""The `build-training-set` flow: ingest, embed (per shard, on Dask), search (per shard), merge, mine, write, publish.
+"""The `build-training-set` flow: ingest, validate inputs, embed (per shard, on Dask), search (per shard), merge,
+candidate similarity, optional deeper search, mine, write, validate the candidate, publish.
 
 Tasks pass paths and small metadata only; tables and vectors live in the run workspace. The task runner is chosen at
 call time (`build_training_set.with_options(task_runner=...)`), so the same flow runs on a local cluster or an
@@ -24,12 +25,13 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from schemas.config import BuildConfig
+from tasks.audit import audit
+from tasks.candidate_store import save_candidates
 from tasks.dataset_card import dataset_card
+from tasks.deepen import deepen
 from tasks.embed import embed_shard
 from tasks.ingest import ingest
 from tasks.mine import mine, reason_counts, reasons_per_query
-from tasks.audit import audit
-from tasks.candidate_store import save_candidates
 from tasks.model import EncoderSpec, ModelRef, named_prompt, resolve_model
 from tasks.quality_checks import contaminated_queries
 from tasks.quality_gate import check_candidate, check_inputs
@@ -45,6 +47,7 @@ ingest_task = task(ingest, name="ingest", cache_policy=NO_CACHE)
 embed_task = task(embed_shard, name="embed shard", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10])
 search_task = task(search_shard, name="search shard", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10])
 merge_task = task(merge_hits, name="merge hits", cache_policy=NO_CACHE)
+deepen_task = task(deepen, name="search deeper", cache_policy=NO_CACHE)
 similarity_task = task(candidate_similarity, name="candidate similarity", cache_policy=NO_CACHE)
 validate_inputs_task = task(check_inputs, name="validate inputs", cache_policy=NO_CACHE)
 validate_candidate_task = task(check_candidate, name="validate candidate", cache_policy=NO_CACHE)
@@ -205,6 +208,11 @@ def build_training_set(config: BuildConfig) -> dict[str, Any]:
     depth = config.search.depth or range_max + summary["max_positives"]
     with _timed(timings, "search"):
         search = _search_all(summary, embedded["vectors"], config, depth, run_dir / "search")
+    deepened = None
+    if config.mine.max_depth and config.mine.max_depth > depth:
+        with _timed(timings, "deepen"):
+            search, deepened = deepen_task(search, summary, embedded["vectors"], config, depth, range_max,
+                                           str(run_dir / "deepen"))
 
     base = {
         "created_at": started.isoformat(), "inputs": summary["inputs"],
@@ -215,9 +223,10 @@ def build_training_set(config: BuildConfig) -> dict[str, Any]:
         "counts": {key: summary[key] for key in ("documents", "unique_texts", "queries_read", "queries_used",
                                                  "queries_unused", "positives", "rows_rejected")},
         "rejects": {"path": summary["rejects_path"], "reasons": summary["reject_reasons"]},
-        "run_dir": str(run_dir),
+        "adaptive_depth": deepened, "run_dir": str(run_dir),
     }
-    return mine_and_publish(config, summary, search, depth, range_max, run_dir, timings, base)
+    return mine_and_publish(config, summary, search, deepened["depth"] if deepened else depth, range_max, run_dir,
+                            timings, base, stored_depth=depth)
 
 
 def mine_and_publish(config: BuildConfig, summary: dict[str, Any], search: dict[str, str], depth: int,

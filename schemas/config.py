@@ -110,6 +110,9 @@ class MineConfig(_Section):
         0.8, description="Drop a candidate whose cosine to any positive of its query is at least this (paraphrases; "
                          "0.8 chosen by bench/false_negatives.py)."
     )
+    max_depth: int | None = Field(
+        None, ge=1, description="Search queries left short of negatives deeper, doubling up to this depth (null: off)."
+    )
     seed: int = Field(42, description="Seed of the per-query random streams.")
     include_positives: bool = Field(False, description="Let positives be candidates (for reranking evaluation sets).")
 
