@@ -107,12 +107,14 @@ def cmd_remine(args: argparse.Namespace) -> int:
     config = validate_config(raw, f"{args.source} config")
     summary, _, depth = load_candidates(registry.folder / version / "candidates")
     check_remine(parent["config"], config, depth, summary["max_positives"])  # refuse before any run starts
-    from flows.remine import remine_training_set
     from flows.runtime import prefect_api
 
-    if not args.debug:
-        _console_without_tracebacks()
-    with prefect_api():
+    with prefect_api() as api_ready:
+        from flows.remine import remine_training_set  # imported while the local Prefect server starts
+
+        if not args.debug:
+            _console_without_tracebacks()
+        api_ready()
         return _print_result(remine_training_set(version, config))
 
 
@@ -120,14 +122,17 @@ def cmd_build(args: argparse.Namespace) -> int:
     from schemas.config import load_config
 
     config = load_config(args.config or default_config(), args.overrides)
-    from flows.build import build_training_set
     from flows.runtime import dask_task_runner, prefect_api
 
-    if not args.debug:
-        _console_without_tracebacks()
+    with prefect_api() as api_ready:
+        from flows.build import build_training_set  # imported while the local Prefect server starts
+        from schemas import expectations  # noqa: F401  (Great Expectations too; validation needs it later)
 
-    with prefect_api():
-        return _print_result(build_training_set.with_options(task_runner=dask_task_runner(config.runtime))(config))
+        if not args.debug:
+            _console_without_tracebacks()
+        flow = build_training_set.with_options(task_runner=dask_task_runner(config.runtime))
+        api_ready()
+        return _print_result(flow(config))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,8 +7,10 @@ URL is put in the environment before the cluster's workers are spawned (DESIGN.m
 from __future__ import annotations
 
 import os
+import socket
+import threading
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator
 
 from schemas.config import RuntimeConfig
 
@@ -29,28 +31,47 @@ def quiet_environment() -> None:
         os.environ.setdefault(key, value)
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 @contextmanager
-def prefect_api() -> Iterator[str]:
-    """Yield the Prefect API URL, starting a local server on 127.0.0.1 for the duration when none is set."""
+def prefect_api() -> Iterator[Callable[[], str]]:
+    """Use the configured Prefect API, or start a local server on 127.0.0.1 for the duration.
+
+    Yields a function that waits until the API is up and returns its URL. The server starts in the background, so
+    the caller's imports overlap with it; its URL is in the environment at once, so Dask workers report to it.
+    """
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     configured = os.environ.get("PREFECT_API_URL") or PREFECT_API_URL.value()
     if configured:
-        yield configured
+        yield lambda: configured
         return
     from prefect.server.api.server import SubprocessASGIServer
 
-    server = SubprocessASGIServer()
-    server.start(timeout=120)
+    server = SubprocessASGIServer(port=_free_port())
+    starter = threading.Thread(target=server.start, kwargs={"timeout": 120}, daemon=True)
+    starter.start()
+
+    def ready() -> str:
+        starter.join()
+        if server.server_process is None or server.server_process.poll() is not None:
+            raise RuntimeError(f"the local Prefect server did not start on {server.address}")
+        return server.api_url
+
     os.environ["PREFECT_API_URL"] = server.api_url
     try:
         with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
-            yield server.api_url
+            yield ready
     finally:
         from prefect.logging.handlers import APILogHandler
 
         APILogHandler().flush()  # send the last run logs before the server goes away
         os.environ.pop("PREFECT_API_URL", None)
+        starter.join()
         server.stop()
 
 
