@@ -10,7 +10,6 @@ JSON object: st_s, negforge_cold_s, negforge_warm_s, ratio, warm_ratio, st_peak_
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import subprocess
@@ -21,7 +20,7 @@ from pathlib import Path
 import polars as pl
 import psutil
 
-ROOT = Path(__file__).resolve().parent.parent
+from bench_args import ROOT, data_and_work
 OPTIONS = {"relative_margin": 0.05, "range_max": 50, "num_negatives": 5, "sampling_strategy": "top"}
 
 REFERENCE = """
@@ -73,11 +72,7 @@ def mean_jaccard(a: dict[str, set[str]], b: dict[str, set[str]]) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "scifact")
-    parser.add_argument("--work", type=Path, default=Path("/tmp/negforge-bench"))
-    args = parser.parse_args()
-    data, work = args.data.resolve(), args.work.resolve()
+    data, work = data_and_work(__doc__.splitlines()[0])
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
 

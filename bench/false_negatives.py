@@ -10,13 +10,12 @@ setting: setting, n_queries, false_negative_rate, ci95, coverage, mean_negative_
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from bench_args import ROOT, data_and_work
 SETTINGS = {  # each on top of the config defaults, with max_positive_similarity off unless named
     "plain top-k": ["mine.relative_margin=null"],
     "relative_margin 0.05": ["mine.relative_margin=0.05"],
@@ -44,11 +43,7 @@ def split_qrels(source: Path, work: Path) -> tuple[Path, Path, int]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "scifact")
-    parser.add_argument("--work", type=Path, default=Path("/tmp/negforge-bench"))
-    args = parser.parse_args()
-    data, work = args.data.resolve(), args.work.resolve()
+    data, work = data_and_work(__doc__.splitlines()[0])
     (work / "audit").mkdir(parents=True, exist_ok=True)
     train, hidden, hidden_queries = split_qrels(data / "qrels" / "train.tsv", work / "audit")
     print(f"{hidden_queries} queries have hidden positives", file=sys.stderr)
