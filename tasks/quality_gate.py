@@ -54,12 +54,12 @@ def check_candidate(staged: str, mined: dict[str, Any], summary: dict[str, Any],
     if config.validate_.drift_fails and warnings:
         outcome["success"] = False
     if not outcome["success"]:
-        registry_folder = staged_path.parent
-        place = quarantine(staged_path, registry_folder, Path(out_dir))
-        details = describe_failures(outcome["failures"], MEANINGS)
-        drift_lines = "\n".join(f"  drift: {w}" for w in warnings) if config.validate_.drift_fails else ""
-        raise ValidationFailed(f"the candidate version failed validation; nothing was published. Quarantined at "
-                               f"{place}\n{details}{chr(10) if details and drift_lines else ''}{drift_lines}")
+        place = quarantine(staged_path, staged_path.parent, Path(out_dir))
+        lines = [describe_failures(outcome["failures"], MEANINGS)] if outcome["failures"] else []
+        if config.validate_.drift_fails:
+            lines += [f"  drift: {w}" for w in warnings]
+        raise ValidationFailed("\n".join([f"the candidate version failed validation; nothing was published. "
+                                           f"Quarantined at {place}", *lines]))
     return {"success": True, "expectations": outcome["expectations"], "warnings": warnings,
             "shared_positives_with_eval": shared_positives(positives, config.input, config.validate_.eval_qrels),
             "eval_qrels": config.validate_.eval_qrels}

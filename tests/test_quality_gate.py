@@ -124,3 +124,13 @@ def test_drift_warns_beyond_tolerance():
     assert drift(previous, 110, {"positive": {"mean": 0.61}, "negative": {"mean": 0.41}}, limits) == []
     warnings = drift(previous, 20, {"positive": {"mean": 0.6}, "negative": {"mean": 0.5}}, limits)
     assert len(warnings) == 2 and "row count 100 -> 20" in warnings[0]
+
+
+def test_drift_fails_the_gate_when_configured(candidate, tmp_path):
+    cfg, summary, stage, registry, _ = candidate
+    previous = {"counts": {"rows": 1000}, "scores": {"positive": {"mean": 0.6}, "negative": {"mean": 0.4}}}
+    outcome = check_candidate(str(stage()), MINED, summary, cfg, previous, str(tmp_path / "warn"))
+    assert outcome["success"] and "row count 1000 ->" in outcome["warnings"][0]
+    cfg.validate_.drift_fails = True
+    with pytest.raises(ValidationFailed, match=r"(?s)nothing was published.*drift: row count 1000 ->"):
+        check_candidate(str(stage()), MINED, summary, cfg, previous, str(tmp_path / "fail"))
