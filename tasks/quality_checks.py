@@ -67,8 +67,9 @@ def row_checks(ids: pl.DataFrame, positives: pl.DataFrame, corpus_shards: list[s
     known = positives.group_by("query_id").agg(pl.col("positive_id").alias("known_ids"),
                                                pl.col("text_hash").alias("known_hashes"))
     own = positives.select("query_id", "positive_id", pl.col("text_hash").alias("positive_hash"))
-    id_hash = pl.scan_parquet(corpus_shards).select(pl.col("id").alias("negative_id"),
-                                                    pl.col("text_hash").alias("negative_hash")).collect()
+    negative_ids = ids["negative_ids"].explode().drop_nulls().unique()
+    id_hash = (pl.scan_parquet(corpus_shards).filter(pl.col("id").is_in(negative_ids))
+               .select(pl.col("id").alias("negative_id"), pl.col("text_hash").alias("negative_hash")).collect())
     anchor_hash = pl.scan_parquet(query_shards).select(pl.col("id").alias("query_id"),
                                                        pl.col("text_hash").alias("anchor_hash")).collect()
     lowest = ids.group_by("query_id").agg(pl.col("positive_score").min().alias("lowest"))
