@@ -115,7 +115,8 @@ def cmd_remine(args: argparse.Namespace) -> int:
         if not args.debug:
             _console_without_tracebacks()
         api_ready()
-        return _print_result(remine_training_set(version, config))
+        result = remine_training_set(version, config)
+    return _print_result(result)  # after the local server stopped, so the version folder is the last line
 
 
 def cmd_build(args: argparse.Namespace) -> int:
@@ -132,7 +133,8 @@ def cmd_build(args: argparse.Namespace) -> int:
             _console_without_tracebacks()
         flow = build_training_set.with_options(task_runner=dask_task_runner(config.runtime))
         api_ready()
-        return _print_result(flow(config))
+        result = flow(config)
+    return _print_result(result)  # after the local server stopped, so the version folder is the last line
 
 
 def main(argv: list[str] | None = None) -> int:
