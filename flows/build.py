@@ -40,6 +40,9 @@ from tasks.search import merge_hits, search_shard
 from tasks.similarity import candidate_similarity
 from tasks.training_set import ids_table, write_training_set
 
+# Ingest counts that go into the manifest as they are (a remine copies them from its source).
+SUMMARY_COUNTS = ("documents", "unique_texts", "queries_read", "queries_used", "queries_unused", "positives",
+                  "rows_rejected")
 PACKAGES = ("negforge", "prefect", "prefect-dask", "distributed", "polars", "faiss-cpu", "sentence-transformers",
             "transformers", "torch", "datasets", "numpy", "great-expectations", "pydantic")
 
@@ -69,7 +72,8 @@ def mine_task(search: dict[str, str], summary: dict[str, Any], config: BuildConf
     ids = ids.filter(~pl.col("query_id").is_in(dropped))
     report = None
     if config.audit.qrels:
-        doc_ids = pl.scan_parquet(summary["corpus_shards"]).select("row", "id").collect()
+        doc_ids = (pl.scan_parquet(summary["corpus_shards"]).select("row", "id")
+                   .filter(pl.col("row").is_in(candidates["doc_row"].unique())).collect())
         report = audit(candidates, query_ids, doc_ids, config.audit.qrels, config.input.format,
                        config.mine.num_negatives)
     out = Path(out_dir)
@@ -220,8 +224,7 @@ def build_training_set(config: BuildConfig) -> dict[str, Any]:
                   "fingerprints": {kind: spec.fingerprint for kind, spec in specs.items()}},
         "embed": {"texts_embedded": embedded["texts_embedded"], "texts_cached": embedded["texts_cached"]},
         "search": {"depth": depth, "range_max": range_max},
-        "counts": {key: summary[key] for key in ("documents", "unique_texts", "queries_read", "queries_used",
-                                                 "queries_unused", "positives", "rows_rejected")},
+        "counts": {key: summary[key] for key in SUMMARY_COUNTS},
         "rejects": {"path": summary["rejects_path"], "reasons": summary["reject_reasons"]},
         "adaptive_depth": deepened, "run_dir": str(run_dir),
     }

@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import Callable
 
 from flows.runtime import quiet_environment
 
@@ -52,9 +53,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def cmd_versions(args: argparse.Namespace) -> int:
     from flows import registry_commands
-    from schemas.config import load_config
 
-    args.registry = args.registry or load_config(default_config()).publish.registry
+    args.registry = _default_registry(args)
     return getattr(registry_commands, f"versions_{args.action}")(args)
 
 
@@ -92,49 +92,67 @@ def _print_result(result: dict) -> int:
     return 0
 
 
+def _default_registry(args: argparse.Namespace) -> str:
+    """--registry, else the default config's publish.registry."""
+    from schemas.config import load_config
+
+    return args.registry or load_config(default_config()).publish.registry
+
+
+def _run_flow(args: argparse.Namespace, prepare: Callable[[], Callable[[], dict]]) -> int:
+    """Run a flow against the Prefect API (a local one when none is set) and print its result.
+
+    `prepare` imports the flow and returns the call that runs it; it runs while a local server starts.
+    """
+    from flows.runtime import prefect_api
+
+    with prefect_api() as api_ready:
+        run = prepare()
+        if not args.debug:
+            _console_without_tracebacks()
+        api_ready()
+        result = run()
+    return _print_result(result)  # after the local server stopped, so the version folder is the last line
+
+
 def cmd_remine(args: argparse.Namespace) -> int:
-    from schemas.config import ConfigError, apply_overrides, load_config, validate_config
+    from schemas.config import ConfigError, apply_overrides, validate_config
     from tasks.candidate_store import check_remine, load_candidates
     from tasks.registry import Registry
 
     dataset, sep, version = args.source.partition("@")
     if not sep or not version:
         raise ConfigError(f"--from {args.source!r}: expected DATASET@VERSION, e.g. scifact-demo@v0001")
-    registry = Registry(args.registry or load_config(default_config()).publish.registry, dataset)
+    registry = Registry(_default_registry(args), dataset)
     parent = registry.manifest(version)
     raw = apply_overrides(parent["config"] | {"publish": parent["config"]["publish"] | {
         "registry": str(registry.folder.parent)}}, args.overrides)
     config = validate_config(raw, f"{args.source} config")
     summary, _, depth = load_candidates(registry.folder / version / "candidates")
     check_remine(parent["config"], config, depth, summary["max_positives"])  # refuse before any run starts
-    from flows.runtime import prefect_api
 
-    with prefect_api() as api_ready:
-        from flows.remine import remine_training_set  # imported while the local Prefect server starts
+    def prepare() -> Callable[[], dict]:
+        from flows.remine import remine_training_set
 
-        if not args.debug:
-            _console_without_tracebacks()
-        api_ready()
-        result = remine_training_set(version, config)
-    return _print_result(result)  # after the local server stopped, so the version folder is the last line
+        return lambda: remine_training_set(version, config)
+
+    return _run_flow(args, prepare)
 
 
 def cmd_build(args: argparse.Namespace) -> int:
     from schemas.config import load_config
 
     config = load_config(args.config or default_config(), args.overrides)
-    from flows.runtime import dask_task_runner, prefect_api
 
-    with prefect_api() as api_ready:
-        from flows.build import build_training_set  # imported while the local Prefect server starts
+    def prepare() -> Callable[[], dict]:
+        from flows.build import build_training_set
+        from flows.runtime import dask_task_runner
         from schemas import expectations  # noqa: F401  (Great Expectations too; validation needs it later)
 
-        if not args.debug:
-            _console_without_tracebacks()
         flow = build_training_set.with_options(task_runner=dask_task_runner(config.runtime))
-        api_ready()
-        result = flow(config)
-    return _print_result(result)  # after the local server stopped, so the version folder is the last line
+        return lambda: flow(config)
+
+    return _run_flow(args, prepare)
 
 
 def main(argv: list[str] | None = None) -> int:

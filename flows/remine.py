@@ -13,13 +13,10 @@ from typing import Any
 
 from prefect import flow
 
-from flows.build import mine_and_publish
+from flows.build import SUMMARY_COUNTS, mine_and_publish
 from schemas.config import BuildConfig
 from tasks.candidate_store import check_remine, load_candidates
 from tasks.registry import Registry
-
-COUNTS = ("documents", "unique_texts", "queries_read", "queries_used", "queries_unused", "positives", "rows_rejected")
-
 
 @flow(name="remine-training-set", flow_run_name="remine {config.publish.dataset}", validate_parameters=True)
 def remine_training_set(source: str, config: BuildConfig) -> dict[str, Any]:
@@ -35,7 +32,7 @@ def remine_training_set(source: str, config: BuildConfig) -> dict[str, Any]:
     base = {
         "created_at": started.isoformat(), "inputs": parent["inputs"], "model": parent["model"],
         "embed": {"texts_embedded": 0, "texts_cached": 0}, "search": {"depth": mine_depth, "range_max": range_max},
-        "counts": {key: parent["counts"][key] for key in COUNTS}, "rejects": parent["rejects"],
+        "counts": {key: parent["counts"][key] for key in SUMMARY_COUNTS}, "rejects": parent["rejects"],
         "remined_from": f"{config.publish.dataset}@{source}", "run_dir": str(run_dir),
     }
     return mine_and_publish(config, summary, search, mine_depth, range_max, run_dir, {}, base, parent=source,
