@@ -27,6 +27,7 @@ from prefect.cache_policies import NO_CACHE
 from schemas.config import BuildConfig
 from tasks.audit import audit
 from tasks.candidate_store import save_candidates
+from tasks.corpus_dedup import choose_kept, near_duplicate_pairs
 from tasks.dataset_card import dataset_card
 from tasks.deepen import deepen
 from tasks.embed import embed_shard
@@ -36,6 +37,7 @@ from tasks.model import EncoderSpec, ModelRef, named_prompt, resolve_model
 from tasks.quality_checks import contaminated_queries
 from tasks.quality_gate import check_candidate, check_inputs
 from tasks.registry import Registry
+from tasks.rescore import attach_rescores, plan_batches, rescore_batch, rescorer_spec
 from tasks.search import merge_hits, search_shard
 from tasks.similarity import candidate_similarity
 from tasks.training_set import ids_table, write_training_set
@@ -52,6 +54,10 @@ search_task = task(search_shard, name="search shard", cache_policy=NO_CACHE, ret
 merge_task = task(merge_hits, name="merge hits", cache_policy=NO_CACHE)
 deepen_task = task(deepen, name="search deeper", cache_policy=NO_CACHE)
 similarity_task = task(candidate_similarity, name="candidate similarity", cache_policy=NO_CACHE)
+pairs_task = task(near_duplicate_pairs, name="corpus near-duplicates", cache_policy=NO_CACHE)
+choose_kept_task = task(choose_kept, name="choose kept documents", cache_policy=NO_CACHE)
+rescore_task = task(rescore_batch, name="rescore", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10])
+attach_task = task(attach_rescores, name="attach rescores", cache_policy=NO_CACHE)
 validate_inputs_task = task(check_inputs, name="validate inputs", cache_policy=NO_CACHE)
 validate_candidate_task = task(check_candidate, name="validate candidate", cache_policy=NO_CACHE)
 
@@ -65,7 +71,7 @@ def mine_task(search: dict[str, str], summary: dict[str, Any], config: BuildConf
     query_ids = pl.read_parquet(summary["query_shards"], columns=["id"])["id"].to_list()
     hits = pl.read_parquet(search["hits"]).filter(pl.col("rank") < depth)
     candidates = mine(hits, positives, positive_scores, query_ids, config.mine, range_max,
-                      pl.read_parquet(search["near_pairs"]), config.dedup.eps)
+                      pl.read_parquet(search["near_pairs"]), config.dedup.eps, config.rescore)
     ids, short = ids_table(candidates, positives, positive_scores, summary["corpus_shards"],
                            config.output.format, config.mine.num_negatives, config.output.keep_candidates)
     dropped = contaminated_queries(summary["query_shards"], config) if config.validate_.drop_eval_queries else []
@@ -165,6 +171,28 @@ def _embed_all(summary: dict[str, Any], specs: dict[str, EncoderSpec], store: st
             "texts_cached": sum(r["cached"] for r in results)}
 
 
+def _dedup_corpus(summary: dict[str, Any], corpus: list[str], config: BuildConfig, out_dir: Path) -> dict[str, Any]:
+    """Find near-duplicate documents shard by shard in parallel, then choose which to drop before searching."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    futures = [pairs_task.with_options(task_run_name=f"corpus near-duplicates {i + 1}/{len(corpus)}")
+               .submit(i, corpus, config.runtime.shard_size, 1 - config.dedup.eps,
+                       str(out_dir / f"pairs-{i:05d}.parquet"))
+               for i in range(len(corpus))]
+    return choose_kept_task([f.result() for f in futures], summary["positives_path"], summary["corpus_shards"],
+                            str(out_dir))
+
+
+def _rescore_all(search: dict[str, str], summary: dict[str, Any], config: BuildConfig, out_dir: Path) -> dict[str, str]:
+    """Score every candidate and positive with the rescorer, in batches of pairs on the workers."""
+    spec = rescorer_spec(config.rescore, config.runtime.device)
+    batches = plan_batches(search["hits"], summary["positives_path"], config.rescore.pairs_per_task, str(out_dir))
+    futures = [rescore_task.with_options(task_run_name=f"rescore batch {i + 1}/{len(batches)}")
+               .submit(path, spec, summary["query_shards"], summary["corpus_shards"],
+                       str(out_dir / f"rescores-{i:05d}.parquet"))
+               for i, path in enumerate(batches)]
+    return attach_task(search, [f.result() for f in futures], str(out_dir))
+
+
 def _search_all(summary: dict[str, Any], vectors: dict[str, list[str]], config: BuildConfig, depth: int,
                 out_dir: Path) -> dict[str, str]:
     """Search every corpus shard in parallel, then merge the per-shard top-k exactly."""
@@ -172,7 +200,7 @@ def _search_all(summary: dict[str, Any], vectors: dict[str, list[str]], config: 
     corpus = vectors["corpus"]
     futures = [search_task.with_options(task_run_name=f"search shard {i + 1}/{len(corpus)}")
                .submit(path, i * config.runtime.shard_size, vectors["query"], summary["positives_path"], depth,
-                       config.search.query_batch_size, str(out_dir))
+                       config.search.query_batch_size, str(out_dir), summary.get("excluded_docs"))
                for i, path in enumerate(corpus)]
     results = [f.result() for f in futures]
     merged = merge_task([r["hits"] for r in results], [r["positive_scores"] for r in results], depth, str(out_dir))
@@ -208,6 +236,13 @@ def build_training_set(config: BuildConfig) -> dict[str, Any]:
         embedded = _embed_all(summary, specs, store, run_dir)
     logger.info("embedded %d texts, %d from the store", embedded["texts_embedded"], embedded["texts_cached"])
 
+    corpus_dedup = None
+    if config.dedup.corpus:
+        with _timed(timings, "dedup_corpus"):
+            corpus_dedup = _dedup_corpus(summary, embedded["vectors"]["corpus"], config, run_dir / "corpus-dedup")
+        summary = summary | {"excluded_docs": corpus_dedup["excluded_docs"]}
+        logger.info("corpus deduplication dropped %d near-duplicate documents", corpus_dedup["dropped"])
+
     range_max = config.mine.effective_range_max(summary["max_positives"])
     depth = config.search.depth or range_max + summary["max_positives"]
     with _timed(timings, "search"):
@@ -217,6 +252,11 @@ def build_training_set(config: BuildConfig) -> dict[str, Any]:
         with _timed(timings, "deepen"):
             search, deepened = deepen_task(search, summary, embedded["vectors"], config, depth, range_max,
                                            str(run_dir / "deepen"))
+    if config.rescore.model:
+        with _timed(timings, "rescore"):
+            search = _rescore_all(search, summary, config, run_dir / "rescore")
+    if corpus_dedup:
+        search = search | {"corpus_duplicates": corpus_dedup["corpus_duplicates"]}
 
     base = {
         "created_at": started.isoformat(), "inputs": summary["inputs"],
@@ -227,6 +267,8 @@ def build_training_set(config: BuildConfig) -> dict[str, Any]:
         "counts": {key: summary[key] for key in SUMMARY_COUNTS},
         "rejects": {"path": summary["rejects_path"], "reasons": summary["reject_reasons"]},
         "adaptive_depth": deepened, "run_dir": str(run_dir),
+        "corpus_dedup": {"dropped": corpus_dedup["dropped"], "record": "candidates/corpus-duplicates.parquet"}
+        if corpus_dedup else None,
     }
     return mine_and_publish(config, summary, search, deepened["depth"] if deepened else depth, range_max, run_dir,
                             timings, base, stored_depth=depth)

@@ -34,6 +34,7 @@ def remine_training_set(source: str, config: BuildConfig) -> dict[str, Any]:
         "embed": {"texts_embedded": 0, "texts_cached": 0}, "search": {"depth": mine_depth, "range_max": range_max},
         "counts": {key: parent["counts"][key] for key in SUMMARY_COUNTS}, "rejects": parent["rejects"],
         "remined_from": f"{config.publish.dataset}@{source}", "run_dir": str(run_dir),
+        "corpus_dedup": parent.get("corpus_dedup"),
     }
     return mine_and_publish(config, summary, search, mine_depth, range_max, run_dir, {}, base, parent=source,
                             stored_depth=depth)

@@ -142,13 +142,61 @@ class DedupConfig(_Section):
         description="Near-duplicates have cosine >= 1 - eps (SemDeDup; 0.01 strict, 0.07 loose); null turns the "
                     "near-duplicate rules off.",
     )
+    corpus: bool = Field(
+        False,
+        description="Drop near-duplicate documents from the corpus before searching: documents are visited "
+                    "positives first, then in corpus order, and one within eps of a kept document is dropped "
+                    "(positives never are); dropped ids and the kept document of their group are recorded.",
+    )
+
+    @model_validator(mode="after")
+    def _corpus_needs_eps(self) -> DedupConfig:
+        if self.corpus and self.eps is None:
+            raise ValueError("corpus deduplication needs eps")
+        return self
+
+
+class RescoreConfig(_Section):
+    model: str | None = Field(
+        None, description="A second model that rescores the candidates and positives (name or local path; "
+                          "null: no rescoring).",
+    )
+    kind: Literal["guide", "cross-encoder"] = Field(
+        "guide", description="guide: a sentence-transformers bi-encoder (GISTEmbed rule); cross-encoder: a "
+                             "sentence-transformers CrossEncoder (RocketQA rule).",
+    )
+    margin_strategy: Literal["absolute", "relative"] = Field(
+        "absolute", description="guide: drop n if g(q,n) > g(q,p) - margin (absolute) or > g(q,p) - |g(q,p)| * "
+                                "margin (relative); g(q,p) is the lowest positive under the guide.",
+    )
+    margin: float = Field(0.0, ge=0, description="guide: the margin of the GISTEmbed rule (0: above the positive).")
+    threshold: float | None = Field(
+        None, description="cross-encoder: drop n if its score is above this, on the model's own output scale "
+                          "(RocketQA used 0.1 on a probability scale); required for cross-encoder.",
+    )
+    batch_size: int = Field(32, gt=0, description="Texts or pairs per model batch.")
+    max_length: int | None = Field(None, gt=0, description="Truncate inputs to this many tokens (null: model's).")
+    query_prompt: str | None = Field(None, description="guide: raw prompt prepended to queries.")
+    corpus_prompt: str | None = Field(None, description="guide: raw prompt prepended to documents.")
+    pairs_per_task: int = Field(4096, gt=0, description="(query, document) pairs per Dask rescoring task.")
+
+    @model_validator(mode="after")
+    def _threshold_for_cross_encoder(self) -> RescoreConfig:
+        if self.model and self.kind == "cross-encoder" and self.threshold is None:
+            raise ValueError("a cross-encoder rescorer needs a threshold on its own output scale")
+        return self
+
+    def scoring_settings(self) -> dict[str, Any]:
+        """The settings that determine the rescorer's scores (the rule's margin and threshold do not)."""
+        return self.model_dump(include={"model", "kind", "max_length", "query_prompt", "corpus_prompt"})
 
 
 class OutputConfig(_Section):
     format: Literal["n-tuple", "triplet", "labeled-pair", "labeled-list"] = Field(
         "n-tuple", description="Training-set layout, as in sentence-transformers' mine_hard_negatives."
     )
-    scores: bool = Field(False, description="Add the similarity scores to the training set (for distillation).")
+    scores: bool = Field(False, description="Add the similarity scores (and the rescorer's, when set) to the training "
+                                            "set, for distillation losses.")
     exports: list[Literal["flagembedding"]] = Field(
         default_factory=list, description="Extra formats written beside the dataset (flagembedding: hn_mine jsonl)."
     )
@@ -221,6 +269,9 @@ class BuildConfig(_Section):
     search: SearchConfig = Field(default_factory=SearchConfig, description="Nearest-neighbour search.")
     mine: MineConfig = Field(default_factory=MineConfig, description="Which candidates become negatives.")
     dedup: DedupConfig = Field(default_factory=DedupConfig, description="Near-duplicate negatives and positives.")
+    rescore: RescoreConfig = Field(
+        default_factory=RescoreConfig, description="Optional second model that removes candidates it finds relevant."
+    )
     output: OutputConfig = Field(default_factory=OutputConfig, description="Layout of the published training set.")
     audit: AuditConfig = Field(default_factory=AuditConfig, description="False-negative audit of the negatives.")
     validate_: ValidateConfig = Field(default_factory=ValidateConfig, alias="validate",

@@ -17,10 +17,13 @@ HITS = {"query_row": pl.UInt32, "doc_row": pl.UInt32, "score": pl.Float32}
 NEAR_PAIRS = {"query_row": pl.UInt32, "doc_row": pl.UInt32, "other_row": pl.UInt32, "cosine": pl.Float32}
 POSITIVE_SCORES = {"query_row": pl.UInt32, "doc_row": pl.UInt32, "score": pl.Float32}
 # Every candidate with the reason it was not kept (null: kept as a negative).
+# `rescore`: the rescorer's score (null without one).
 CANDIDATES = {"query_row": pl.UInt32, "doc_row": pl.UInt32, "score": pl.Float32, "rank": pl.UInt32,
-              "reason": pl.String}
+              "reason": pl.String, "rescore": pl.Float32}
 IDS = {"query_id": pl.String, "positive_id": pl.String, "negative_ids": pl.List(pl.String),
        "positive_score": pl.Float32, "negative_scores": pl.List(pl.Float32)}
+# Added to IDS when a rescorer is set: its scores of the positive and of each negative.
+RESCORE_COLUMNS = {"positive_rescore": pl.Float32, "negative_rescores": pl.List(pl.Float32)}
 # Added to IDS with output.keep_candidates: the query's dropped candidates in rank order, and why each was dropped.
 CANDIDATE_COLUMNS = {"candidate_ids": pl.List(pl.String), "candidate_scores": pl.List(pl.Float32),
                      "candidate_reasons": pl.List(pl.String)}

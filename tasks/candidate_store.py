@@ -25,6 +25,8 @@ def save_candidates(folder: Path, search: dict[str, str], summary: dict[str, Any
     shutil.copy(search["hits"], folder / "hits.parquet")
     shutil.copy(search["positive_scores"], folder / "positive-scores.parquet")
     shutil.copy(search["near_pairs"], folder / "near-pairs.parquet")
+    if "corpus_duplicates" in search:
+        shutil.copy(search["corpus_duplicates"], folder / "corpus-duplicates.parquet")
     shutil.copy(summary["positives_path"], folder / "positives.parquet")
     pl.read_parquet(summary["query_shards"]).write_parquet(folder / "queries.parquet")
     needed = pl.concat([pl.read_parquet(search["hits"], columns=["doc_row"]),
@@ -44,13 +46,23 @@ def load_candidates(folder: Path) -> tuple[dict[str, Any], dict[str, str], int]:
                "corpus_shards": [str(folder / "documents.parquet")], "max_positives": meta["max_positives"]}
     search = {"hits": str(folder / "hits.parquet"), "positive_scores": str(folder / "positive-scores.parquet"),
               "near_pairs": str(folder / "near-pairs.parquet")}
+    if (folder / "corpus-duplicates.parquet").exists():
+        search["corpus_duplicates"] = str(folder / "corpus-duplicates.parquet")
     return summary, search, meta["depth"]
 
 
 def check_remine(parent_config: dict[str, Any], config: Any, stored_depth: int, max_positives: int) -> None:
-    """Refuse options the stored candidates cannot serve: other inputs, model or search, or a deeper window."""
+    """Refuse options the stored candidates cannot serve: other inputs, model, search, corpus deduplication or
+    rescoring model, or a deeper window. (The rescorer's margin and threshold may change: every candidate has its
+    rescore.)"""
     new = config.content_dict()
     changed = [section for section in ("input", "embed", "search") if new[section] != parent_config[section]]
+    old_dedup, old_rescore = parent_config.get("dedup", {}), parent_config.get("rescore", {})
+    if config.dedup.corpus != old_dedup.get("corpus", False) or (
+            config.dedup.corpus and config.dedup.eps != old_dedup.get("eps")):
+        changed.append("dedup.corpus (and its eps)")
+    if config.rescore.scoring_settings() != {key: old_rescore.get(key) for key in config.rescore.scoring_settings()}:
+        changed.append("the rescorer's model and inputs")
     if changed:
         raise RemineError(f"re-mining reuses the stored candidates, so {', '.join(changed)} cannot change; "
                           f"use negforge build for that")

@@ -40,7 +40,8 @@ def _search_subset(rows: list[int], summary: dict[str, Any], vectors: dict[str, 
     positives = pl.read_parquet(summary["positives_path"]).join(local, on="query_row")
     positives.with_columns(pl.col("local").alias("query_row")).drop("local").write_parquet(out / "positives.parquet")
     parts = [search_shard(path, i * config.runtime.shard_size, [str(out / "queries.npy")],
-                          str(out / "positives.parquet"), depth, config.search.query_batch_size, str(out))
+                          str(out / "positives.parquet"), depth, config.search.query_batch_size, str(out),
+                          summary.get("excluded_docs"))
              for i, path in enumerate(vectors["corpus"])]
     merged = merge_hits([p["hits"] for p in parts], [p["positive_scores"] for p in parts], depth, str(out))
     back = local.rename({"query_row": "global", "local": "query_row"})

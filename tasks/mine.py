@@ -13,11 +13,12 @@ import hashlib
 import numpy as np
 import polars as pl
 
-from schemas.config import MineConfig
+from schemas.config import MineConfig, RescoreConfig
 from schemas.tables import CANDIDATES, frame
 
 REASONS = ("positive_id", "positive_text", "too_similar_to_positive", "near_duplicate_of_positive",
-           "absolute_margin", "relative_margin", "max_score", "min_score", "rank_window", "near_duplicate_negative",
+           "absolute_margin", "relative_margin", "max_score", "min_score", "rescorer_relevant", "rank_window",
+           "near_duplicate_negative",
            "over_used", "not_sampled")
 _CODE = {name: code for code, name in enumerate(REASONS, start=1)}
 
@@ -52,7 +53,7 @@ def _position_among(q: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 def mine(hits: pl.DataFrame, positives: pl.DataFrame, positive_scores: pl.DataFrame, query_ids: list[str],
          cfg: MineConfig, range_max: int, near_pairs: pl.DataFrame | None = None,
-         eps: float | None = None) -> pl.DataFrame:
+         eps: float | None = None, rescore: RescoreConfig | None = None) -> pl.DataFrame:
     """Every candidate with its reason (null: kept as a negative).
 
     Args:
@@ -65,6 +66,7 @@ def mine(hits: pl.DataFrame, positives: pl.DataFrame, positive_scores: pl.DataFr
         range_max: the window size, derived when cfg.range_max is unset.
         near_pairs: near-duplicate candidate pairs per query (tasks/similarity.py), for the in-row dedup.
         eps: near-duplicates have cosine >= 1 - eps (None: no near-duplicate rules).
+        rescore: the rescorer's rule, applied when the hits and positive scores carry a `rescore` column.
     """
     q = hits["query_row"].to_numpy()
     d = hits["doc_row"].to_numpy()
@@ -82,9 +84,7 @@ def mine(hits: pl.DataFrame, positives: pl.DataFrame, positive_scores: pl.DataFr
             _mark(reason, pos_sim >= np.float32(1 - eps), "near_duplicate_of_positive")
 
     lowest = positive_scores.group_by("query_row").agg(pl.col("score").min())
-    s_p = np.full(len(query_ids), np.nan, dtype=np.float32)
-    s_p[lowest["query_row"].to_numpy()] = lowest["score"].to_numpy()
-    s_p = s_p[q]
+    s_p = _per_query(lowest, "score", len(query_ids))[q]
     if cfg.absolute_margin is not None:
         _mark(reason, s + np.float32(cfg.absolute_margin) > s_p, "absolute_margin")
     if cfg.relative_margin is not None:
@@ -93,6 +93,10 @@ def mine(hits: pl.DataFrame, positives: pl.DataFrame, positive_scores: pl.DataFr
         _mark(reason, s > np.float32(cfg.max_score), "max_score")
     if cfg.min_score is not None:
         _mark(reason, s < np.float32(cfg.min_score), "min_score")
+    rescored = rescore is not None and rescore.model is not None and "rescore" in hits.columns
+    if rescored:
+        _mark(reason, _rescorer_says_relevant(hits["rescore"].to_numpy(), q, positive_scores, len(query_ids),
+                                              rescore), "rescorer_relevant")
 
     survivor = reason == 0
     position = _position_among(q, survivor)
@@ -107,7 +111,28 @@ def mine(hits: pl.DataFrame, positives: pl.DataFrame, positive_scores: pl.DataFr
         _sample(reason, q, d, s, s_p, window, query_ids, cfg)
 
     names = np.array([None, *REASONS], dtype=object)[reason].tolist()
-    return frame(CANDIDATES, {"query_row": q, "doc_row": d, "score": s, "rank": hits["rank"], "reason": names})
+    return frame(CANDIDATES, {"query_row": q, "doc_row": d, "score": s, "rank": hits["rank"], "reason": names,
+                              "rescore": hits["rescore"] if rescored else [None] * len(q)})
+
+
+def _per_query(table: pl.DataFrame, column: str, queries: int) -> np.ndarray:
+    """A per-query value as an array indexed by query row (NaN for queries without one)."""
+    values = np.full(queries, np.nan, dtype=np.float32)
+    values[table["query_row"].to_numpy()] = table[column].to_numpy()
+    return values
+
+
+def _rescorer_says_relevant(r: np.ndarray, q: np.ndarray, positive_scores: pl.DataFrame, queries: int,
+                            cfg: RescoreConfig) -> np.ndarray:
+    """RocketQA: the cross-encoder's score is above the threshold. GISTEmbed: the guide scores the candidate above
+    its lowest-scoring positive less the margin (absolute, or relative to |g(q,p)|)."""
+    r = r.astype(np.float32)
+    if cfg.kind == "cross-encoder":
+        return r > np.float32(cfg.threshold)
+    lowest = positive_scores.group_by("query_row").agg(pl.col("rescore").min())
+    g_p = _per_query(lowest, "rescore", queries)[q]
+    margin = np.float32(cfg.margin) * (np.abs(g_p) if cfg.margin_strategy == "relative" else np.float32(1))
+    return r > g_p - margin
 
 
 def _drop_near_duplicates(reason: np.ndarray, q: np.ndarray, d: np.ndarray, window: np.ndarray,

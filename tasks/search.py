@@ -19,23 +19,37 @@ def _query_matrix(query_vectors: list[str]) -> np.ndarray:
     return np.concatenate([np.load(p, mmap_mode="r") for p in query_vectors]).astype(np.float32, copy=False)
 
 
+def _excluded(excluded_docs: str | None, first_doc_row: int, n_docs: int) -> faiss.SearchParameters | None:
+    """Search parameters that skip the shard's documents dropped by corpus deduplication (None: none dropped)."""
+    if excluded_docs is None:
+        return None
+    rows = pl.read_parquet(excluded_docs)["dropped_row"].to_numpy().astype(np.int64) - first_doc_row
+    local = rows[(rows >= 0) & (rows < n_docs)]
+    return faiss.SearchParameters(sel=faiss.IDSelectorNot(faiss.IDSelectorBatch(local))) if len(local) else None
+
+
 def search_shard(corpus_vectors: str, first_doc_row: int, query_vectors: list[str], positives_path: str,
-                 depth: int, query_batch_size: int, out_dir: str) -> dict[str, str]:
-    """Top-`depth` hits of every query in one corpus shard, and the scores of the positives that live in it."""
+                 depth: int, query_batch_size: int, out_dir: str, excluded_docs: str | None = None) -> dict[str, str]:
+    """Top-`depth` hits of every query in one corpus shard, and the scores of the positives that live in it.
+
+    Documents listed in `excluded_docs` (corpus deduplication) are never returned.
+    """
     docs = np.load(corpus_vectors)
     index = faiss.IndexFlatIP(docs.shape[1])
     index.add(docs)
+    params = _excluded(excluded_docs, first_doc_row, docs.shape[0])
     queries = _query_matrix(query_vectors)
     k = min(depth, docs.shape[0])
     parts = []
     for start in range(0, queries.shape[0], query_batch_size):
-        scores, rows = index.search(np.ascontiguousarray(queries[start:start + query_batch_size]), k)
-        n = scores.shape[0]
-        parts.append(frame(HITS, {"query_row": np.repeat(np.arange(start, start + n), k),
-                                  "doc_row": rows.reshape(-1) + first_doc_row, "score": scores.reshape(-1)}))
+        scores, rows = index.search(np.ascontiguousarray(queries[start:start + query_batch_size]), k, params=params)
+        found = rows.reshape(-1) >= 0  # fewer than k documents left after exclusions: FAISS pads with -1
+        parts.append(frame(HITS, {"query_row": np.repeat(np.arange(start, start + scores.shape[0]), k)[found],
+                                  "doc_row": rows.reshape(-1)[found] + first_doc_row,
+                                  "score": scores.reshape(-1)[found]}))
     name = Path(corpus_vectors).stem
     hits_path = Path(out_dir) / f"hits-{name}.parquet"
-    pl.concat(parts).filter(pl.col("score") > -np.inf).write_parquet(hits_path)
+    pl.concat(parts).write_parquet(hits_path)
 
     local = (pl.read_parquet(positives_path, columns=["query_row", "doc_row"]).unique()
              .filter(pl.col("doc_row").is_between(first_doc_row, first_doc_row + docs.shape[0] - 1)))

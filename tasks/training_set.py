@@ -14,10 +14,10 @@ from typing import Any
 import polars as pl
 
 from schemas.config import OutputConfig
-from schemas.tables import CANDIDATE_COLUMNS, IDS, check
+from schemas.tables import CANDIDATE_COLUMNS, IDS, RESCORE_COLUMNS, check
 
 
-def _texts(shards: list[str], rows: pl.Series) -> pl.DataFrame:
+def shard_rows(shards: list[str], rows: pl.Series) -> pl.DataFrame:
     """(row, id, text) of the wanted rows, read shard by shard."""
     wanted = rows.unique().cast(pl.UInt32)
     return pl.scan_parquet(shards).select("row", "id", "text").filter(pl.col("row").is_in(wanted)).collect()
@@ -31,7 +31,7 @@ def _minimum_negatives(fmt: str, num_negatives: int) -> int:
 def _dropped(candidates: pl.DataFrame, corpus_shards: list[str]) -> pl.DataFrame:
     """Per query, the candidates that did not become negatives, in rank order, with their reasons."""
     dropped = candidates.filter(pl.col("reason").is_not_null()).sort(["query_row", "rank"])
-    doc_ids = _texts(corpus_shards, dropped["doc_row"]).select("row", "id")
+    doc_ids = shard_rows(corpus_shards, dropped["doc_row"]).select("row", "id")
     return (dropped.join(doc_ids, left_on="doc_row", right_on="row", maintain_order="left")
             .group_by("query_row", maintain_order=True)
             .agg(pl.col("id").alias("candidate_ids"), pl.col("score").alias("candidate_scores"),
@@ -43,23 +43,27 @@ def ids_table(candidates: pl.DataFrame, positives: pl.DataFrame, positive_scores
               keep_candidates: bool = False) -> tuple[pl.DataFrame, list[str]]:
     """One row per (query, positive) that has a training row, and the ids of the queries short of negatives.
 
-    With `keep_candidates`, each row also lists the query's dropped candidates with their scores and reasons.
+    When the positive scores carry the rescorer's (`rescore`), rows carry them too. With `keep_candidates`, each row
+    also lists the query's dropped candidates with their scores and reasons.
     """
+    rescored = "rescore" in positive_scores.columns
     kept = candidates.filter(pl.col("reason").is_null()).sort(["query_row", "score", "doc_row"],
                                                              descending=[False, True, False])
-    doc_ids = _texts(corpus_shards, kept["doc_row"]).select("row", pl.col("id").alias("negative_id"))
+    doc_ids = shard_rows(corpus_shards, kept["doc_row"]).select("row", pl.col("id").alias("negative_id"))
     negatives = (kept.join(doc_ids, left_on="doc_row", right_on="row", maintain_order="left")
                  .group_by("query_row", maintain_order=True)
-                 .agg(pl.col("negative_id").alias("negative_ids"), pl.col("score").alias("negative_scores")))
-    rows = (positives.join(positive_scores.rename({"score": "positive_score"}), on=["query_row", "doc_row"],
-                           how="left", maintain_order="left")
+                 .agg(pl.col("negative_id").alias("negative_ids"), pl.col("score").alias("negative_scores"),
+                      pl.col("rescore").alias("negative_rescores")))
+    names = {"score": "positive_score", "rescore": "positive_rescore"}
+    renamed = positive_scores.rename({k: v for k, v in names.items() if k in positive_scores.columns})
+    rows = (positives.join(renamed, on=["query_row", "doc_row"], how="left", maintain_order="left")
             .join(negatives, on="query_row", how="left", maintain_order="left")
             .with_columns(pl.col("negative_ids").fill_null(pl.lit([], pl.List(pl.String))),
-                          pl.col("negative_scores").fill_null(pl.lit([], pl.List(pl.Float32)))))
+                          pl.col("negative_scores", "negative_rescores").fill_null(pl.lit([], pl.List(pl.Float32)))))
     found = rows["negative_ids"].list.len()
     short = rows.filter(found < num_negatives)["query_id"].unique(maintain_order=True).to_list()
     table = rows.filter(found >= _minimum_negatives(fmt, num_negatives))
-    schema = IDS | (CANDIDATE_COLUMNS if keep_candidates else {})
+    schema = IDS | (RESCORE_COLUMNS if rescored else {}) | (CANDIDATE_COLUMNS if keep_candidates else {})
     if keep_candidates:
         table = table.join(_dropped(candidates, corpus_shards), on="query_row", how="left", maintain_order="left")
     return check(schema, table.select(list(schema)), "ids table"), short
@@ -70,9 +74,9 @@ def joined_texts(ids: pl.DataFrame, positives: pl.DataFrame, query_shards: list[
     """The ids table with texts joined back: anchor, positive and the list of negative texts."""
     keyed = ids.join(positives.select("query_id", "positive_id", "query_row", "doc_row"),
                      on=["query_id", "positive_id"], how="left", maintain_order="left")
-    queries = _texts(query_shards, keyed["query_row"]).select(pl.col("row").alias("query_row"),
+    queries = shard_rows(query_shards, keyed["query_row"]).select(pl.col("row").alias("query_row"),
                                                                 pl.col("text").alias("anchor"))
-    docs = _texts(corpus_shards, keyed["doc_row"]).select(pl.col("row").alias("doc_row"),
+    docs = shard_rows(corpus_shards, keyed["doc_row"]).select(pl.col("row").alias("doc_row"),
                                                           pl.col("text").alias("positive"))
     negative_ids = ids["negative_ids"].explode().drop_nulls().unique()
     id_text = dict(pl.scan_parquet(corpus_shards).select("id", "text")
@@ -83,39 +87,46 @@ def joined_texts(ids: pl.DataFrame, positives: pl.DataFrame, query_shards: list[
                           .alias("negatives")))
 
 
+def _score_columns(base: pl.DataFrame, cfg: OutputConfig) -> list[tuple[str, str, str]]:
+    """(output name, positive column, negatives column) of each score the output carries."""
+    if not cfg.scores:
+        return []
+    rescored = [("rescore", "positive_rescore", "negative_rescores")] if "positive_rescore" in base.columns else []
+    return [("score", "positive_score", "negative_scores"), *rescored]
+
+
 def training_rows(base: pl.DataFrame, cfg: OutputConfig, n: int) -> pl.DataFrame:
-    """The training config's rows in `cfg.format`, with scores when `cfg.scores`."""
-    scores = pl.concat_list(pl.col("positive_score"), pl.col("negative_scores"))
+    """The training config's rows in `cfg.format`, with scores (`scores`, and `rescores` from a rescorer) when
+    `cfg.scores`: the positive's first, then the negatives'."""
+    kinds = _score_columns(base, cfg)
+    score_lists = [pl.concat_list(pl.col(pos), pl.col(neg)).alias(f"{name}s") for name, pos, neg in kinds]
     if cfg.format == "n-tuple":
         columns = [pl.col("anchor"), pl.col("positive"),
                    *[pl.col("negatives").list.get(i).alias(f"negative_{i + 1}") for i in range(n)]]
-        return base.select(*columns, *([scores.alias("scores")] if cfg.scores else []))
+        return base.select(*columns, *score_lists)
     if cfg.format == "triplet":
-        exploded = base.explode(["negatives", "negative_scores"])
-        pair_scores = pl.concat_list(pl.col("positive_score"), pl.col("negative_scores")).alias("scores")
-        return exploded.select("anchor", "positive", pl.col("negatives").alias("negative"),
-                               *([pair_scores] if cfg.scores else []))
+        exploded = base.explode(["negatives", *[neg for _, _, neg in kinds]])
+        return exploded.select("anchor", "positive", pl.col("negatives").alias("negative"), *score_lists)
     if cfg.format == "labeled-list":
         documents = pl.concat_list(pl.col("positive"), pl.col("negatives")).alias("positive")
-        labels = (scores.alias("scores") if cfg.scores else
-                  pl.concat_list(pl.lit(1), pl.col("negatives").list.eval(pl.lit(0))).alias("labels"))
-        return base.select("anchor", documents, labels)
-    return _labeled_pairs(base, cfg)
+        labels = pl.concat_list(pl.lit(1), pl.col("negatives").list.eval(pl.lit(0))).alias("labels")
+        return base.select("anchor", documents, *(score_lists or [labels]))
+    return _labeled_pairs(base, kinds)
 
 
-def _labeled_pairs(base: pl.DataFrame, cfg: OutputConfig) -> pl.DataFrame:
+def _labeled_pairs(base: pl.DataFrame, kinds: list[tuple[str, str, str]]) -> pl.DataFrame:
     """Per query: each positive (label 1), then the query's negatives once (label 0), as the reference does."""
-    value = "score" if cfg.scores else "label"
-    pos = base.select("query_row", "anchor", "positive", pl.col("positive_score").alias("score"),
+    values = [name for name, _, _ in kinds] or ["label"]
+    pos = base.select("query_row", "anchor", "positive", *[pl.col(p).alias(name) for name, p, _ in kinds],
                       pl.lit(1).alias("label"), pl.lit(0).alias("part"), pl.int_range(pl.len()).alias("order"))
     neg = (base.unique("query_row", keep="first", maintain_order=True)
            .select("query_row", "anchor", pl.col("negatives").alias("positive"),
-                   pl.col("negative_scores").alias("score"))
-           .explode(["positive", "score"]).drop_nulls("positive")
+                   *[pl.col(n).alias(name) for name, _, n in kinds])
+           .explode(["positive", *[name for name, _, _ in kinds]]).drop_nulls("positive")
            .with_columns(pl.lit(0).alias("label"), pl.lit(1).alias("part"), pl.int_range(pl.len()).alias("order")))
     first = base.select("query_row").with_row_index("query_order").unique("query_row", keep="first")
     both = pl.concat([pos, neg], how="vertical_relaxed").join(first, on="query_row")
-    return both.sort(["query_order", "part", "order"]).select("anchor", "positive", value)
+    return both.sort(["query_order", "part", "order"]).select("anchor", "positive", *values)
 
 
 def write_parquet_files(df: pl.DataFrame, folder: Path, rows_per_file: int) -> list[str]:
@@ -131,11 +142,15 @@ def write_parquet_files(df: pl.DataFrame, folder: Path, rows_per_file: int) -> l
 
 
 def write_flagembedding(base: pl.DataFrame, path: Path, with_scores: bool) -> int:
-    """FlagEmbedding's `hn_mine.py` jsonl: one line per query with all its positives and its negatives."""
+    """FlagEmbedding's `hn_mine.py` jsonl: one line per query with all its positives and its negatives.
+
+    Its `pos_scores`/`neg_scores` are the teacher scores FlagEmbedding distils from: the rescorer's when one is set.
+    """
+    prefix = "rescore" if "positive_rescore" in base.columns else "score"
     grouped = (base.group_by("query_row", maintain_order=True)
                .agg(pl.col("anchor").first().alias("query"), pl.col("positive").alias("pos"),
-                    pl.col("positive_score").alias("pos_scores"), pl.col("negatives").first().alias("neg"),
-                    pl.col("negative_scores").first().alias("neg_scores")))
+                    pl.col(f"positive_{prefix}").alias("pos_scores"), pl.col("negatives").first().alias("neg"),
+                    pl.col(f"negative_{prefix}s").first().alias("neg_scores")))
     columns = ["query", "pos", "neg"] + (["pos_scores", "neg_scores"] if with_scores else [])
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", encoding="utf-8") as handle:
