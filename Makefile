@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml | $(PY)
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/negforge build --config configs/demo.yaml
+	$(VENV)/bin/negforge build --config deployments/datasets/scifact-demo.yaml
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests

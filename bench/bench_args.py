@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+DEMO_CONFIG = ROOT / "deployments" / "datasets" / "scifact-demo.yaml"
 
 
 def data_and_work(description: str) -> tuple[Path, Path]:

@@ -20,7 +20,7 @@ from pathlib import Path
 import polars as pl
 import psutil
 
-from bench_args import ROOT, data_and_work
+from bench_args import DEMO_CONFIG, ROOT, data_and_work
 OPTIONS = {"relative_margin": 0.05, "range_max": 50, "num_negatives": 5, "sampling_strategy": "top"}
 
 REFERENCE = """
@@ -80,7 +80,7 @@ def main() -> None:
                                    json.dumps(OPTIONS)], ROOT)
     print(f"reference: {st_s:.1f} s, {st_mb:.0f} MB", file=sys.stderr)
 
-    build = [sys.executable, "-m", "flows.cli", "build", "--config", str(ROOT / "configs" / "demo.yaml")]
+    build = [sys.executable, "-m", "flows.cli", "build", "--config", str(DEMO_CONFIG)]
     for key, value in {"input.corpus": data / "corpus.jsonl", "input.queries": data / "queries.jsonl",
                        "input.qrels": data / "qrels" / "train.tsv", "publish.registry": work / "registry",
                        "publish.dataset": "scifact-train", "runtime.workdir": work / "negforge",

@@ -1,9 +1,9 @@
 """The `build-training-set` flow: ingest, validate inputs, embed (per shard, on Dask), search (per shard), merge,
 candidate similarity, optional deeper search, mine, write, validate the candidate, publish.
 
-Tasks pass paths and small metadata only; tables and vectors live in the run workspace. The task runner is chosen at
-call time (`build_training_set.with_options(task_runner=...)`), so the same flow runs on a local cluster or an
-existing Dask scheduler.
+Tasks pass paths and small metadata only; tables and vectors live in the run workspace. The task runner
+(flows/task_runner.py) reads each run's `runtime` section, so the same flow, run from the CLI, a served deployment or
+a worker, uses a local Dask cluster or an existing scheduler as that run's config says.
 """
 
 from __future__ import annotations
@@ -21,9 +21,11 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import polars as pl
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger, tags, task
 from prefect.cache_policies import NO_CACHE
 
+from flows.run_report import ShardProgress, publish_artifacts
+from flows.task_runner import BuildTaskRunner
 from schemas.config import BuildConfig
 from tasks.audit import audit
 from tasks.candidate_store import save_candidates
@@ -155,8 +157,9 @@ def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
     timings[stage] = round(time.perf_counter() - start, 3)
 
 
-def _embed_all(summary: dict[str, Any], specs: dict[str, EncoderSpec], store: str, run_dir: Path) -> dict[str, Any]:
-    """Submit one embed task per shard (queries and corpus) and wait for all of them."""
+def _embed_all(summary: dict[str, Any], specs: dict[str, EncoderSpec], store: str, run_dir: Path,
+               dataset: str) -> dict[str, Any]:
+    """Submit one embed task per shard (queries and corpus) and wait for all of them, showing progress."""
     jobs = [(kind, shard) for kind in ("query", "corpus") for shard in summary[f"{kind}_shards"]]
     futures = []
     for kind, shard in jobs:
@@ -165,7 +168,11 @@ def _embed_all(summary: dict[str, Any], specs: dict[str, EncoderSpec], store: st
         vectors = str(run_dir / "vectors" / f"{Path(shard).stem}.npy")
         futures.append(embed_task.with_options(task_run_name=f"embed {kind} shard {number}/{len(shards)}")
                        .submit(shard, specs[kind], store, vectors))
-    results = [f.result() for f in futures]
+    progress = ShardProgress(dataset, len(futures))
+    results = []
+    for future in futures:
+        results.append(future.result())
+        progress.shard_done()
     by_kind = {kind: [r["vectors"] for (k, _), r in zip(jobs, results) if k == kind] for kind in specs}
     return {"vectors": by_kind, "texts_embedded": sum(r["embedded"] for r in results),
             "texts_cached": sum(r["cached"] for r in results)}
@@ -208,13 +215,19 @@ def _search_all(summary: dict[str, Any], vectors: dict[str, list[str]], config: 
                                     str(out_dir))
 
 
-@flow(name="build-training-set", flow_run_name="build {config.publish.dataset}", validate_parameters=True)
+@flow(name="build-training-set", flow_run_name="build {config.publish.dataset}", validate_parameters=True,
+      task_runner=BuildTaskRunner())
 def build_training_set(config: BuildConfig) -> dict[str, Any]:
     """Build and publish one version of a training set with mined hard negatives.
 
     Returns:
         The version folder, whether it was newly published, and the manifest's counts.
     """
+    with tags("negforge", config.publish.dataset):  # on every task run, so the UI filters a dataset's work
+        return _build(config)
+
+
+def _build(config: BuildConfig) -> dict[str, Any]:
     logger = get_run_logger()
     timings: dict[str, float] = {}
     started = datetime.now(timezone.utc)
@@ -233,7 +246,7 @@ def build_training_set(config: BuildConfig) -> dict[str, Any]:
         specs = {"query": _encoder(ref, config, config.embed.query_prompt, config.embed.query_prompt_name),
                  "corpus": _encoder(ref, config, config.embed.corpus_prompt, config.embed.corpus_prompt_name)}
         (run_dir / "fingerprints.json").write_text(json.dumps(sorted({s.fingerprint for s in specs.values()})))
-        embedded = _embed_all(summary, specs, store, run_dir)
+        embedded = _embed_all(summary, specs, store, run_dir, config.publish.dataset)
     logger.info("embedded %d texts, %d from the store", embedded["texts_embedded"], embedded["texts_cached"])
 
     corpus_dedup = None
@@ -319,11 +332,15 @@ def mine_and_publish(config: BuildConfig, summary: dict[str, Any], search: dict[
         "validation": validation,
         "files": written["files"] | {"bytes": written["bytes"]}, "timings": timings,
     }
+    shutil.copytree(Path(validation["data_docs"]).parent, staging / "validation" / "data_docs")
     with _timed(timings, "publish"):
         published = publish_task(str(staging), config, manifest, parent)
     if published["published"]:
         logger.info("published %s", published["version_dir"])
     else:
         logger.info("up to date: %s", published["version_dir"])
+    stored = json.loads((Path(published["version_dir"]) / "manifest.json").read_text())
+    publish_artifacts(manifest | {key: stored[key] for key in ("version", "parent", "data_hash")},
+                      published["version_dir"], published["published"])
     return published | {"counts": manifest["counts"], "embed": manifest["embed"], "timings": timings,
                         "short_queries": manifest["short_queries"]["count"], "reasons": manifest["reasons"]}

@@ -10,11 +10,11 @@ from typing import Callable
 
 from flows.runtime import quiet_environment
 
-DEFAULT_CONFIG = Path("configs/demo.yaml")
+DEFAULT_CONFIG = Path("deployments/datasets/scifact-demo.yaml")
 
 
 def default_config() -> Path:
-    """configs/demo.yaml of the working directory, else the one beside the installed package (editable installs)."""
+    """The demo config of the working directory, else the one beside the installed package (editable installs)."""
     if DEFAULT_CONFIG.exists():
         return DEFAULT_CONFIG
     return Path(__file__).resolve().parent.parent / DEFAULT_CONFIG
@@ -25,7 +25,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     commands = parser.add_subparsers(dest="command", required=True)
     build = commands.add_parser("build", help="build and publish a training set")
-    build.add_argument("--config", type=Path, default=None, help="build YAML (default: configs/demo.yaml)")
+    build.add_argument("--config", type=Path, default=None, help="build YAML (default: the demo, deployments/datasets/scifact-demo.yaml)")
     build.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                        help="override a config field; the value is parsed as YAML (repeatable)")
     remine = commands.add_parser("remine", help="a new version from the candidates stored in an earlier one")
@@ -44,6 +44,20 @@ def _parser() -> argparse.ArgumentParser:
         for positional in extra:
             action.add_argument(positional)
         action.add_argument("--registry", default=None, help="registry folder (default: the demo config's)")
+    serve = commands.add_parser("serve", help="serve the datasets' deployments (and a local Prefect server if "
+                                              "PREFECT_API_URL is unset) until stopped")
+    serve.add_argument("--config", dest="configs", type=Path, action="append", default=[],
+                       help="dataset build YAML (repeatable; default: deployments/datasets/*.yaml)")
+    serve.add_argument("--port", type=int, default=4200, help="port of the local Prefect server (default 4200)")
+    trigger = commands.add_parser("trigger", help="start a run of a dataset's deployment through the Prefect API")
+    trigger.add_argument("dataset")
+    trigger.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                         help="override a field of the deployment's stored config (repeatable)")
+    trigger.add_argument("--wait", action="store_true", help="follow the run to its end and exit with its status")
+    deployments = commands.add_parser("deployments", help="write deployments/prefect.yaml from the dataset configs")
+    deployments.add_argument("action", choices=["render"])
+    deployments.add_argument("--config", dest="configs", type=Path, action="append", default=[],
+                             help="dataset build YAML (repeatable; default: deployments/datasets/*.yaml)")
     gc = commands.add_parser("gc", help="remove old run workspaces and unreferenced embedding-store entries")
     gc.add_argument("--config", type=Path, default=None, help="build YAML naming the workdir and registry")
     gc.add_argument("--keep-runs", type=int, default=3, help="newest run workspaces to keep (default 3)")
@@ -146,28 +160,58 @@ def cmd_build(args: argparse.Namespace) -> int:
 
     def prepare() -> Callable[[], dict]:
         from flows.build import build_training_set
-        from flows.runtime import dask_task_runner
         from schemas import expectations  # noqa: F401  (Great Expectations too; validation needs it later)
 
-        flow = build_training_set.with_options(task_runner=dask_task_runner(config.runtime))
-        return lambda: flow(config)
+        return lambda: build_training_set(config)
 
     return _run_flow(args, prepare)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import os
+    from contextlib import nullcontext
+
+    from flows import deployments
+    from flows.runtime import local_server
+
+    deployments.dataset_configs(args.configs)  # refuse bad configs before a server starts
+    started = nullcontext(os.environ.get("PREFECT_API_URL")) if os.environ.get("PREFECT_API_URL") else \
+        local_server(args.port)
+    with started as api:
+        os.environ["PREFECT_API_URL"] = api
+        print(f"Prefect API {api}; UI {api.removesuffix('/api')}", flush=True)
+        deployments.serve(args.configs)
+    return 0
+
+
+def cmd_trigger(args: argparse.Namespace) -> int:
+    from flows import deployments
+
+    return deployments.trigger(args.dataset, args.overrides, args.wait)
+
+
+def cmd_deployments(args: argparse.Namespace) -> int:
+    from flows import deployments
+
+    print(deployments.prefect_yaml(args.configs), end="")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     quiet_environment()
     args = _parser().parse_args(argv)
     from schemas.config import ConfigError
+    from flows.deployments import NoPrefectAPI
     from tasks.candidate_store import RemineError
     from tasks.model import ModelError
     from tasks.readers import InputError
     from tasks.validate import ValidationFailed
 
     try:
-        commands = {"build": cmd_build, "remine": cmd_remine, "versions": cmd_versions, "gc": cmd_gc}
+        commands = {"build": cmd_build, "remine": cmd_remine, "versions": cmd_versions, "gc": cmd_gc,
+                    "serve": cmd_serve, "trigger": cmd_trigger, "deployments": cmd_deployments}
         return commands[args.command](args)
-    except (ConfigError, InputError, ModelError, ValidationFailed, RemineError, KeyError) as error:
+    except (ConfigError, InputError, ModelError, ValidationFailed, RemineError, KeyError, NoPrefectAPI) as error:
         if args.debug:
             raise
         message = error.args[0] if isinstance(error, KeyError) else error

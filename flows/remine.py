@@ -11,16 +11,22 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from prefect import flow
+from prefect import flow, tags
 
 from flows.build import SUMMARY_COUNTS, mine_and_publish
 from schemas.config import BuildConfig
 from tasks.candidate_store import check_remine, load_candidates
 from tasks.registry import Registry
 
+
 @flow(name="remine-training-set", flow_run_name="remine {config.publish.dataset}", validate_parameters=True)
 def remine_training_set(source: str, config: BuildConfig) -> dict[str, Any]:
     """Mine the candidates stored in `source` (a version of config.publish.dataset) again and publish the result."""
+    with tags("negforge", config.publish.dataset):
+        return _remine(source, config)
+
+
+def _remine(source: str, config: BuildConfig) -> dict[str, Any]:
     registry = Registry(config.publish.registry, config.publish.dataset)
     parent = registry.manifest(source)
     summary, search, depth = load_candidates(registry.folder / source / "candidates")

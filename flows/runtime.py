@@ -1,7 +1,8 @@
-"""Where a build runs: a Prefect API (a local one started on loopback when none is configured) and a Dask cluster.
+"""The Prefect API a run reports to: the configured one, a local API for one CLI run, or a full local server.
 
 Dask worker processes must report to the same Prefect API as the flow, so a local server is started once and its
-URL is put in the environment before the cluster's workers are spawned (DESIGN.md section 4).
+URL is put in the environment before the cluster's workers are spawned (DESIGN.md section 4). The Dask side is in
+flows/task_runner.py.
 """
 
 from __future__ import annotations
@@ -11,8 +12,6 @@ import socket
 import threading
 from contextlib import contextmanager
 from typing import Callable, Iterator
-
-from schemas.config import RuntimeConfig
 
 QUIET_ENV = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
@@ -75,23 +74,45 @@ def prefect_api() -> Iterator[Callable[[], str]]:
         server.stop()
 
 
-def dask_task_runner(runtime: RuntimeConfig):
-    """The DaskTaskRunner for this build: an existing scheduler, or a local cluster sized to the machine.
+@contextmanager
+def local_server(port: int | None = None, timeout: float = 300) -> Iterator[str]:
+    """Run `prefect server start` (API, UI and services such as the scheduler) on 127.0.0.1 for the duration.
 
-    Local workers get torch/BLAS threads equal to `threads_per_worker`, no statistical profiler, and not Dask's
-    default MALLOC_TRIM_THRESHOLD_: setting it freezes glibc's mmap threshold, so every activation tensor is a fresh
-    mmap; embedding then page-faulted twice as often and ran 15-30% slower (measured in README "Benchmark").
+    Yields the API URL, once it answers. The server runs in its own process group, stopped on exit. A fresh
+    PREFECT_HOME migrates its database first, which takes a minute on these machines.
     """
-    import dask
-    from prefect_dask import DaskTaskRunner
+    import signal
+    import subprocess
+    import sys
+    import time
 
-    if runtime.dask_address:
-        return DaskTaskRunner(address=runtime.dask_address)
-    threads = str(runtime.threads_per_worker)
-    dask.config.set({"distributed.worker.profile.enabled": False,
-                     "distributed.nanny.pre-spawn-environ": {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
-                                                             "OPENBLAS_NUM_THREADS": threads}})
-    workers = runtime.n_workers or max(1, (os.cpu_count() or 1) // runtime.threads_per_worker)
-    return DaskTaskRunner(cluster_class="distributed.LocalCluster",
-                          cluster_kwargs={"n_workers": workers, "threads_per_worker": runtime.threads_per_worker,
-                                          "processes": True, "dashboard_address": None})
+    import httpx
+
+    port = port or _free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+                               "--port", str(port), "--no-prompt"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+                              env=os.environ | {"PREFECT_API_URL": api, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"})
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if server.poll() is not None:
+                raise RuntimeError(f"the Prefect server exited ({server.returncode}): "
+                                   f"{server.stderr.read().decode()[-2000:]}")
+            try:
+                if httpx.get(f"{api}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the Prefect server on port {port} did not answer within {timeout:.0f} s")
+            time.sleep(0.5)
+        yield api
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGTERM)
+            try:
+                server.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)

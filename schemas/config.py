@@ -263,6 +263,20 @@ class RuntimeConfig(_Section):
     device: str | None = Field(None, description="torch device for the model (null: sentence-transformers picks).")
 
 
+class ScheduleConfig(_Section):
+    cron: str | None = Field(None, description="When the dataset's deployment runs (cron; null: on demand only).")
+    timezone: str = Field("UTC", description="Time zone of the cron schedule (IANA name, e.g. Europe/Berlin).")
+    active: bool = Field(True, description="Whether the schedule is on when the deployment is registered.")
+
+    @model_validator(mode="after")
+    def _valid_schedule(self) -> ScheduleConfig:
+        from prefect.client.schemas.schedules import CronSchedule
+
+        if self.cron is not None:
+            CronSchedule(cron=self.cron, timezone=self.timezone)  # Prefect's own check of both fields
+        return self
+
+
 class BuildConfig(_Section):
     input: InputConfig = Field(description="Where the queries, corpus and positives come from.")
     embed: EmbedConfig = Field(default_factory=EmbedConfig, description="The embedding model and prompts.")
@@ -280,13 +294,16 @@ class BuildConfig(_Section):
     runtime: RuntimeConfig = Field(
         default_factory=RuntimeConfig, description="Where and how the work runs; never changes what is published."
     )
+    schedule: ScheduleConfig = Field(
+        default_factory=ScheduleConfig, description="When the dataset's deployment runs; never changes what is published."
+    )
 
     def content_dict(self) -> dict[str, Any]:
-        """The settings that determine the published data (everything but `runtime`)."""
-        return self.model_dump(mode="json", by_alias=True, exclude={"runtime"})
+        """The settings that determine the published data (everything but `runtime` and `schedule`)."""
+        return self.model_dump(mode="json", by_alias=True, exclude={"runtime", "schedule"})
 
 
-_RELATIVE_PATHS = {("input", "corpus"), ("input", "queries"), ("input", "qrels"), ("publish", "registry"),
+RELATIVE_PATHS = {("input", "corpus"), ("input", "queries"), ("input", "qrels"), ("publish", "registry"),
                    ("runtime", "workdir"), ("validate", "eval_qrels"), ("validate", "eval_queries"), ("audit", "qrels")}
 
 
@@ -296,7 +313,7 @@ def _is_local(value: str) -> bool:
 
 def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
     """Make the YAML's relative local paths relative to the YAML file, not the working directory."""
-    for section, field in _RELATIVE_PATHS:
+    for section, field in RELATIVE_PATHS:
         value = (raw.get(section) or {}).get(field)
         if isinstance(value, str) and _is_local(value):
             raw[section][field] = str((base / value).resolve())

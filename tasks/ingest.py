@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import polars as pl
 
 from schemas.config import InputConfig
 from schemas.tables import POSITIVES, REJECTS, TEXT_SHARD, frame

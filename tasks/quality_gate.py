@@ -61,5 +61,6 @@ def check_candidate(staged: str, mined: dict[str, Any], summary: dict[str, Any],
         raise ValidationFailed("\n".join([f"the candidate version failed validation; nothing was published. "
                                            f"Quarantined at {place}", *lines]))
     return {"success": True, "expectations": outcome["expectations"], "warnings": warnings,
+            "data_docs": outcome["data_docs"],
             "shared_positives_with_eval": shared_positives(positives, config.input, config.validate_.eval_qrels),
             "eval_qrels": config.validate_.eval_qrels}

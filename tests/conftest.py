@@ -14,6 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "data" / "scifact-demo"
 SCIFACT = ROOT.parent / "shared" / "data" / "scifact"
+DEMO_CONFIG = ROOT / "deployments" / "datasets" / "scifact-demo.yaml"
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
@@ -66,20 +67,19 @@ def tiny_beir(tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def prefect_server():
-    """One real Prefect API server on loopback for the whole test session, with its own database."""
-    from prefect.server.api.server import SubprocessASGIServer
-
+    """One real Prefect server (API, UI, scheduler and the other services) on loopback for the whole test session,
+    with its own database."""
     from prefect.logging.handlers import APILogHandler
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    server = SubprocessASGIServer()
-    server.start(timeout=300)  # a fresh database is migrated first
-    os.environ["PREFECT_API_URL"] = server.api_url
-    with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
-        yield server.api_url
-    APILogHandler().flush()
-    os.environ.pop("PREFECT_API_URL", None)
-    server.stop()
+    from flows.runtime import local_server
+
+    with local_server() as api_url:
+        os.environ["PREFECT_API_URL"] = api_url
+        with temporary_settings(updates={PREFECT_API_URL: api_url}):
+            yield api_url
+        APILogHandler().flush()
+        os.environ.pop("PREFECT_API_URL", None)
 
 
 @pytest.fixture

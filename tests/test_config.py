@@ -8,6 +8,7 @@ import pytest
 
 from flows.cli import main
 from schemas.config import BuildConfig, ConfigError, load_config
+from tests.conftest import DEMO_CONFIG
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -81,7 +82,7 @@ def test_every_field_has_a_default_and_a_description():
 
 
 def test_demo_config_is_valid():
-    config = load_config(ROOT / "configs" / "demo.yaml")
+    config = load_config(DEMO_CONFIG)
     assert config.publish.dataset == "scifact-demo"
     assert Path(config.input.corpus).exists()
 

@@ -12,7 +12,7 @@ import polars as pl
 import pytest
 
 from schemas.config import DedupConfig, MineConfig
-from schemas.tables import NEAR_PAIRS, TEXT_SHARD, frame
+from schemas.tables import NEAR_PAIRS, frame
 from tasks.mine import mine
 from tasks.model import EncoderSpec, encode, resolve_model
 from tasks.similarity import candidate_similarity

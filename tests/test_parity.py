@@ -13,7 +13,7 @@ import pytest
 
 from schemas.config import load_config
 from tasks.text import normalize
-from tests.conftest import DEMO, beir_subset
+from tests.conftest import DEMO, DEMO_CONFIG, beir_subset
 
 pytestmark = pytest.mark.slow
 
@@ -76,7 +76,7 @@ def _negforge_rows(sample: Path, tmp: Path, options: dict, *extra: str) -> pl.Da
     overrides = [f"mine.{k}={v}" for k, v in options.items()] + ["dedup.eps=null", "mine.max_positive_similarity=null"] + list(extra)
     if "relative_margin" not in options:
         overrides.append("mine.relative_margin=null")
-    config = load_config(ROOT_CONFIG, [f"input.corpus={sample / 'corpus.jsonl'}",
+    config = load_config(DEMO_CONFIG, [f"input.corpus={sample / 'corpus.jsonl'}",
                                        f"input.queries={sample / 'queries.jsonl'}",
                                        f"input.qrels={sample / 'qrels/train.tsv'}", "output.scores=true",
                                        f"publish.registry={tmp / 'registry'}", f"runtime.workdir={tmp / 'work'}",
@@ -92,7 +92,6 @@ def _negforge(sample: Path, tmp: Path, options: dict) -> dict[str, tuple[list[st
             for r in rows.iter_rows(named=True)}
 
 
-ROOT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
 
 
 def _cause(ours, theirs, positives: set[str], threshold_gap: float) -> str:

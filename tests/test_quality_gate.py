@@ -13,7 +13,7 @@ from tasks.ingest import ingest
 from tasks.quality_gate import check_candidate, check_inputs
 from tasks.registry import Registry
 from tasks.validate import ValidationFailed, drift
-from tests.conftest import run_cli
+from tests.conftest import DEMO_CONFIG, run_cli
 
 MINED = {"short_queries": [], "positive_scores": {"mean": 0.6}, "negative_scores": {"mean": 0.4}}
 
@@ -119,7 +119,7 @@ def test_an_evaluation_query_as_anchor_fails_the_build_unless_dropped(config, ti
 
 
 def test_drift_warns_beyond_tolerance():
-    limits = load_config(Path(__file__).resolve().parent.parent / "configs" / "demo.yaml").validate_
+    limits = load_config(DEMO_CONFIG).validate_
     previous = {"counts": {"rows": 100}, "scores": {"positive": {"mean": 0.6}, "negative": {"mean": 0.4}}}
     assert drift(previous, 110, {"positive": {"mean": 0.61}, "negative": {"mean": 0.41}}, limits) == []
     warnings = drift(previous, 20, {"positive": {"mean": 0.6}, "negative": {"mean": 0.5}}, limits)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import polars as pl
 
 from schemas.config import MineConfig
 from schemas.tables import TEXT_SHARD, frame

@@ -1,0 +1,164 @@
+"""Deployments, one per dataset config, named `build-training-set/<dataset>`; serving them; triggering runs.
+
+A deployment's parameters hold the dataset's full build config (so the Prefect UI draws a typed, documented form
+pre-filled with it, and the server refuses a bad value before a run is created); its schedule comes from the
+config's `schedule` section, which never changes what is published. Each deployment has a concurrency limit of one
+run that queues the others (ENQUEUE): one deployment per dataset, so at most one run per dataset executes at a time.
+A crashed run's slot is freed by the server's lease service; `negforge build` runs outside deployments are not
+counted, and the registry's lock keeps their publishes apart.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from schemas.config import BuildConfig, ConfigError, RELATIVE_PATHS, apply_overrides, load_config, validate_config
+
+ROOT = Path(__file__).resolve().parent.parent
+DATASETS = ROOT / "deployments" / "datasets"
+FLOW = "build-training-set"
+LOCAL_API = "http://127.0.0.1:4200/api"  # where `negforge serve` starts its server when PREFECT_API_URL is unset
+
+
+class NoPrefectAPI(RuntimeError):
+    """No Prefect API answers at the configured (or default local) address."""
+
+
+def dataset_configs(paths: list[Path] | None) -> list[tuple[Path, BuildConfig]]:
+    """The given build YAMLs, or every one in deployments/datasets; dataset names must be unique."""
+    files = paths or sorted(DATASETS.glob("*.yaml"))
+    if not files:
+        raise ConfigError(f"no dataset configs given and none in {DATASETS}")
+    configs = [(path, load_config(path)) for path in files]
+    names = [config.publish.dataset for _, config in configs]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"two configs publish the same dataset: {sorted(n for n in names if names.count(n) > 1)}")
+    return configs
+
+
+def parameters(config: BuildConfig) -> dict[str, Any]:
+    return {"config": config.model_dump(mode="json", by_alias=True)}
+
+
+def _schedules(config: BuildConfig) -> list:
+    from prefect.schedules import Cron
+
+    schedule = config.schedule
+    return [Cron(schedule.cron, timezone=schedule.timezone, active=schedule.active)] if schedule.cron else []
+
+
+def runner_deployment(path: Path, config: BuildConfig):
+    """The served deployment of one dataset config."""
+    from flows.build import build_training_set
+
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+
+    dataset = config.publish.dataset
+    return build_training_set.to_deployment(
+        name=dataset, parameters=parameters(config), schedules=_schedules(config), tags=["negforge", dataset],
+        description=f"Build and publish {dataset} (from {path.name}).", enforce_parameter_schema=True,
+        concurrency_limit=ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE))
+
+
+def serve(paths: list[Path] | None) -> None:
+    """Serve every dataset's deployment from this process until it is stopped."""
+    from prefect import serve as prefect_serve
+
+    prefect_serve(*[runner_deployment(path, config) for path, config in dataset_configs(paths)])
+
+
+def _relative(raw: dict[str, Any], root: Path) -> dict[str, Any]:
+    """Local paths relative to `root`, where a work pool's worker runs the flow."""
+    for section, field in RELATIVE_PATHS:
+        value = raw.get(section, {}).get(field)
+        if isinstance(value, str) and Path(value).is_absolute() and Path(value).is_relative_to(root):
+            raw[section][field] = str(Path(value).relative_to(root))
+    if raw["input"].get("pairs"):
+        raw["input"]["pairs"] = [str(Path(p).relative_to(root)) if Path(p).is_relative_to(root) else p
+                                 for p in raw["input"]["pairs"]]
+    return raw
+
+
+def prefect_yaml(paths: list[Path] | None, pool: str = "negforge") -> str:
+    """deployments/prefect.yaml for `prefect deploy --all`: one deployment per dataset config on a process pool.
+
+    Generated from the dataset configs (`negforge deployments render`), so the two never disagree; paths are
+    relative to the repository root, where the pull step puts the worker.
+    """
+    deployments = []
+    for path, config in dataset_configs(paths):
+        schedule = config.schedule
+        deployments.append({
+            "name": config.publish.dataset, "entrypoint": "flows/build.py:build_training_set",
+            "description": f"Build and publish {config.publish.dataset} (from {path.name}).",
+            "tags": ["negforge", config.publish.dataset], "enforce_parameter_schema": True,
+            "parameters": {"config": _relative(parameters(config)["config"], ROOT)},
+            "schedules": [{"cron": schedule.cron, "timezone": schedule.timezone, "active": schedule.active}]
+            if schedule.cron else [],
+            "concurrency_limit": {"limit": 1, "collision_strategy": "ENQUEUE"},
+            "work_pool": {"name": pool, "work_queue_name": "default"},
+        })
+    document = {
+        "name": "negforge", "prefect-version": _prefect_version(),
+        "pull": [{"prefect.deployments.steps.set_working_directory": {"directory": "{{ $NEGFORGE_ROOT }}"}}],
+        "deployments": deployments,
+    }
+    header = ("# Generated by `negforge deployments render` from deployments/datasets/*.yaml: edit those, then "
+              "render again.\n# Use: export NEGFORGE_ROOT=$PWD; prefect work-pool create negforge --type process;\n"
+              "#      prefect --no-prompt deploy --all --prefect-file deployments/prefect.yaml; "
+              "prefect worker start --pool negforge\n")
+    return header + yaml.safe_dump(document, sort_keys=False, width=120)
+
+
+def _prefect_version() -> str:
+    from importlib import metadata
+
+    return metadata.version("prefect")
+
+
+def api_url() -> str:
+    """The Prefect API to talk to: PREFECT_API_URL, else the local one `negforge serve` starts; it must answer."""
+    import httpx
+
+    url = os.environ.get("PREFECT_API_URL") or LOCAL_API
+    try:
+        healthy = httpx.get(f"{url}/health", timeout=5).status_code == 200
+    except httpx.HTTPError:
+        healthy = False
+    if not healthy:
+        raise NoPrefectAPI(f"no Prefect API answers at {url}. Start one with `negforge serve` (it starts a local "
+                           f"server on 127.0.0.1:4200 when PREFECT_API_URL is unset), or set PREFECT_API_URL to "
+                           f"a running server")
+    return url
+
+
+def trigger(dataset: str, overrides: list[str], wait: bool) -> int:
+    """Start a run of the dataset's deployment with the stored config plus `overrides`; 0 unless it failed."""
+    from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    url = api_url()
+    with temporary_settings(updates={PREFECT_API_URL: url}):
+        from prefect.client.orchestration import get_client
+        from prefect.exceptions import ObjectNotFound
+
+        with get_client(sync_client=True) as client:
+            try:
+                deployment = client.read_deployment_by_name(f"{FLOW}/{dataset}")
+            except ObjectNotFound:
+                raise ConfigError(f"no deployment {FLOW}/{dataset} at {url}; serve or deploy its config "
+                                  f"first") from None
+        stored = deployment.parameters["config"]
+        config = validate_config(apply_overrides(stored, overrides), f"{FLOW}/{dataset} with --set")
+        run = run_deployment(deployment.id, parameters=parameters(config), timeout=None if wait else 0,
+                             poll_interval=2)
+        ui = url.removesuffix("/api")
+        print(f"flow run {run.name}: {ui}/runs/flow-run/{run.id}")
+        if not wait:
+            return 0
+        print(f"{run.state.name}: {run.state.message or ''}".strip())
+        return 0 if run.state.is_completed() else 1

@@ -1,0 +1,61 @@
+"""The task runner of negforge's flows: Dask, set up from each run's own `runtime` section.
+
+A flow's task runner is fixed when the flow is defined, but its cluster depends on each run's config (a served
+deployment, a trigger with `--set runtime.n_workers=4`). prefect-dask connects on the first task submitted, when the
+run's parameters are known: that is when `BuildTaskRunner` reads `runtime` and either connects to
+`runtime.dask_address` or starts a local cluster.
+"""
+
+from __future__ import annotations
+
+import os
+
+import distributed
+from prefect.context import FlowRunContext
+from prefect_dask import DaskTaskRunner
+
+from schemas.config import BuildConfig, RuntimeConfig
+
+
+def _local_cluster(runtime: RuntimeConfig) -> dict:
+    """LocalCluster arguments and the Dask settings its workers need.
+
+    Local workers get torch/BLAS threads equal to `threads_per_worker`, no statistical profiler, and not Dask's
+    default MALLOC_TRIM_THRESHOLD_: setting it freezes glibc's mmap threshold, so every activation tensor is a fresh
+    mmap; embedding then page-faulted twice as often and ran 15-30% slower (measured in README "Benchmark").
+    """
+    import dask
+
+    threads = str(runtime.threads_per_worker)
+    dask.config.set({"distributed.worker.profile.enabled": False,
+                     "distributed.nanny.pre-spawn-environ": {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
+                                                             "OPENBLAS_NUM_THREADS": threads}})
+    workers = runtime.n_workers or max(1, (os.cpu_count() or 1) // runtime.threads_per_worker)
+    return {"n_workers": workers, "threads_per_worker": runtime.threads_per_worker, "processes": True,
+            "dashboard_address": None}
+
+
+def _run_runtime() -> RuntimeConfig:
+    """The `runtime` section of the flow run in progress (its `config` parameter)."""
+    context = FlowRunContext.get()
+    config = context.parameters.get("config") if context else None
+    if config is None:
+        raise RuntimeError("BuildTaskRunner runs only inside a flow run with a `config` parameter")
+    return (config if isinstance(config, BuildConfig) else BuildConfig.model_validate(config)).runtime
+
+
+class BuildTaskRunner(DaskTaskRunner):
+    """A DaskTaskRunner whose cluster comes from the run's `config.runtime`, decided at the first submit."""
+
+    def duplicate(self) -> BuildTaskRunner:
+        return type(self)()
+
+    @property
+    def client(self):
+        if not self._client:
+            runtime = _run_runtime()
+            if runtime.dask_address:
+                self.address = runtime.dask_address
+            else:
+                self.cluster_class, self.cluster_kwargs = distributed.LocalCluster, _local_cluster(runtime)
+        return DaskTaskRunner.client.fget(self)
