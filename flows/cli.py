@@ -58,6 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     deployments.add_argument("action", choices=["render"])
     deployments.add_argument("--config", dest="configs", type=Path, action="append", default=[],
                              help="dataset build YAML (repeatable; default: deployments/datasets/*.yaml)")
+    deployments.add_argument("--pool", default="negforge", help="process work pool name (default negforge)")
     gc = commands.add_parser("gc", help="remove old run workspaces and unreferenced embedding-store entries")
     gc.add_argument("--config", type=Path, default=None, help="build YAML naming the workdir and registry")
     gc.add_argument("--keep-runs", type=int, default=3, help="newest run workspaces to keep (default 3)")
@@ -193,7 +194,7 @@ def cmd_trigger(args: argparse.Namespace) -> int:
 def cmd_deployments(args: argparse.Namespace) -> int:
     from flows import deployments
 
-    print(deployments.prefect_yaml(args.configs), end="")
+    print(deployments.prefect_yaml(args.configs, args.pool), end="")
     return 0
 
 

@@ -1,0 +1,121 @@
+"""Runs on a Dask cluster that is already running, and runs that lose a worker or the whole process part way."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import polars as pl
+import psutil
+import pytest
+
+from tests.conftest import ROOT, run_cli
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _dask(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([str(Path(sys.executable).parent / "dask"), *args], env=os.environ.copy(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+@pytest.fixture
+def scheduler(prefect_server):
+    """`dask scheduler` and two `dask worker` processes on loopback (workers get the Prefect API URL)."""
+    from distributed import Client
+
+    address = f"tcp://127.0.0.1:{_free_port()}"
+    port = address.rsplit(":", 1)[1]
+    processes = [_dask("scheduler", "--host", "127.0.0.1", "--port", port, "--no-dashboard")]
+    processes += [_dask("worker", address, "--nthreads", "1", "--no-dashboard", "--name", f"w{i}")
+                  for i in range(2)]
+    try:
+        with Client(address, timeout=60) as client:
+            client.wait_for_workers(2, timeout=120)
+        yield address
+    finally:
+        for process in reversed(processes):
+            process.terminate()
+            process.wait(timeout=30)
+
+
+def test_a_running_scheduler_does_the_work(config, scheduler):
+    from distributed import Client
+
+    version = run_cli("build", "--config", str(config), "--set", f"runtime.dask_address={scheduler}").stdout
+    manifest = json.loads((Path(version.strip().splitlines()[-1]) / "manifest.json").read_text())
+    assert manifest["config"]["runtime"]["dask_address"] == scheduler and manifest["counts"]["rows"] > 0
+    with Client(scheduler) as client:
+        ran = client.run_on_scheduler(lambda dask_scheduler: sorted(dask_scheduler.task_prefixes))
+        workers = client.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.workers))
+    assert any(name.startswith("embed") for name in ran) and any(name.startswith("search") for name in ran)
+    assert workers == 2
+
+
+def _stored(workdir: Path) -> int:
+    return sum(pl.read_parquet(p, columns=["text_hash"]).height
+               for p in (workdir / "embeddings").glob("*/part-*.parquet"))
+
+
+def _build_until(config: Path, workdir: Path, stored_at_least: int) -> subprocess.Popen:
+    """Start a build (in its own process group) and return once the store holds `stored_at_least` vectors."""
+    process = subprocess.Popen([sys.executable, "-m", "flows.cli", "build", "--config", str(config),
+                                "--set", "runtime.shard_size=16"], cwd=ROOT, env=os.environ.copy(),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while _stored(workdir) < stored_at_least:
+        assert process.poll() is None, process.stderr.read()[-2000:]
+        assert time.monotonic() < deadline, "embedding did not start within 300 s"
+        time.sleep(0.1)
+    return process
+
+
+def _version(stdout: str) -> Path:
+    return Path(stdout.strip().splitlines()[-1])
+
+
+def test_a_killed_worker_loses_no_work_and_a_killed_run_resumes(config):
+    workdir = config.parent / "work"
+    unique = 240  # tiny_beir: 200 documents and 40 queries, all distinct texts
+
+    # a Dask worker process dies part way: its shard runs again elsewhere, and the run publishes once
+    process = _build_until(config, workdir, 32)
+    workers = [p for p in psutil.Process(process.pid).children(recursive=True)
+               if "spawn_main" in " ".join(p.cmdline())]
+    workers[0].send_signal(signal.SIGKILL)
+    out, err = process.communicate(timeout=600)
+    assert process.returncode == 0, err[-3000:]
+    manifest = json.loads((_version(out) / "manifest.json").read_text())
+    assert manifest["embed"] == {"texts_embedded": unique, "texts_cached": 0} and _stored(workdir) == unique
+
+    # the whole run dies part way (workers, flow and all): a retry embeds only what was not stored, publishes once
+    other = config.parent / "resumed"
+    process = _build_until(other_config := _with_workdir(config, other), other, 32)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=60)
+    stored_before = _stored(other)
+    assert 0 < stored_before < unique
+    retried = json.loads((_version(run_cli("build", "--config", str(other_config)).stdout) /
+                          "manifest.json").read_text())
+    assert retried["embed"] == {"texts_embedded": unique - stored_before, "texts_cached": stored_before}
+    assert [p.name for p in (other / "registry" / "tiny").glob("v*")] == ["v0001"]
+
+
+def _with_workdir(config: Path, folder: Path) -> Path:
+    """The same build config with its workdir and registry in `folder`."""
+    path = folder.with_suffix(".yaml")
+    path.write_text(config.read_text().replace("registry: registry", f"registry: {folder / 'registry'}")
+                    .replace("workdir: work", f"workdir: {folder}"))
+    return path

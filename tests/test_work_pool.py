@@ -1,0 +1,50 @@
+"""deployments/prefect.yaml: generated from the dataset configs, accepted by `prefect deploy --all`, and run by a
+process worker."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from flows.deployments import prefect_yaml
+from tests.conftest import DEMO, ROOT, beir_subset, run_cli
+
+
+def test_committed_prefect_yaml_matches_the_dataset_configs():
+    assert (ROOT / "deployments" / "prefect.yaml").read_text() == prefect_yaml(None), \
+        "deployments/prefect.yaml is stale: run `negforge deployments render > deployments/prefect.yaml`"
+
+
+def _prefect(*args: str, env: dict) -> subprocess.CompletedProcess:
+    done = subprocess.run([sys.executable, "-m", "prefect", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    return done
+
+
+@pytest.mark.slow
+def test_prefect_deploy_and_a_process_worker_run_a_dataset(tmp_path, prefect_server):
+    data = beir_subset(DEMO, tmp_path / "data", 20, 100)
+    config = tmp_path / "pooled.yaml"
+    config.write_text(f"""
+input: {{corpus: {data / 'corpus.jsonl'}, queries: {data / 'queries.jsonl'}, qrels: {data / 'qrels/train.tsv'}}}
+mine: {{num_negatives: 2}}
+publish: {{registry: {tmp_path / 'registry'}, dataset: pooled}}
+runtime: {{workdir: {tmp_path / 'work'}, n_workers: 1}}
+schedule: {{cron: "30 3 * * 1", timezone: UTC}}
+""")
+    prefect_file = tmp_path / "prefect.yaml"
+    prefect_file.write_text(run_cli("deployments", "render", "--config", str(config), "--pool", "pooled-pool").stdout)
+    env = os.environ | {"NEGFORGE_ROOT": str(ROOT)}
+    _prefect("work-pool", "create", "pooled-pool", "--type", "process", "--overwrite", env=env)
+    _prefect("--no-prompt", "deploy", "--all", "--prefect-file", str(prefect_file), env=env)
+    started = run_cli("trigger", "pooled").stdout  # queued for the pool's worker
+    assert "/runs/flow-run/" in started
+    _prefect("worker", "start", "--pool", "pooled-pool", "--run-once", env=env)
+    manifest = json.loads((tmp_path / "registry" / "pooled" / "v0001" / "manifest.json").read_text())
+    assert manifest["config"]["schedule"]["cron"] == "30 3 * * 1" and manifest["counts"]["rows"] > 0
