@@ -6,7 +6,7 @@ TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install clean
+.PHONY: demo test install browser clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -23,7 +23,13 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/negforge build --config deployments/datasets/scifact-demo.yaml
 
-test: $(STAMP)
+# The UI test drives Debian's chromium and chromium-driver (nothing can download a browser here): installed when missing.
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends chromium chromium-driver; }
+
+test: $(STAMP) browser
 	$(PY) -m pytest -q tests
 
 clean:

@@ -50,21 +50,32 @@ SUMMARY_COUNTS = ("documents", "unique_texts", "queries_read", "queries_used", "
 PACKAGES = ("negforge", "prefect", "prefect-dask", "distributed", "polars", "faiss-cpu", "sentence-transformers",
             "transformers", "torch", "datasets", "numpy", "great-expectations", "pydantic")
 
-ingest_task = task(ingest, name="ingest", cache_policy=NO_CACHE)
-embed_task = task(embed_shard, name="embed shard", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10])
-search_task = task(search_shard, name="search shard", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10])
-merge_task = task(merge_hits, name="merge hits", cache_policy=NO_CACHE)
-deepen_task = task(deepen, name="search deeper", cache_policy=NO_CACHE)
-similarity_task = task(candidate_similarity, name="candidate similarity", cache_policy=NO_CACHE)
-pairs_task = task(near_duplicate_pairs, name="corpus near-duplicates", cache_policy=NO_CACHE)
-choose_kept_task = task(choose_kept, name="choose kept documents", cache_policy=NO_CACHE)
-rescore_task = task(rescore_batch, name="rescore", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10])
-attach_task = task(attach_rescores, name="attach rescores", cache_policy=NO_CACHE)
-validate_inputs_task = task(check_inputs, name="validate inputs", cache_policy=NO_CACHE)
-validate_candidate_task = task(check_candidate, name="validate candidate", cache_policy=NO_CACHE)
+def _transient(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry only what a second try can fix: I/O, network and timeouts, not bad input or a failed check."""
+    return isinstance(state.result(raise_on_failure=False), (OSError, TimeoutError, ConnectionError))
 
 
-@task(name="mine", cache_policy=NO_CACHE)
+def _task(fn: Any, name: str, retried: bool = False) -> Any:
+    """A task whose runs are named readably; `retried` ones (storage, models) retry transient errors with backoff."""
+    retry = {"retries": 2, "retry_delay_seconds": [2, 10], "retry_condition_fn": _transient} if retried else {}
+    return task(fn, name=name, task_run_name=name, cache_policy=NO_CACHE, **retry)
+
+
+ingest_task = _task(ingest, "ingest", retried=True)
+embed_task = _task(embed_shard, "embed shard", retried=True)
+search_task = _task(search_shard, "search shard", retried=True)
+merge_task = _task(merge_hits, "merge hits")
+deepen_task = _task(deepen, "search deeper")
+similarity_task = _task(candidate_similarity, "candidate similarity")
+pairs_task = _task(near_duplicate_pairs, "corpus near-duplicates", retried=True)
+choose_kept_task = _task(choose_kept, "choose kept documents")
+rescore_task = _task(rescore_batch, "rescore", retried=True)
+attach_task = _task(attach_rescores, "attach rescores")
+validate_inputs_task = _task(check_inputs, "validate inputs")
+validate_candidate_task = _task(check_candidate, "validate candidate")
+
+
+@task(name="mine", task_run_name="mine", cache_policy=NO_CACHE)
 def mine_task(search: dict[str, str], summary: dict[str, Any], config: BuildConfig, range_max: int, depth: int,
               out_dir: str) -> dict[str, Any]:
     """Decide every candidate to `depth`; write the candidates (with reasons) and the ids table to the workspace."""
@@ -102,7 +113,7 @@ def _stats(scores: pl.Series) -> dict[str, float | int]:
             "median": round(float(scores.median()), 6), "max": round(float(scores.max()), 6)}
 
 
-@task(name="write training set", cache_policy=NO_CACHE)
+@task(name="write training set", task_run_name="write training set", cache_policy=NO_CACHE)
 def write_task(mined: dict[str, Any], summary: dict[str, Any], config: BuildConfig, staging: str) -> dict[str, Any]:
     """Join texts back and write data/, ids/ and exports into the staging folder."""
     return write_training_set(pl.read_parquet(mined["ids"]), pl.read_parquet(summary["positives_path"]),
@@ -110,7 +121,7 @@ def write_task(mined: dict[str, Any], summary: dict[str, Any], config: BuildConf
                               config.mine.num_negatives, staging)
 
 
-@task(name="publish", cache_policy=NO_CACHE)
+@task(name="publish", task_run_name="publish", cache_policy=NO_CACHE)
 def publish_task(staging: str, config: BuildConfig, manifest: dict[str, Any], parent: str | None) -> dict[str, Any]:
     """Number the staged version and move it into the registry, unless it equals the newest one."""
     registry = Registry(config.publish.registry, config.publish.dataset)

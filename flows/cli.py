@@ -114,11 +114,14 @@ def _default_registry(args: argparse.Namespace) -> str:
     return args.registry or load_config(default_config()).publish.registry
 
 
-def _run_flow(args: argparse.Namespace, prepare: Callable[[], Callable[[], dict]]) -> int:
+def _run_flow(args: argparse.Namespace, dataset: str, prepare: Callable[[], Callable[[], dict]]) -> int:
     """Run a flow against the Prefect API (a local one when none is set) and print its result.
 
-    `prepare` imports the flow and returns the call that runs it; it runs while a local server starts.
+    `prepare` imports the flow and returns the call that runs it; it runs while a local server starts. The run is
+    tagged with the dataset, as deployment runs are.
     """
+    from prefect import tags
+
     from flows.runtime import prefect_api
 
     with prefect_api() as api_ready:
@@ -126,7 +129,8 @@ def _run_flow(args: argparse.Namespace, prepare: Callable[[], Callable[[], dict]
         if not args.debug:
             _console_without_tracebacks()
         api_ready()
-        result = run()
+        with tags("negforge", dataset):
+            result = run()
     return _print_result(result)  # after the local server stopped, so the version folder is the last line
 
 
@@ -151,7 +155,7 @@ def cmd_remine(args: argparse.Namespace) -> int:
 
         return lambda: remine_training_set(version, config)
 
-    return _run_flow(args, prepare)
+    return _run_flow(args, config.publish.dataset, prepare)
 
 
 def cmd_build(args: argparse.Namespace) -> int:
@@ -165,7 +169,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 
         return lambda: build_training_set(config)
 
-    return _run_flow(args, prepare)
+    return _run_flow(args, config.publish.dataset, prepare)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

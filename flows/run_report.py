@@ -70,9 +70,9 @@ Version folder: `{version_dir}`
 ## Inputs
 {inputs}
 
-{counts['documents']} documents ({counts['unique_texts']} unique texts), {counts['queries_used']} queries with
-positives, {counts['positives']} positives. Rejected rows: {counts['rows_rejected']} ({reject_reasons}); rejects
-file `{rejects['path']}`. Embedded {manifest['embed']['texts_embedded']} texts, {manifest['embed']['texts_cached']}
+{counts['documents']} documents ({counts['unique_texts']} unique texts), {counts['queries_used']} queries with \
+positives, {counts['positives']} positives. Rejected rows: {counts['rows_rejected']} ({reject_reasons}); rejects \
+file `{rejects['path']}`. Embedded {manifest['embed']['texts_embedded']} texts, {manifest['embed']['texts_cached']} \
 from the store.
 
 ## Stage timings
