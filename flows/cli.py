@@ -174,12 +174,14 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     import os
+    import signal
     from contextlib import nullcontext
 
     from flows import deployments
     from flows.runtime import local_server
 
     deployments.dataset_configs(args.configs)  # refuse bad configs before a server starts
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # stop the local server too, not only this process
     started = nullcontext(os.environ.get("PREFECT_API_URL")) if os.environ.get("PREFECT_API_URL") else \
         local_server(args.port)
     with started as api:

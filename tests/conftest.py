@@ -85,24 +85,34 @@ def prefect_server():
 @pytest.fixture
 def config(tmp_path, tiny_beir) -> Path:
     """A build YAML over `tiny_beir`, with its registry and workdir under tmp_path."""
-    path = tmp_path / "build.yaml"
+    return write_config(tmp_path / "build.yaml", tiny_beir)
+
+
+@pytest.fixture
+def small_config(tmp_path) -> Path:
+    """The same build YAML over 20 demo queries and 100 documents, for tests whose subject is not the data."""
+    return write_config(tmp_path / "build.yaml", beir_subset(DEMO, tmp_path / "small", 20, 100))
+
+
+def write_config(path: Path, data: Path, dataset: str = "tiny", extra: str = "") -> Path:
+    """A build YAML over the BEIR folder `data`, with its registry and workdir beside it; `extra` adds sections."""
     path.write_text(f"""
 input:
-  corpus: {tiny_beir / 'corpus.jsonl'}
-  queries: {tiny_beir / 'queries.jsonl'}
-  qrels: {tiny_beir / 'qrels/train.tsv'}
+  corpus: {data / 'corpus.jsonl'}
+  queries: {data / 'queries.jsonl'}
+  qrels: {data / 'qrels/train.tsv'}
 mine:
   num_negatives: 3
 output:
   exports: [flagembedding]
 publish:
   registry: registry
-  dataset: tiny
+  dataset: {dataset}
 runtime:
   workdir: work
   shard_size: 64
   n_workers: 2
-""")
+{extra}""")
     return path
 
 

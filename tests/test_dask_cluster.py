@@ -51,10 +51,10 @@ def scheduler(prefect_server):
             process.wait(timeout=30)
 
 
-def test_a_running_scheduler_does_the_work(config, scheduler):
+def test_a_running_scheduler_does_the_work(small_config, scheduler):
     from distributed import Client
 
-    version = run_cli("build", "--config", str(config), "--set", f"runtime.dask_address={scheduler}").stdout
+    version = run_cli("build", "--config", str(small_config), "--set", f"runtime.dask_address={scheduler}").stdout
     manifest = json.loads((Path(version.strip().splitlines()[-1]) / "manifest.json").read_text())
     assert manifest["config"]["runtime"]["dask_address"] == scheduler and manifest["counts"]["rows"] > 0
     with Client(scheduler) as client:
@@ -72,7 +72,7 @@ def _stored(workdir: Path) -> int:
 def _build_until(config: Path, workdir: Path, stored_at_least: int) -> subprocess.Popen:
     """Start a build (in its own process group) and return once the store holds `stored_at_least` vectors."""
     process = subprocess.Popen([sys.executable, "-m", "flows.cli", "build", "--config", str(config),
-                                "--set", "runtime.shard_size=16"], cwd=ROOT, env=os.environ.copy(),
+                                "--set", "runtime.shard_size=8"], cwd=ROOT, env=os.environ.copy(),
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.monotonic() + 300
     while _stored(workdir) < stored_at_least:
@@ -86,12 +86,12 @@ def _version(stdout: str) -> Path:
     return Path(stdout.strip().splitlines()[-1])
 
 
-def test_a_killed_worker_loses_no_work_and_a_killed_run_resumes(config):
-    workdir = config.parent / "work"
-    unique = 240  # tiny_beir: 200 documents and 40 queries, all distinct texts
+def test_a_killed_worker_loses_no_work_and_a_killed_run_resumes(small_config):
+    workdir = small_config.parent / "work"
+    unique = 120  # small_config: 100 documents and 20 queries, all distinct texts
 
     # a Dask worker process dies part way: its shard runs again elsewhere, and the run publishes once
-    process = _build_until(config, workdir, 32)
+    process = _build_until(small_config, workdir, 16)
     workers = [p for p in psutil.Process(process.pid).children(recursive=True)
                if "spawn_main" in " ".join(p.cmdline())]
     workers[0].send_signal(signal.SIGKILL)
@@ -101,8 +101,8 @@ def test_a_killed_worker_loses_no_work_and_a_killed_run_resumes(config):
     assert manifest["embed"] == {"texts_embedded": unique, "texts_cached": 0} and _stored(workdir) == unique
 
     # the whole run dies part way (workers, flow and all): a retry embeds only what was not stored, publishes once
-    other = config.parent / "resumed"
-    process = _build_until(other_config := _with_workdir(config, other), other, 32)
+    other = small_config.parent / "resumed"
+    process = _build_until(other_config := _with_workdir(small_config, other), other, 16)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait(timeout=60)
     stored_before = _stored(other)

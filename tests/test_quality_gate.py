@@ -99,6 +99,23 @@ def test_a_negative_that_breaks_the_configured_margin_is_refused(candidate, tmp_
     assert "negatives_within_filters) failed" in message
 
 
+@pytest.mark.parametrize(("rule", "offending"), [
+    ({"kind": "cross-encoder", "threshold": 0.55}, 2),                      # 0.9 and 0.6 are above
+    ({"kind": "guide", "margin": 0.0}, 1),                                  # only 0.9 is above the positive's 0.65
+    ({"kind": "guide", "margin": 0.1, "margin_strategy": "relative"}, 2),  # 0.6 is above 0.65 - 0.065
+])
+def test_a_negative_the_rescorer_finds_relevant_is_refused(candidate, tmp_path, rule, offending):
+    cfg, summary, stage, registry, _ = candidate
+    ids = pl.read_parquet(stage() / "ids")
+    rescored = ids.with_columns(pl.lit(0.65, pl.Float32).alias("positive_rescore"),
+                                pl.when(pl.int_range(pl.len()) == 0).then(pl.lit([0.9, 0.7, 0.2], pl.List(pl.Float32)))
+                                .when(pl.int_range(pl.len()) == 1).then(pl.lit([0.6, 0.5, 0.2], pl.List(pl.Float32)))
+                                .otherwise(pl.lit([0.5, 0.4, 0.1], pl.List(pl.Float32))).alias("negative_rescores"))
+    cfg.rescore = cfg.rescore.model_copy(update={"model": "a-rescorer", **rule})
+    message = _refused(cfg, summary, stage(ids_table=rescored), tmp_path)
+    assert f"negatives_within_filters) failed: {offending} offending rows" in message
+
+
 def test_an_evaluation_query_as_anchor_fails_the_build_unless_dropped(config, tiny_beir, prefect_server):
     lines = (tiny_beir / "qrels/train.tsv").read_text().splitlines()
     leaked = lines[1].split("\t")[0]

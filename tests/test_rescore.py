@@ -62,10 +62,10 @@ def _version(out: str) -> Path:
 
 
 @pytest.mark.slow
-def test_guide_rescoring_through_the_flow_keeps_both_scores(config, prefect_server):
+def test_guide_rescoring_through_the_flow_keeps_both_scores(small_config, prefect_server):
     # the bundled model guiding itself: g equals the embedding score, so the GISTEmbed rule with margin 0 drops
     # exactly the candidates scoring above the lowest positive
-    version = _version(run_cli("build", "--config", str(config), "--set", f"rescore.model={MODEL}",
+    version = _version(run_cli("build", "--config", str(small_config), "--set", f"rescore.model={MODEL}",
                                "--set", "mine.relative_margin=null", "--set", "output.scores=true").stdout)
     manifest = json.loads((version / "manifest.json").read_text())
     assert manifest["reasons"].get("rescorer_relevant", 0) > 0 and "rescore" in manifest["timings"]
@@ -89,18 +89,19 @@ def cross_encoder(tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
-def test_cross_encoder_rescoring_through_the_flow_and_a_remine_with_a_new_threshold(config, prefect_server,
+def test_cross_encoder_rescoring_through_the_flow_and_a_remine_with_a_new_threshold(small_config, prefect_server,
                                                                                        cross_encoder):
     from sentence_transformers import CrossEncoder
 
-    first = _version(run_cli("build", "--config", str(config), "--set", f"rescore.model={cross_encoder}",
-                             "--set", "rescore.kind=cross-encoder", "--set", "rescore.threshold=1.0").stdout)
+    first = _version(run_cli("build", "--config", str(small_config), "--set", f"rescore.model={cross_encoder}",
+                             "--set", "rescore.kind=cross-encoder", "--set", "rescore.threshold=1.0",
+                             "--set", "rescore.max_length=128").stdout)
     hits = pl.read_parquet(first / "candidates" / "hits.parquet")
     assert hits["rescore"].is_not_null().all()
     queries = dict(pl.read_parquet(first / "candidates" / "queries.parquet").select("row", "text").iter_rows())
     docs = dict(pl.read_parquet(first / "candidates" / "documents.parquet").select("row", "text").iter_rows())
     sample = hits.sample(5, seed=0)
-    expected = CrossEncoder(str(cross_encoder), device="cpu").predict(
+    expected = CrossEncoder(str(cross_encoder), device="cpu", max_length=128).predict(
         [(queries[q], docs[d]) for q, d in sample.select("query_row", "doc_row").iter_rows()])
     assert np.allclose(sample["rescore"].to_numpy(), expected, atol=1e-4)
 

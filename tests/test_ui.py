@@ -44,12 +44,12 @@ def _wait_for_text(driver, *texts: str, timeout: float = 90) -> str:
     return driver.find_element(By.TAG_NAME, "body").text
 
 
-def test_flow_run_and_report_render_in_the_prefect_ui(config, prefect_server, browser, tmp_path):
+def test_flow_run_and_report_render_in_the_prefect_ui(small_config, prefect_server, browser, tmp_path):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
     from selenium.webdriver.common.by import By
 
-    run_cli("build", "--config", str(config))
+    run_cli("build", "--config", str(small_config))
     with get_client(sync_client=True) as client:
         report = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["tiny-report"])),
                                        limit=1)[0]

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from flows.deployments import prefect_yaml
-from tests.conftest import DEMO, ROOT, beir_subset, run_cli
+from tests.conftest import DEMO, ROOT, beir_subset, run_cli, write_config
 
 
 def test_committed_prefect_yaml_matches_the_dataset_configs():
@@ -29,14 +29,7 @@ def _prefect(*args: str, env: dict) -> subprocess.CompletedProcess:
 @pytest.mark.slow
 def test_prefect_deploy_and_a_process_worker_run_a_dataset(tmp_path, prefect_server):
     data = beir_subset(DEMO, tmp_path / "data", 20, 100)
-    config = tmp_path / "pooled.yaml"
-    config.write_text(f"""
-input: {{corpus: {data / 'corpus.jsonl'}, queries: {data / 'queries.jsonl'}, qrels: {data / 'qrels/train.tsv'}}}
-mine: {{num_negatives: 2}}
-publish: {{registry: {tmp_path / 'registry'}, dataset: pooled}}
-runtime: {{workdir: {tmp_path / 'work'}, n_workers: 1}}
-schedule: {{cron: "30 3 * * 1", timezone: UTC}}
-""")
+    config = write_config(tmp_path / "pooled.yaml", data, "pooled", 'schedule: {cron: "30 3 * * 1", timezone: UTC}')
     prefect_file = tmp_path / "prefect.yaml"
     prefect_file.write_text(run_cli("deployments", "render", "--config", str(config), "--pool", "pooled-pool").stdout)
     env = os.environ | {"NEGFORGE_ROOT": str(ROOT)}
