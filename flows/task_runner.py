@@ -17,7 +17,7 @@ from prefect_dask import DaskTaskRunner
 from schemas.config import BuildConfig, RuntimeConfig
 
 
-def _local_cluster(runtime: RuntimeConfig) -> dict:
+def local_cluster_kwargs(runtime: RuntimeConfig) -> dict:
     """LocalCluster arguments and the Dask settings its workers need.
 
     Local workers get torch/BLAS threads equal to `threads_per_worker`, no statistical profiler, and not Dask's
@@ -57,5 +57,5 @@ class BuildTaskRunner(DaskTaskRunner):
             if runtime.dask_address:
                 self.address = runtime.dask_address
             else:
-                self.cluster_class, self.cluster_kwargs = distributed.LocalCluster, _local_cluster(runtime)
+                self.cluster_class, self.cluster_kwargs = distributed.LocalCluster, local_cluster_kwargs(runtime)
         return DaskTaskRunner.client.fget(self)

@@ -82,19 +82,34 @@ def prefect_server():
         os.environ.pop("PREFECT_API_URL", None)
 
 
-@pytest.fixture
-def config(tmp_path, tiny_beir) -> Path:
-    """A build YAML over `tiny_beir`, with its registry and workdir under tmp_path."""
-    return write_config(tmp_path / "build.yaml", tiny_beir)
+@pytest.fixture(scope="session")
+def dask_address(prefect_server) -> str:
+    """One local Dask cluster for the session's builds, set up as a build's own (flows/task_runner.py), started
+    after the Prefect server so its workers report there. Builds that use it skip starting workers and loading
+    the model; tests of the local-cluster path itself set runtime.dask_address=null."""
+    from distributed import LocalCluster
+
+    from flows.task_runner import local_cluster_kwargs
+    from schemas.config import RuntimeConfig
+
+    with LocalCluster(**local_cluster_kwargs(RuntimeConfig(n_workers=2))) as cluster:
+        yield cluster.scheduler_address
 
 
 @pytest.fixture
-def small_config(tmp_path) -> Path:
+def config(tmp_path, tiny_beir, dask_address) -> Path:
+    """A build YAML over `tiny_beir`, with its registry and workdir under tmp_path, run on the session's cluster."""
+    return write_config(tmp_path / "build.yaml", tiny_beir, dask_address=dask_address)
+
+
+@pytest.fixture
+def small_config(tmp_path, dask_address) -> Path:
     """The same build YAML over 20 demo queries and 100 documents, for tests whose subject is not the data."""
-    return write_config(tmp_path / "build.yaml", beir_subset(DEMO, tmp_path / "small", 20, 100))
+    return write_config(tmp_path / "build.yaml", beir_subset(DEMO, tmp_path / "small", 20, 100),
+                        dask_address=dask_address)
 
 
-def write_config(path: Path, data: Path, dataset: str = "tiny", extra: str = "") -> Path:
+def write_config(path: Path, data: Path, dataset: str = "tiny", extra: str = "", dask_address: str | None = None) -> Path:
     """A build YAML over the BEIR folder `data`, with its registry and workdir beside it; `extra` adds sections."""
     path.write_text(f"""
 input:
@@ -112,6 +127,7 @@ runtime:
   workdir: work
   shard_size: 64
   n_workers: 2
+  dask_address: {dask_address or 'null'}
 {extra}""")
     return path
 

@@ -27,7 +27,7 @@ def _manifest(version_dir: str) -> dict:
 def test_build_publishes_a_version_that_loads_and_trains(config, prefect_server):
     from datasets import load_dataset
 
-    lines = _build(config)
+    lines = _build(config, "runtime.dask_address=null")  # the default: a local cluster of this run's own
     version_dir = lines[-1]
     assert version_dir.endswith("registry/tiny/v0001")
     assert (Path(version_dir).parent / "LATEST").read_text().strip() == "v0001"
