@@ -121,8 +121,9 @@ def main() -> None:
 
             for name in ("cli_trigger_cold_s", "cli_trigger_unchanged_s"):
                 began = time.monotonic()
-                subprocess.run([sys.executable, "-m", "flows.cli", "trigger", "scifact-demo", "--wait"], cwd=ROOT,
-                               env=env | {"PREFECT_API_URL": api}, check=True, capture_output=True)
+                done = subprocess.run([sys.executable, "-m", "flows.cli", "trigger", "scifact-demo", "--wait"], cwd=ROOT,
+                               env=env | {"PREFECT_API_URL": api}, capture_output=True, text=True)
+                assert done.returncode == 0, done.stdout + done.stderr
                 steps[name] = round(time.monotonic() - began, 1)
 
             before = {r.id for r in client.read_flow_runs(deployment_filter=only_demo)}

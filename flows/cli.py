@@ -185,9 +185,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     started = nullcontext(os.environ.get("PREFECT_API_URL")) if os.environ.get("PREFECT_API_URL") else \
         local_server(args.port)
     with started as api:
-        os.environ["PREFECT_API_URL"] = api
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        os.environ["PREFECT_API_URL"] = api  # for the flow-run processes serve starts
         print(f"Prefect API {api}; UI {api.removesuffix('/api')}", flush=True)
-        deployments.serve(args.configs)
+        with temporary_settings(updates={PREFECT_API_URL: api}):  # settings were read at import
+            deployments.serve(args.configs)
     return 0
 
 

@@ -30,7 +30,7 @@ def quiet_environment() -> None:
         os.environ.setdefault(key, value)
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -51,7 +51,7 @@ def prefect_api() -> Iterator[Callable[[], str]]:
         return
     from prefect.server.api.server import SubprocessASGIServer
 
-    server = SubprocessASGIServer(port=_free_port())
+    server = SubprocessASGIServer(port=free_port())
     starter = threading.Thread(target=server.start, kwargs={"timeout": 120}, daemon=True)
     starter.start()
 
@@ -88,7 +88,7 @@ def local_server(port: int | None = None, timeout: float = 300) -> Iterator[str]
 
     import httpx
 
-    port = port or _free_port()
+    port = port or free_port()
     api = f"http://127.0.0.1:{port}/api"
     server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
                                "--port", str(port), "--no-prompt"],

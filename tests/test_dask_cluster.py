@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,15 +14,10 @@ import polars as pl
 import psutil
 import pytest
 
+from flows.runtime import free_port
 from tests.conftest import ROOT, run_cli
 
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _dask(*args: str) -> subprocess.Popen:
@@ -36,7 +30,7 @@ def scheduler(prefect_server):
     """`dask scheduler` and two `dask worker` processes on loopback (workers get the Prefect API URL)."""
     from distributed import Client
 
-    address = f"tcp://127.0.0.1:{_free_port()}"
+    address = f"tcp://127.0.0.1:{free_port()}"
     port = address.rsplit(":", 1)[1]
     processes = [_dask("scheduler", "--host", "127.0.0.1", "--port", port, "--no-dashboard")]
     processes += [_dask("worker", address, "--nthreads", "1", "--no-dashboard", "--name", f"w{i}")

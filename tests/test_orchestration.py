@@ -144,3 +144,30 @@ def test_trigger_refuses_bad_overrides_and_a_missing_api(served):
     done = subprocess.run([sys.executable, "-m", "flows.cli", "trigger", "served"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "negforge serve" in done.stderr
+
+
+def test_serve_without_an_api_starts_a_local_server_and_stops_it(dataset_config, tmp_path):
+    import httpx
+
+    from flows.runtime import free_port
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"} | {"PREFECT_HOME": str(tmp_path)}
+    process = subprocess.Popen([sys.executable, "-m", "flows.cli", "serve", "--port", str(port), "--config",
+                                str(dataset_config)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    api = f"http://127.0.0.1:{port}/api"
+    try:
+        assert process.stdout.readline().strip() == f"Prefect API {api}; UI http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while httpx.post(f"{api}/deployments/filter", json={}).json() == []:
+            assert process.poll() is None and time.monotonic() < deadline, "no deployment reached the local server"
+            time.sleep(0.5)
+        names = [d["name"] for d in httpx.post(f"{api}/deployments/filter", json={}).json()]
+        assert names == ["served"]
+        assert httpx.get(f"http://127.0.0.1:{port}/").status_code == 200  # the UI is served too
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{api}/health", timeout=5)  # the local server stopped with serve
