@@ -3,7 +3,8 @@
 Serves the shipped dataset configs (deployments/datasets/*.yaml) with their registry and workdir moved to --work, on
 a fresh Prefect home, exactly as `negforge serve` does with PREFECT_API_URL unset; then triggers the demo from the
 CLI (`negforge trigger scifact-demo --wait`, cold and again unchanged) and from the Prefect UI (headless Chromium
-clicking the deployment's Run > Quick run). Prints one JSON line of seconds per step.
+clicking the deployment's Run > Quick run, then Run in the form it opens). Prints one JSON line of seconds per
+step.
 
     .venv/bin/python bench/orchestration_steps.py [--work /tmp/negforge-orchestration]
 """
@@ -26,8 +27,7 @@ from bench_args import ROOT
 
 sys.path.insert(0, str(ROOT))
 from flows.deployments import dataset_configs  # noqa: E402
-
-PORT = 4299
+from flows.runtime import free_port  # noqa: E402
 
 
 def _until(what: str, check, timeout: float = 600, every: float = 0.25):
@@ -67,7 +67,11 @@ def _ui_quick_run(ui: str, deployment_id: str) -> None:
         driver.get(f"{ui}/deployments/deployment/{deployment_id}")
         wait = WebDriverWait(driver, 60)
         wait.until(ready.element_to_be_clickable((By.XPATH, "//button[normalize-space()='Run']"))).click()
-        wait.until(ready.element_to_be_clickable((By.XPATH, "//*[normalize-space()='Quick run']"))).click()
+        wait.until(ready.element_to_be_clickable((By.XPATH, "//button[normalize-space()='Quick run']"))).click()
+        # the deployment has a parameter, so the UI opens its form, pre-filled; submit it as it is
+        wait.until(ready.visibility_of_element_located((By.XPATH, "//*[normalize-space()='Run Deployment']")))
+        driver.find_elements(By.XPATH, "//button[normalize-space()='Run']")[-1].click()
+        wait.until(ready.invisibility_of_element_located((By.XPATH, "//*[normalize-space()='Run Deployment']")))
     finally:
         driver.quit()
 
@@ -79,7 +83,8 @@ def main() -> None:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"} | {"PREFECT_HOME": str(work / "prefect")}
-    api = f"http://127.0.0.1:{PORT}/api"
+    port = free_port()
+    api = f"http://127.0.0.1:{port}/api"
     os.environ.update(env | {"PREFECT_API_URL": api})
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (DeploymentFilter, DeploymentFilterName, FlowRunFilter,
@@ -88,7 +93,7 @@ def main() -> None:
 
     steps: dict[str, float] = {}
     start = time.monotonic()
-    serve = subprocess.Popen([sys.executable, "-m", "flows.cli", "serve", "--port", str(PORT),
+    serve = subprocess.Popen([sys.executable, "-m", "flows.cli", "serve", "--port", str(port),
                               *[a for p in _configs(work) for a in ("--config", str(p))]],
                              cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                              start_new_session=True)
@@ -121,16 +126,16 @@ def main() -> None:
 
             for name in ("cli_trigger_cold_s", "cli_trigger_unchanged_s"):
                 began = time.monotonic()
-                done = subprocess.run([sys.executable, "-m", "flows.cli", "trigger", "scifact-demo", "--wait"], cwd=ROOT,
-                               env=env | {"PREFECT_API_URL": api}, capture_output=True, text=True)
+                done = subprocess.run([sys.executable, "-m", "flows.cli", "trigger", "scifact-demo", "--wait"],
+                                      cwd=ROOT, env=env | {"PREFECT_API_URL": api}, capture_output=True, text=True)
                 assert done.returncode == 0, done.stdout + done.stderr
                 steps[name] = round(time.monotonic() - began, 1)
 
             before = {r.id for r in client.read_flow_runs(deployment_filter=only_demo)}
             began = time.monotonic()
             _ui_quick_run(api.removesuffix("/api"), str(deployment.id))
-            new = _until("the UI's run", lambda: [r for r in client.read_flow_runs(deployment_filter=only_demo)
-                                                  if r.id not in before])[0]
+            new = _until("the UI's run", timeout=60, check=lambda: [
+                r for r in client.read_flow_runs(deployment_filter=only_demo) if r.id not in before])[0]
             _until("the UI's run to finish", lambda: client.read_flow_run(new.id).state.is_final())
             steps["ui_quick_run_s"] = round(time.monotonic() - began, 1)
             steps["ui_quick_run_state"] = client.read_flow_run(new.id).state.name

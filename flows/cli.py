@@ -25,7 +25,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     commands = parser.add_subparsers(dest="command", required=True)
     build = commands.add_parser("build", help="build and publish a training set")
-    build.add_argument("--config", type=Path, default=None, help="build YAML (default: the demo, deployments/datasets/scifact-demo.yaml)")
+    build.add_argument("--config", type=Path, default=None,
+                       help="build YAML (default: the demo, deployments/datasets/scifact-demo.yaml)")
     build.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                        help="override a config field; the value is parsed as YAML (repeatable)")
     remine = commands.add_parser("remine", help="a new version from the candidates stored in an earlier one")

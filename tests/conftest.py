@@ -109,7 +109,8 @@ def small_config(tmp_path, dask_address) -> Path:
                         dask_address=dask_address)
 
 
-def write_config(path: Path, data: Path, dataset: str = "tiny", extra: str = "", dask_address: str | None = None) -> Path:
+def write_config(path: Path, data: Path, dataset: str = "tiny", extra: str = "",
+                 dask_address: str | None = None) -> Path:
     """A build YAML over the BEIR folder `data`, with its registry and workdir beside it; `extra` adds sections."""
     path.write_text(f"""
 input:
