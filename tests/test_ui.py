@@ -47,12 +47,13 @@ def _wait_for_text(driver, *texts: str, timeout: float = 90) -> str:
 def test_flow_run_and_report_render_in_the_prefect_ui(small_config, prefect_server, browser, tmp_path):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
     from selenium.webdriver.common.by import By
 
     run_cli("build", "--config", str(small_config))
     with get_client(sync_client=True) as client:
         report = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["tiny-report"])),
-                                       limit=1)[0]
+                                       sort=ArtifactSort.CREATED_DESC, limit=1)[0]  # this build's, the newest
         run = client.read_flow_run(report.flow_run_id)
     shots = Path(os.environ.get("NEGFORGE_SCREENSHOTS", tmp_path))
     ui = prefect_server.removesuffix("/api")
