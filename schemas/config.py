@@ -186,6 +186,14 @@ class RescoreConfig(_Section):
             raise ValueError("a cross-encoder rescorer needs a threshold on its own output scale")
         return self
 
+    def bound(self, lowest_positive: Any) -> Any:
+        """The highest rescore a negative may have: the threshold (cross-encoder), or the lowest positive's rescore
+        less the margin (guide). Works on numbers, numpy arrays and polars expressions alike, so mining and the
+        quality gate apply one rule."""
+        if self.kind == "cross-encoder":
+            return self.threshold
+        return lowest_positive - self.margin * (abs(lowest_positive) if self.margin_strategy == "relative" else 1)
+
     def scoring_settings(self) -> dict[str, Any]:
         """The settings that determine the rescorer's scores (the rule's margin and threshold do not)."""
         return self.model_dump(include={"model", "kind", "max_length", "query_prompt", "corpus_prompt"})

@@ -18,8 +18,7 @@ from schemas.tables import CANDIDATES, frame
 
 REASONS = ("positive_id", "positive_text", "too_similar_to_positive", "near_duplicate_of_positive",
            "absolute_margin", "relative_margin", "max_score", "min_score", "rescorer_relevant", "rank_window",
-           "near_duplicate_negative",
-           "over_used", "not_sampled")
+           "near_duplicate_negative", "over_used", "not_sampled")
 _CODE = {name: code for code, name in enumerate(REASONS, start=1)}
 
 
@@ -126,13 +125,8 @@ def _rescorer_says_relevant(r: np.ndarray, q: np.ndarray, positive_scores: pl.Da
                             cfg: RescoreConfig) -> np.ndarray:
     """RocketQA: the cross-encoder's score is above the threshold. GISTEmbed: the guide scores the candidate above
     its lowest-scoring positive less the margin (absolute, or relative to |g(q,p)|)."""
-    r = r.astype(np.float32)
-    if cfg.kind == "cross-encoder":
-        return r > np.float32(cfg.threshold)
     lowest = positive_scores.group_by("query_row").agg(pl.col("rescore").min())
-    g_p = _per_query(lowest, "rescore", queries)[q]
-    margin = np.float32(cfg.margin) * (np.abs(g_p) if cfg.margin_strategy == "relative" else np.float32(1))
-    return r > g_p - margin
+    return r.astype(np.float32) > np.float32(cfg.bound(_per_query(lowest, "rescore", queries)[q]))
 
 
 def _drop_near_duplicates(reason: np.ndarray, q: np.ndarray, d: np.ndarray, window: np.ndarray,

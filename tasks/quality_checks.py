@@ -42,15 +42,6 @@ def _filter_violation(score: pl.Expr, lowest: pl.Expr, cfg: BuildConfig) -> pl.E
     return broken
 
 
-def _rescorer_violation(rescore: pl.Expr, lowest: pl.Expr, cfg: BuildConfig) -> pl.Expr:
-    """True where a kept negative's rescore breaks the rescorer's rule (GISTEmbed margin or RocketQA threshold)."""
-    rule, tol = cfg.rescore, cfg.validate_.score_tolerance
-    if rule.kind == "cross-encoder":
-        return rescore > rule.threshold + tol
-    margin = rule.margin * (lowest.abs() if rule.margin_strategy == "relative" else 1)
-    return rescore > lowest - margin + tol
-
-
 def eval_query_hashes(cfg: BuildConfig) -> set[str]:
     """Text hashes of the evaluation split's queries (those named in validate.eval_qrels)."""
     if not cfg.validate_.eval_qrels:
@@ -81,22 +72,23 @@ def row_checks(ids: pl.DataFrame, positives: pl.DataFrame, corpus_shards: list[s
                .select(pl.col("id").alias("negative_id"), pl.col("text_hash").alias("negative_hash")).collect())
     anchor_hash = pl.scan_parquet(query_shards).select(pl.col("id").alias("query_id"),
                                                        pl.col("text_hash").alias("anchor_hash")).collect()
-    rescored = "negative_rescores" in ids.columns
-    if not rescored:
-        ids = ids.with_columns(pl.lit(None, pl.Float32).alias("positive_rescore"),
-                               pl.col("negative_scores").alias("negative_rescores"))
+    rescored = "negative_rescores" in ids.columns  # then kept negatives must also satisfy the rescorer's rule
     lowest = ids.group_by("query_id").agg(pl.col("positive_score").min().alias("lowest"),
-                                          pl.col("positive_rescore").min().alias("lowest_rescore"))
+                                          *([pl.col("positive_rescore").min().alias("lowest_rescore")] if rescored
+                                            else []))
     rows = (ids.with_row_index("row")
             .join(own, on=["query_id", "positive_id"], how="left")
             .join(known, on="query_id", how="left")
             .join(lowest, on="query_id", how="left")
             .join(anchor_hash, on="query_id", how="left"))
     low, high = -1 - cfg.validate_.score_tolerance, 1 + cfg.validate_.score_tolerance
+    broken = _filter_violation(pl.col("score"), pl.col("lowest"), cfg)
+    if rescored:
+        broken |= pl.col("rescore") > cfg.rescore.bound(pl.col("lowest_rescore")) + cfg.validate_.score_tolerance
     negatives = (rows.select("row", "positive_id", "positive_hash", "known_ids", "known_hashes", "lowest",
-                             "lowest_rescore", pl.col("negative_ids").alias("negative_id"),
-                             pl.col("negative_scores").alias("score"), pl.col("negative_rescores").alias("rescore"))
-                 .explode(["negative_id", "score", "rescore"]).drop_nulls("negative_id")
+                             pl.col("negative_ids").alias("negative_id"), pl.col("negative_scores").alias("score"),
+                             *(["lowest_rescore", pl.col("negative_rescores").alias("rescore")] if rescored else []))
+                 .explode(["negative_id", "score", *(["rescore"] if rescored else [])]).drop_nulls("negative_id")
                  .join(id_hash, on="negative_id", how="left")
                  .select("row",
                          ((pl.col("negative_id") == pl.col("positive_id"))
@@ -105,9 +97,7 @@ def row_checks(ids: pl.DataFrame, positives: pl.DataFrame, corpus_shards: list[s
                           | pl.col("known_hashes").list.contains(pl.col("negative_hash"))).fill_null(False)
                          .alias("is_known"),
                          (pl.col("score").is_finite() & pl.col("score").is_between(low, high)).alias("score_ok"),
-                         (_filter_violation(pl.col("score"), pl.col("lowest"), cfg)
-                          | (_rescorer_violation(pl.col("rescore"), pl.col("lowest_rescore"), cfg) if rescored
-                             else pl.lit(False))).alias("broken"))
+                         broken.alias("broken"))
                  .group_by("row").agg(pl.col("is_own").any(), pl.col("is_known").any(), pl.col("score_ok").all(),
                                       pl.col("broken").any()))
     return (rows.join(negatives, on="row", how="left").sort("row")
