@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from schemas.config import BuildConfig, ConfigError, RELATIVE_PATHS, apply_overrides, load_config, validate_config
+from schemas.config import BuildConfig, ConfigError, apply_overrides, load_config, map_paths, validate_config
 
 ROOT = Path(__file__).resolve().parent.parent
 DATASETS = ROOT / "deployments" / "datasets"
@@ -44,24 +44,32 @@ def parameters(config: BuildConfig) -> dict[str, Any]:
     return {"config": config.model_dump(mode="json", by_alias=True)}
 
 
-def _schedules(config: BuildConfig) -> list:
-    from prefect.schedules import Cron
+# One run per deployment, and so per dataset, at a time; the others wait.
+ONE_RUN_AT_A_TIME = {"limit": 1, "collision_strategy": "ENQUEUE"}
 
-    schedule = config.schedule
-    return [Cron(schedule.cron, timezone=schedule.timezone, active=schedule.active)] if schedule.cron else []
+
+def _described(path: Path, config: BuildConfig) -> dict[str, Any]:
+    """What the served and the prefect.yaml deployment of a dataset config share."""
+    dataset = config.publish.dataset
+    return {"name": dataset, "description": f"Build and publish {dataset} (from {path.name}).",
+            "tags": ["negforge", dataset], "enforce_parameter_schema": True}
+
+
+def _schedules(config: BuildConfig) -> list[dict[str, Any]]:
+    return [config.schedule.model_dump()] if config.schedule.cron else []
 
 
 def runner_deployment(path: Path, config: BuildConfig):
     """The served deployment of one dataset config."""
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig
+    from prefect.schedules import Cron
+
     from flows.build import build_training_set
 
-    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
-
-    dataset = config.publish.dataset
     return build_training_set.to_deployment(
-        name=dataset, parameters=parameters(config), schedules=_schedules(config), tags=["negforge", dataset],
-        description=f"Build and publish {dataset} (from {path.name}).", enforce_parameter_schema=True,
-        concurrency_limit=ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE))
+        **_described(path, config), parameters=parameters(config),
+        schedules=[Cron(s["cron"], timezone=s["timezone"], active=s["active"]) for s in _schedules(config)],
+        concurrency_limit=ConcurrencyLimitConfig(**ONE_RUN_AT_A_TIME))
 
 
 def serve(paths: list[Path] | None) -> None:
@@ -72,15 +80,9 @@ def serve(paths: list[Path] | None) -> None:
 
 
 def _relative(raw: dict[str, Any], root: Path) -> dict[str, Any]:
-    """Local paths relative to `root`, where a work pool's worker runs the flow."""
-    for section, field in RELATIVE_PATHS:
-        value = raw.get(section, {}).get(field)
-        if isinstance(value, str) and Path(value).is_absolute() and Path(value).is_relative_to(root):
-            raw[section][field] = str(Path(value).relative_to(root))
-    if raw["input"].get("pairs"):
-        raw["input"]["pairs"] = [str(Path(p).relative_to(root)) if Path(p).is_relative_to(root) else p
-                                 for p in raw["input"]["pairs"]]
-    return raw
+    """Local paths under `root` made relative to it: a work pool's worker runs the flow there."""
+    return map_paths(raw, lambda value: str(Path(value).relative_to(root)) if Path(value).is_relative_to(root)
+                     else value)
 
 
 def prefect_yaml(paths: list[Path] | None, pool: str = "negforge") -> str:
@@ -91,15 +93,10 @@ def prefect_yaml(paths: list[Path] | None, pool: str = "negforge") -> str:
     """
     deployments = []
     for path, config in dataset_configs(paths):
-        schedule = config.schedule
         deployments.append({
-            "name": config.publish.dataset, "entrypoint": "flows/build.py:build_training_set",
-            "description": f"Build and publish {config.publish.dataset} (from {path.name}).",
-            "tags": ["negforge", config.publish.dataset], "enforce_parameter_schema": True,
+            **_described(path, config), "entrypoint": "flows/build.py:build_training_set",
             "parameters": {"config": _relative(parameters(config)["config"], ROOT)},
-            "schedules": [{"cron": schedule.cron, "timezone": schedule.timezone, "active": schedule.active}]
-            if schedule.cron else [],
-            "concurrency_limit": {"limit": 1, "collision_strategy": "ENQUEUE"},
+            "schedules": _schedules(config), "concurrency_limit": dict(ONE_RUN_AT_A_TIME),
             "work_pool": {"name": pool, "work_queue_name": "default"},
         })
     document = {

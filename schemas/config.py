@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -311,8 +311,22 @@ class BuildConfig(_Section):
         return self.model_dump(mode="json", by_alias=True, exclude={"runtime", "schedule"})
 
 
-RELATIVE_PATHS = {("input", "corpus"), ("input", "queries"), ("input", "qrels"), ("publish", "registry"),
-                   ("runtime", "workdir"), ("validate", "eval_qrels"), ("validate", "eval_queries"), ("audit", "qrels")}
+_PATH_FIELDS = {("input", "corpus"), ("input", "queries"), ("input", "qrels"), ("publish", "registry"),
+                ("runtime", "workdir"), ("validate", "eval_qrels"), ("validate", "eval_queries"), ("audit", "qrels")}
+
+
+def map_paths(raw: dict[str, Any], convert: Callable[[str], str]) -> dict[str, Any]:
+    """Apply `convert` to every path of a raw config mapping (the path fields and each of input.pairs), in place."""
+    for section, field in _PATH_FIELDS:
+        value = (raw.get(section) or {}).get(field)
+        if isinstance(value, str):
+            raw[section][field] = convert(value)
+    pairs = (raw.get("input") or {}).get("pairs")
+    if isinstance(pairs, str):
+        pairs = [pairs]
+    if isinstance(pairs, list):
+        raw["input"]["pairs"] = [convert(p) if isinstance(p, str) else p for p in pairs]
+    return raw
 
 
 def _is_local(value: str) -> bool:
@@ -321,15 +335,7 @@ def _is_local(value: str) -> bool:
 
 def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
     """Make the YAML's relative local paths relative to the YAML file, not the working directory."""
-    for section, field in RELATIVE_PATHS:
-        value = (raw.get(section) or {}).get(field)
-        if isinstance(value, str) and _is_local(value):
-            raw[section][field] = str((base / value).resolve())
-    pairs = (raw.get("input") or {}).get("pairs")
-    if isinstance(pairs, str):
-        pairs = [pairs]
-    if isinstance(pairs, list):
-        raw["input"]["pairs"] = [str((base / p).resolve()) if isinstance(p, str) and _is_local(p) else p for p in pairs]
+    map_paths(raw, lambda value: str((base / value).resolve()) if _is_local(value) else value)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
