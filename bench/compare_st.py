@@ -28,7 +28,7 @@ import json, sys
 from datasets import Dataset
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.util import mine_hard_negatives
-from tasks.model import resolve_model
+from negforge.tasks.model import resolve_model
 data, out, options = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 docs = {d["_id"]: f"{d['title']} {d['text']}".strip() for d in map(json.loads, open(f"{data}/corpus.jsonl"))}
 queries = {q["_id"]: q["text"] for q in map(json.loads, open(f"{data}/queries.jsonl"))}
@@ -80,7 +80,7 @@ def main() -> None:
                                    json.dumps(OPTIONS)], ROOT)
     print(f"reference: {st_s:.1f} s, {st_mb:.0f} MB", file=sys.stderr)
 
-    build = [sys.executable, "-m", "flows.cli", "build", "--config", str(DEMO_CONFIG)]
+    build = [sys.executable, "-m", "negforge.flows.cli", "build", "--config", str(DEMO_CONFIG)]
     for key, value in {"input.corpus": data / "corpus.jsonl", "input.queries": data / "queries.jsonl",
                        "input.qrels": data / "qrels" / "train.tsv", "publish.registry": work / "registry",
                        "publish.dataset": "scifact-train", "runtime.workdir": work / "negforge",

@@ -48,7 +48,7 @@ def main() -> None:
     train, hidden, hidden_queries = split_qrels(data / "qrels" / "train.tsv", work / "audit")
     print(f"{hidden_queries} queries have hidden positives", file=sys.stderr)
     for number, (name, overrides) in enumerate(SETTINGS.items()):
-        command = [sys.executable, "-m", "flows.cli", "build", "--config", str(DEMO_CONFIG)]
+        command = [sys.executable, "-m", "negforge.flows.cli", "build", "--config", str(DEMO_CONFIG)]
         for override in [f"input.corpus={data / 'corpus.jsonl'}", f"input.queries={data / 'queries.jsonl'}",
                          f"input.qrels={train}", f"audit.qrels={hidden}", "validate.eval_qrels=null",
                          "mine.num_negatives=5", "mine.range_max=50", "output.exports=[]",

@@ -26,8 +26,8 @@ import yaml
 from bench_args import ROOT
 
 sys.path.insert(0, str(ROOT))
-from flows.deployments import dataset_configs  # noqa: E402
-from flows.runtime import free_port  # noqa: E402
+from negforge.flows.deployments import dataset_configs  # noqa: E402
+from negforge.flows.runtime import free_port  # noqa: E402
 
 
 def _until(what: str, check, timeout: float = 600, every: float = 0.25):
@@ -93,7 +93,7 @@ def main() -> None:
 
     steps: dict[str, float] = {}
     start = time.monotonic()
-    serve = subprocess.Popen([sys.executable, "-m", "flows.cli", "serve", "--port", str(port),
+    serve = subprocess.Popen([sys.executable, "-m", "negforge.flows.cli", "serve", "--port", str(port),
                               *[a for p in _configs(work) for a in ("--config", str(p))]],
                              cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                              start_new_session=True)
@@ -126,7 +126,7 @@ def main() -> None:
 
             for name in ("cli_trigger_cold_s", "cli_trigger_unchanged_s"):
                 began = time.monotonic()
-                done = subprocess.run([sys.executable, "-m", "flows.cli", "trigger", "scifact-demo", "--wait"],
+                done = subprocess.run([sys.executable, "-m", "negforge.flows.cli", "trigger", "scifact-demo", "--wait"],
                                       cwd=ROOT, env=env | {"PREFECT_API_URL": api}, capture_output=True, text=True)
                 assert done.returncode == 0, done.stdout + done.stderr
                 steps[name] = round(time.monotonic() - began, 1)

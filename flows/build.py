@@ -24,25 +24,25 @@ import polars as pl
 from prefect import flow, get_run_logger, tags, task
 from prefect.cache_policies import NO_CACHE
 
-from flows.run_report import ShardProgress, publish_artifacts
-from flows.task_runner import BuildTaskRunner
-from schemas.config import BuildConfig
-from tasks.audit import audit
-from tasks.candidate_store import save_candidates
-from tasks.corpus_dedup import choose_kept, near_duplicate_pairs
-from tasks.dataset_card import dataset_card
-from tasks.deepen import deepen
-from tasks.embed import embed_shard
-from tasks.ingest import ingest
-from tasks.mine import mine, reason_counts, reasons_per_query
-from tasks.model import EncoderSpec, ModelRef, named_prompt, resolve_model
-from tasks.quality_checks import contaminated_queries
-from tasks.quality_gate import check_candidate, check_inputs
-from tasks.registry import Registry
-from tasks.rescore import attach_rescores, plan_batches, rescore_batch, rescorer_spec
-from tasks.search import merge_hits, search_shard
-from tasks.similarity import candidate_similarity
-from tasks.training_set import ids_table, write_training_set
+from negforge.flows.run_report import ShardProgress, publish_artifacts
+from negforge.flows.task_runner import BuildTaskRunner
+from negforge.schemas.config import BuildConfig
+from negforge.tasks.audit import audit
+from negforge.tasks.candidate_store import save_candidates
+from negforge.tasks.corpus_dedup import choose_kept, near_duplicate_pairs
+from negforge.tasks.dataset_card import dataset_card
+from negforge.tasks.deepen import deepen
+from negforge.tasks.embed import embed_shard
+from negforge.tasks.ingest import ingest
+from negforge.tasks.mine import mine, reason_counts, reasons_per_query
+from negforge.tasks.model import EncoderSpec, ModelRef, named_prompt, resolve_model
+from negforge.tasks.quality_checks import contaminated_queries
+from negforge.tasks.quality_gate import check_candidate, check_inputs
+from negforge.tasks.registry import Registry
+from negforge.tasks.rescore import attach_rescores, plan_batches, rescore_batch, rescorer_spec
+from negforge.tasks.search import merge_hits, search_shard
+from negforge.tasks.similarity import candidate_similarity
+from negforge.tasks.training_set import ids_table, write_training_set
 
 # Ingest counts that go into the manifest as they are (a remine copies them from its source).
 SUMMARY_COUNTS = ("documents", "unique_texts", "queries_read", "queries_used", "queries_unused", "positives",

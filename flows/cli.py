@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from flows.runtime import quiet_environment
+from negforge.flows.runtime import quiet_environment
 
 DEFAULT_CONFIG = Path("deployments/datasets/scifact-demo.yaml")
 
@@ -68,15 +68,15 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def cmd_versions(args: argparse.Namespace) -> int:
-    from flows import registry_commands
+    from negforge.flows import registry_commands
 
     args.registry = _default_registry(args)
     return getattr(registry_commands, f"versions_{args.action}")(args)
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
-    from flows.registry_commands import gc
-    from schemas.config import load_config
+    from negforge.flows.registry_commands import gc
+    from negforge.schemas.config import load_config
 
     config = load_config(args.config or default_config())
     return gc(args, config.runtime.workdir, config.publish.registry)
@@ -110,7 +110,7 @@ def _print_result(result: dict) -> int:
 
 def _default_registry(args: argparse.Namespace) -> str:
     """--registry, else the default config's publish.registry."""
-    from schemas.config import load_config
+    from negforge.schemas.config import load_config
 
     return args.registry or load_config(default_config()).publish.registry
 
@@ -123,7 +123,7 @@ def _run_flow(args: argparse.Namespace, dataset: str, prepare: Callable[[], Call
     """
     from prefect import tags
 
-    from flows.runtime import prefect_api
+    from negforge.flows.runtime import prefect_api
 
     with prefect_api() as api_ready:
         run = prepare()
@@ -136,9 +136,9 @@ def _run_flow(args: argparse.Namespace, dataset: str, prepare: Callable[[], Call
 
 
 def cmd_remine(args: argparse.Namespace) -> int:
-    from schemas.config import ConfigError, apply_overrides, validate_config
-    from tasks.candidate_store import check_remine, load_candidates
-    from tasks.registry import Registry
+    from negforge.schemas.config import ConfigError, apply_overrides, validate_config
+    from negforge.tasks.candidate_store import check_remine, load_candidates
+    from negforge.tasks.registry import Registry
 
     dataset, sep, version = args.source.partition("@")
     if not sep or not version:
@@ -152,7 +152,7 @@ def cmd_remine(args: argparse.Namespace) -> int:
     check_remine(parent["config"], config, depth, summary["max_positives"])  # refuse before any run starts
 
     def prepare() -> Callable[[], dict]:
-        from flows.remine import remine_training_set
+        from negforge.flows.remine import remine_training_set
 
         return lambda: remine_training_set(version, config)
 
@@ -160,13 +160,13 @@ def cmd_remine(args: argparse.Namespace) -> int:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from schemas.config import load_config
+    from negforge.schemas.config import load_config
 
     config = load_config(args.config or default_config(), args.overrides)
 
     def prepare() -> Callable[[], dict]:
-        from flows.build import build_training_set
-        from schemas import expectations  # noqa: F401  (Great Expectations too; validation needs it later)
+        from negforge.flows.build import build_training_set
+        from negforge.schemas import expectations  # noqa: F401  (Great Expectations too; validation needs it later)
 
         return lambda: build_training_set(config)
 
@@ -178,8 +178,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import signal
     from contextlib import nullcontext
 
-    from flows import deployments
-    from flows.runtime import local_server
+    from negforge.flows import deployments
+    from negforge.flows.runtime import local_server
 
     deployments.dataset_configs(args.configs)  # refuse bad configs before a server starts
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # stop the local server too, not only this process
@@ -196,13 +196,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_trigger(args: argparse.Namespace) -> int:
-    from flows import deployments
+    from negforge.flows import deployments
 
     return deployments.trigger(args.dataset, args.overrides, args.wait)
 
 
 def cmd_deployments(args: argparse.Namespace) -> int:
-    from flows import deployments
+    from negforge.flows import deployments
 
     print(deployments.prefect_yaml(args.configs, args.pool), end="")
     return 0
@@ -211,12 +211,12 @@ def cmd_deployments(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     quiet_environment()
     args = _parser().parse_args(argv)
-    from schemas.config import ConfigError
-    from flows.deployments import NoPrefectAPI
-    from tasks.candidate_store import RemineError
-    from tasks.model import ModelError
-    from tasks.readers import InputError
-    from tasks.validate import ValidationFailed
+    from negforge.schemas.config import ConfigError
+    from negforge.flows.deployments import NoPrefectAPI
+    from negforge.tasks.candidate_store import RemineError
+    from negforge.tasks.model import ModelError
+    from negforge.tasks.readers import InputError
+    from negforge.tasks.validate import ValidationFailed
 
     try:
         commands = {"build": cmd_build, "remine": cmd_remine, "versions": cmd_versions, "gc": cmd_gc,

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from schemas.config import BuildConfig, ConfigError, apply_overrides, load_config, map_paths, validate_config
+from negforge.schemas.config import BuildConfig, ConfigError, apply_overrides, load_config, map_paths, validate_config
 
 ROOT = Path(__file__).resolve().parent.parent
 DATASETS = ROOT / "deployments" / "datasets"
@@ -64,7 +64,7 @@ def runner_deployment(path: Path, config: BuildConfig):
     from prefect.client.schemas.objects import ConcurrencyLimitConfig
     from prefect.schedules import Cron
 
-    from flows.build import build_training_set
+    from negforge.flows.build import build_training_set
 
     return build_training_set.to_deployment(
         **_described(path, config), parameters=parameters(config),
@@ -94,7 +94,7 @@ def prefect_yaml(paths: list[Path] | None, pool: str = "negforge") -> str:
     deployments = []
     for path, config in dataset_configs(paths):
         deployments.append({
-            **_described(path, config), "entrypoint": "flows/build.py:build_training_set",
+            **_described(path, config), "entrypoint": "negforge.flows.build:build_training_set",
             "parameters": {"config": _relative(parameters(config)["config"], ROOT)},
             "schedules": _schedules(config), "concurrency_limit": dict(ONE_RUN_AT_A_TIME),
             "work_pool": {"name": pool, "work_queue_name": "default"},

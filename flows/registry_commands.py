@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from tasks.registry import Registry
+from negforge.tasks.registry import Registry
 
 
 def _registry(args: argparse.Namespace) -> Registry:
@@ -48,7 +48,7 @@ def versions_show(args: argparse.Namespace) -> int:
 
 
 def versions_diff(args: argparse.Namespace) -> int:
-    from tasks.version_diff import diff_versions
+    from negforge.tasks.version_diff import diff_versions
 
     registry = _registry(args)
     diff = diff_versions(registry.folder / args.a, registry.folder / args.b, registry.manifest(args.a),
@@ -73,7 +73,7 @@ def versions_rollback(args: argparse.Namespace) -> int:
 
 
 def gc(args: argparse.Namespace, workdir: str, registry: str) -> int:
-    from tasks.housekeeping import collect_garbage
+    from negforge.tasks.housekeeping import collect_garbage
 
     report = collect_garbage(workdir, registry, args.keep_runs, args.dry_run)
     verb = "would remove" if args.dry_run else "removed"

@@ -13,10 +13,10 @@ from typing import Any
 
 from prefect import flow, tags
 
-from flows.build import SUMMARY_COUNTS, mine_and_publish
-from schemas.config import BuildConfig
-from tasks.candidate_store import check_remine, load_candidates
-from tasks.registry import Registry
+from negforge.flows.build import SUMMARY_COUNTS, mine_and_publish
+from negforge.schemas.config import BuildConfig
+from negforge.tasks.candidate_store import check_remine, load_candidates
+from negforge.tasks.registry import Registry
 
 
 @flow(name="remine-training-set", flow_run_name="remine {config.publish.dataset}", validate_parameters=True)

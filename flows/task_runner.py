@@ -14,7 +14,7 @@ import distributed
 from prefect.context import FlowRunContext
 from prefect_dask import DaskTaskRunner
 
-from schemas.config import BuildConfig, RuntimeConfig
+from negforge.schemas.config import BuildConfig, RuntimeConfig
 
 
 def local_cluster_kwargs(runtime: RuntimeConfig) -> dict:

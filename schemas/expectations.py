@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import great_expectations as gx
 
-from schemas.config import ValidateConfig
+from negforge.schemas.config import ValidateConfig
 
 # Boolean check columns of each checked table, with what a failing row is.
 INPUT_CHECKS = {

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from tasks.readers import read_rows
+from negforge.tasks.readers import read_rows
 
 BOOTSTRAP_SAMPLES = 2000
 

@@ -14,7 +14,7 @@ import faiss
 import numpy as np
 import polars as pl
 
-from tasks.training_set import shard_rows
+from negforge.tasks.training_set import shard_rows
 
 PAIRS = {"doc_row": pl.UInt32, "other_row": pl.UInt32, "cosine": pl.Float32}
 DUPLICATES = {"dropped_row": pl.UInt32, "kept_row": pl.UInt32, "cosine": pl.Float32}

@@ -13,10 +13,10 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from schemas.config import BuildConfig
-from tasks.mine import mine
-from tasks.search import merge_hits, search_shard
-from tasks.similarity import candidate_similarity
+from negforge.schemas.config import BuildConfig
+from negforge.tasks.mine import mine
+from negforge.tasks.search import merge_hits, search_shard
+from negforge.tasks.similarity import candidate_similarity
 
 
 def short_rows(search: dict[str, str], positives: pl.DataFrame, query_ids: list[str], config: BuildConfig,

@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from tasks.embedding_store import EmbeddingStore
-from tasks.model import EncoderSpec, encode
+from negforge.tasks.embedding_store import EmbeddingStore
+from negforge.tasks.model import EncoderSpec, encode
 
 
 def embed_shard(shard_path: str, spec: EncoderSpec, store_root: str, vectors_path: str) -> dict[str, Any]:

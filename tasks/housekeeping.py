@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from tasks.registry import datasets
+from negforge.tasks.registry import datasets
 
 
 def _size(path: Path) -> int:

@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 
-from schemas.config import InputConfig
-from schemas.tables import POSITIVES, REJECTS, TEXT_SHARD, frame
-from tasks.readers import FileRows, InputError, Reject, read_rows, require_columns
-from tasks.text import document_text, text_hash
+from negforge.schemas.config import InputConfig
+from negforge.schemas.tables import POSITIVES, REJECTS, TEXT_SHARD, frame
+from negforge.tasks.readers import FileRows, InputError, Reject, read_rows, require_columns
+from negforge.tasks.text import document_text, text_hash
 
 QREL_QUERY, QREL_DOC, QREL_SCORE = "query-id", "corpus-id", "score"
 

@@ -13,8 +13,8 @@ import hashlib
 import numpy as np
 import polars as pl
 
-from schemas.config import MineConfig, RescoreConfig
-from schemas.tables import CANDIDATES, frame
+from negforge.schemas.config import MineConfig, RescoreConfig
+from negforge.schemas.tables import CANDIDATES, frame
 
 REASONS = ("positive_id", "positive_text", "too_similar_to_positive", "near_duplicate_of_positive",
            "absolute_margin", "relative_margin", "max_score", "min_score", "rescorer_relevant", "rank_window",

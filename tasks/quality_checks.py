@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import polars as pl
 
-from schemas.config import BuildConfig, InputConfig
-from tasks.readers import read_rows
-from tasks.text import text_hash
+from negforge.schemas.config import BuildConfig, InputConfig
+from negforge.tasks.readers import read_rows
+from negforge.tasks.text import text_hash
 
 
 def _not_empty(column: str, dtype: pl.DataType) -> pl.Expr:

@@ -7,9 +7,9 @@ from typing import Any
 
 import polars as pl
 
-from schemas.config import BuildConfig
-from tasks.quality_checks import (coverage_checks, eval_query_hashes, row_checks, shared_positives, text_checks)
-from tasks.validate import ValidationFailed, describe_failures, drift, quarantine, run_suites
+from negforge.schemas.config import BuildConfig
+from negforge.tasks.quality_checks import (coverage_checks, eval_query_hashes, row_checks, shared_positives, text_checks)
+from negforge.tasks.validate import ValidationFailed, describe_failures, drift, quarantine, run_suites
 
 
 def _texts(shards: list[str]) -> pl.DataFrame:
@@ -19,7 +19,7 @@ def _texts(shards: list[str]) -> pl.DataFrame:
 
 def check_inputs(summary: dict[str, Any], out_dir: str) -> dict[str, Any]:
     """ids unique and present, texts non-empty, positives resolvable; raises ValidationFailed otherwise."""
-    from schemas.expectations import MEANINGS, input_suite  # Great Expectations loads only where validation runs
+    from negforge.schemas.expectations import MEANINGS, input_suite  # Great Expectations loads only where validation runs
 
     positives = pl.read_parquet(summary["positives_path"])
     checks = [("corpus", input_suite("corpus"), _texts(summary["corpus_shards"])),
@@ -37,7 +37,7 @@ def check_inputs(summary: dict[str, Any], out_dir: str) -> dict[str, Any]:
 def check_candidate(staged: str, mined: dict[str, Any], summary: dict[str, Any], config: BuildConfig,
                     previous: dict[str, Any] | None, out_dir: str) -> dict[str, Any]:
     """Run the output suites on the staged version; quarantine it and raise ValidationFailed when one fails."""
-    from schemas.expectations import MEANINGS, coverage_suite, output_suite, text_suite
+    from negforge.schemas.expectations import MEANINGS, coverage_suite, output_suite, text_suite
 
     staged_path = Path(staged)
     ids = pl.read_parquet(staged_path / "ids")

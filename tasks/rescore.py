@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from schemas.config import RescoreConfig
-from tasks.model import EncoderSpec, encode, resolve_model
-from tasks.training_set import shard_rows
+from negforge.schemas.config import RescoreConfig
+from negforge.tasks.model import EncoderSpec, encode, resolve_model
+from negforge.tasks.training_set import shard_rows
 
 PAIRS = {"query_row": pl.UInt32, "doc_row": pl.UInt32}
 

@@ -12,7 +12,7 @@ import faiss
 import numpy as np
 import polars as pl
 
-from schemas.tables import HITS, POSITIVE_SCORES, check, frame
+from negforge.schemas.tables import HITS, POSITIVE_SCORES, check, frame
 
 
 def _query_matrix(query_vectors: list[str]) -> np.ndarray:

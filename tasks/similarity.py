@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from schemas.tables import NEAR_PAIRS, frame
+from negforge.schemas.tables import NEAR_PAIRS, frame
 
 PAIR_FLOOR = 0.9
 

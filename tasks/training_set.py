@@ -13,8 +13,8 @@ from typing import Any
 
 import polars as pl
 
-from schemas.config import OutputConfig
-from schemas.tables import CANDIDATE_COLUMNS, IDS, RESCORE_COLUMNS, check
+from negforge.schemas.config import OutputConfig
+from negforge.schemas.tables import CANDIDATE_COLUMNS, IDS, RESCORE_COLUMNS, check
 
 
 def shard_rows(shards: list[str], rows: pl.Series) -> pl.DataFrame:

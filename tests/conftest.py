@@ -72,7 +72,7 @@ def prefect_server():
     from prefect.logging.handlers import APILogHandler
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from flows.runtime import local_server
+    from negforge.flows.runtime import local_server
 
     with local_server() as api_url:
         os.environ["PREFECT_API_URL"] = api_url
@@ -89,8 +89,8 @@ def dask_address(prefect_server) -> str:
     the model; tests of the local-cluster path itself set runtime.dask_address=null."""
     from distributed import LocalCluster
 
-    from flows.task_runner import local_cluster_kwargs
-    from schemas.config import RuntimeConfig
+    from negforge.flows.task_runner import local_cluster_kwargs
+    from negforge.schemas.config import RuntimeConfig
 
     with LocalCluster(**local_cluster_kwargs(RuntimeConfig(n_workers=2))) as cluster:
         yield cluster.scheduler_address
@@ -135,7 +135,7 @@ runtime:
 
 def run_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     """Run `negforge ARGS` as a user would, in the project root."""
-    done = subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=ROOT, capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-m", "negforge.flows.cli", *args], cwd=ROOT, capture_output=True, text=True,
                           env=os.environ.copy(), timeout=600)
     if check:
         assert done.returncode == 0, done.stderr[-3000:]

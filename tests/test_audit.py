@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import polars as pl
 
-from schemas.config import MineConfig
-from tasks.audit import audit
-from tasks.mine import mine
+from negforge.schemas.config import MineConfig
+from negforge.tasks.audit import audit
+from negforge.tasks.mine import mine
 from tests.test_mine import _case
 
 

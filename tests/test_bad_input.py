@@ -11,9 +11,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from schemas.config import InputConfig
-from tasks.ingest import ingest
-from tasks.readers import InputError, read_rows
+from negforge.schemas.config import InputConfig
+from negforge.tasks.ingest import ingest
+from negforge.tasks.readers import InputError, read_rows
 
 GOOD_DOCS = "".join(json.dumps({"_id": f"d{i}", "title": "t", "text": f"text {i}"}) + "\n" for i in range(200))
 GOOD_QUERIES = "".join(json.dumps({"_id": f"q{i}", "text": f"query {i}"}) + "\n" for i in range(100))
@@ -134,7 +134,7 @@ def test_random_delimited_files_never_crash_and_account_for_every_row(tmp_path, 
 
 @pytest.mark.slow
 def test_the_cli_reports_bad_input_in_readable_lines_and_publishes_nothing(config, tiny_beir, prefect_server):
-    from tasks.registry import Registry
+    from negforge.tasks.registry import Registry
     from tests.conftest import run_cli
 
     with (tiny_beir / "corpus.jsonl").open("a") as handle:
@@ -148,7 +148,7 @@ def test_the_cli_reports_bad_input_in_readable_lines_and_publishes_nothing(confi
 
 
 def test_all_of_scifact_passes_ingest_and_the_input_suites(scifact, tmp_path):
-    from tasks.quality_gate import check_inputs
+    from negforge.tasks.quality_gate import check_inputs
 
     for split in ("train", "test"):
         cfg = InputConfig(corpus=str(scifact / "corpus.jsonl"), queries=str(scifact / "queries.jsonl"),

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from flows.cli import main
-from schemas.config import BuildConfig, ConfigError, load_config
+from negforge.flows.cli import main
+from negforge.schemas.config import BuildConfig, ConfigError, load_config
 from tests.conftest import DEMO_CONFIG
 
 ROOT = Path(__file__).resolve().parent.parent

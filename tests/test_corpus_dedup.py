@@ -10,7 +10,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from tasks.corpus_dedup import choose_kept, near_duplicate_pairs
+from negforge.tasks.corpus_dedup import choose_kept, near_duplicate_pairs
 from tests.conftest import DEMO, beir_subset, run_cli
 from tests.test_near_duplicates import _edit
 

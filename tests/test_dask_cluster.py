@@ -14,7 +14,7 @@ import polars as pl
 import psutil
 import pytest
 
-from flows.runtime import free_port
+from negforge.flows.runtime import free_port
 from tests.conftest import ROOT, run_cli
 
 pytestmark = pytest.mark.slow
@@ -66,7 +66,7 @@ def _stored(workdir: Path) -> int:
 def _build_until(config: Path, workdir: Path, stored_at_least: int) -> subprocess.Popen:
     """Start a build on its own local cluster (its own process group, so killing it leaves nothing running) and
     return once the store holds `stored_at_least` vectors."""
-    process = subprocess.Popen([sys.executable, "-m", "flows.cli", "build", "--config", str(config),
+    process = subprocess.Popen([sys.executable, "-m", "negforge.flows.cli", "build", "--config", str(config),
                                 "--set", "runtime.shard_size=8", "--set", "runtime.dask_address=null"], cwd=ROOT, env=os.environ.copy(),
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.monotonic() + 300

@@ -6,11 +6,11 @@ import numpy as np
 import polars as pl
 import pytest
 
-from schemas.tables import TEXT_SHARD, frame
-from tasks.embed import embed_shard
-from tasks.embedding_store import EmbeddingStore
-from tasks.model import BUNDLED_WEIGHTS_SHA256, EncoderSpec, ModelError, encode, resolve_model, weights_sha256
-from tasks.text import text_hash
+from negforge.schemas.tables import TEXT_SHARD, frame
+from negforge.tasks.embed import embed_shard
+from negforge.tasks.embedding_store import EmbeddingStore
+from negforge.tasks.model import BUNDLED_WEIGHTS_SHA256, EncoderSpec, ModelError, encode, resolve_model, weights_sha256
+from negforge.tasks.text import text_hash
 
 
 def _shard(tmp_path, name, texts):

@@ -7,9 +7,9 @@ import json
 import polars as pl
 import pytest
 
-from schemas.config import InputConfig
-from tasks.ingest import ingest
-from tasks.readers import InputError
+from negforge.schemas.config import InputConfig
+from negforge.tasks.ingest import ingest
+from negforge.tasks.readers import InputError
 from tests.conftest import write_beir
 
 DOCS = [{"_id": "d1", "title": "T1", "text": "alpha"}, {"_id": "d2", "title": "T2", "text": "beta"},

@@ -6,9 +6,9 @@ import numpy as np
 import polars as pl
 import pytest
 
-from schemas.config import MineConfig
-from schemas.tables import HITS, POSITIVE_SCORES, POSITIVES, frame
-from tasks.mine import REASONS, mine, query_rng
+from negforge.schemas.config import MineConfig
+from negforge.schemas.tables import HITS, POSITIVE_SCORES, POSITIVES, frame
+from negforge.tasks.mine import REASONS, mine, query_rng
 
 
 def _case(candidates: dict[int, list[tuple[int, float]]], positives: dict[int, list[tuple[int, float, bool]]]):

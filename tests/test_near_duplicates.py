@@ -11,11 +11,11 @@ import numpy as np
 import polars as pl
 import pytest
 
-from schemas.config import DedupConfig, MineConfig
-from schemas.tables import NEAR_PAIRS, frame
-from tasks.mine import mine
-from tasks.model import EncoderSpec, encode, resolve_model
-from tasks.similarity import candidate_similarity
+from negforge.schemas.config import DedupConfig, MineConfig
+from negforge.schemas.tables import NEAR_PAIRS, frame
+from negforge.tasks.mine import mine
+from negforge.tasks.model import EncoderSpec, encode, resolve_model
+from negforge.tasks.similarity import candidate_similarity
 from tests.conftest import DEMO, beir_subset, run_cli
 from tests.test_mine import _case, _kept, _reason
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from schemas.config import load_config
+from negforge.schemas.config import load_config
 from tests.conftest import DEMO, ROOT, beir_subset, run_cli, write_config
 
 pytestmark = pytest.mark.slow
@@ -40,7 +40,7 @@ def served(prefect_server, dataset_config):
     """`negforge serve --config FILE` in its own process group, until the module's tests are done."""
     from prefect.exceptions import ObjectNotFound
 
-    process = subprocess.Popen([sys.executable, "-m", "flows.cli", "serve", "--config", str(dataset_config)],
+    process = subprocess.Popen([sys.executable, "-m", "negforge.flows.cli", "serve", "--config", str(dataset_config)],
                                cwd=ROOT, env=os.environ.copy(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                text=True, start_new_session=True)
     deadline = time.monotonic() + 180
@@ -141,7 +141,7 @@ def test_trigger_refuses_bad_overrides_and_a_missing_api(served):
     unknown = run_cli("trigger", "no-such-dataset", check=False)
     assert unknown.returncode == 2 and "no deployment build-training-set/no-such-dataset" in unknown.stderr
     env = os.environ | {"PREFECT_API_URL": "http://127.0.0.1:9/api"}
-    done = subprocess.run([sys.executable, "-m", "flows.cli", "trigger", "served"], cwd=ROOT, env=env,
+    done = subprocess.run([sys.executable, "-m", "negforge.flows.cli", "trigger", "served"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "negforge serve" in done.stderr
 
@@ -149,11 +149,11 @@ def test_trigger_refuses_bad_overrides_and_a_missing_api(served):
 def test_serve_without_an_api_starts_a_local_server_and_stops_it(dataset_config, tmp_path):
     import httpx
 
-    from flows.runtime import free_port
+    from negforge.flows.runtime import free_port
 
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"} | {"PREFECT_HOME": str(tmp_path)}
-    process = subprocess.Popen([sys.executable, "-m", "flows.cli", "serve", "--port", str(port), "--config",
+    process = subprocess.Popen([sys.executable, "-m", "negforge.flows.cli", "serve", "--port", str(port), "--config",
                                 str(dataset_config)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)
     api = f"http://127.0.0.1:{port}/api"

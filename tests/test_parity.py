@@ -11,8 +11,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from schemas.config import load_config
-from tasks.text import normalize
+from negforge.schemas.config import load_config
+from negforge.tasks.text import normalize
 from tests.conftest import DEMO, DEMO_CONFIG, beir_subset
 
 pytestmark = pytest.mark.slow
@@ -52,7 +52,7 @@ def reference_inputs(sample):
 def model():
     from sentence_transformers import SentenceTransformer
 
-    from tasks.model import resolve_model
+    from negforge.tasks.model import resolve_model
 
     return SentenceTransformer(resolve_model("all-MiniLM-L6-v2").path, device="cpu")
 
@@ -71,7 +71,7 @@ def _negforge_rows(sample: Path, tmp: Path, options: dict, *extra: str) -> pl.Da
     """Run the real flow (thread runner: the Dask path has its own tests) and read the published rows."""
     from prefect.task_runners import ThreadPoolTaskRunner
 
-    from flows.build import build_training_set
+    from negforge.flows.build import build_training_set
 
     overrides = [f"mine.{k}={v}" for k, v in options.items()] + ["dedup.eps=null", "mine.max_positive_similarity=null"] + list(extra)
     if "relative_margin" not in options:

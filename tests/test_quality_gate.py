@@ -7,12 +7,12 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from schemas.config import load_config
-from schemas.tables import IDS
-from tasks.ingest import ingest
-from tasks.quality_gate import check_candidate, check_inputs
-from tasks.registry import Registry
-from tasks.validate import ValidationFailed, drift
+from negforge.schemas.config import load_config
+from negforge.schemas.tables import IDS
+from negforge.tasks.ingest import ingest
+from negforge.tasks.quality_gate import check_candidate, check_inputs
+from negforge.tasks.registry import Registry
+from negforge.tasks.validate import ValidationFailed, drift
 from tests.conftest import DEMO_CONFIG, run_cli
 
 MINED = {"short_queries": [], "positive_scores": {"mean": 0.6}, "negative_scores": {"mean": 0.4}}

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from tasks.registry import Registry
+from negforge.tasks.registry import Registry
 from tests.conftest import ROOT, run_cli
 
 PUBLISHER = """
 import json, sys, time
 from pathlib import Path
-from tasks.registry import Registry
+from negforge.tasks.registry import Registry
 root, content, start_at, hang = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4] == "hang"
 registry = Registry(root, "ds")
 staged = registry.staging()
@@ -110,7 +110,7 @@ def test_a_publisher_killed_mid_publish_leaves_no_partial_version(tmp_path):
 def test_versions_commands(tmp_path, capsys):
     for content in ("a", "b"):
         _publish(tmp_path, content)
-    from flows.cli import main
+    from negforge.flows.cli import main
 
     registry = Registry(tmp_path, "ds")
     for version in registry.versions():

@@ -10,9 +10,9 @@ import numpy as np
 import polars as pl
 import pytest
 
-from schemas.config import MineConfig, RescoreConfig
-from tasks.mine import mine
-from tasks.model import BUNDLED_NAMES, resolve_model
+from negforge.schemas.config import MineConfig, RescoreConfig
+from negforge.tasks.mine import mine
+from negforge.tasks.model import BUNDLED_NAMES, resolve_model
 from tests.conftest import run_cli
 from tests.test_mine import _case, _kept, _reason
 

@@ -6,8 +6,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from schemas.config import MineConfig
-from tasks.mine import mine
+from negforge.schemas.config import MineConfig
+from negforge.tasks.mine import mine
 from tests.test_mine import _case, _kept, _reason
 
 SCORES = [0.70, 0.66, 0.62, 0.58, 0.54, 0.50, 0.46, 0.42]

@@ -6,8 +6,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from schemas.tables import POSITIVES, frame
-from tasks.search import merge_hits, search_shard
+from negforge.schemas.tables import POSITIVES, frame
+from negforge.tasks.search import merge_hits, search_shard
 
 
 def _unit(rng: np.random.Generator, n: int, dim: int = 16) -> np.ndarray:

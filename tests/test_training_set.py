@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 
-from schemas.config import MineConfig
-from schemas.tables import TEXT_SHARD, frame
-from tasks.mine import mine, reasons_per_query
-from tasks.training_set import ids_table
+from negforge.schemas.config import MineConfig
+from negforge.schemas.tables import TEXT_SHARD, frame
+from negforge.tasks.mine import mine, reasons_per_query
+from negforge.tasks.training_set import ids_table
 from tests.test_mine import CANDS, _case
 
 

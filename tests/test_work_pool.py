@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from flows.deployments import prefect_yaml
+from negforge.flows.deployments import prefect_yaml
 from tests.conftest import DEMO, ROOT, beir_subset, run_cli, write_config
 
 
