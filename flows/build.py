@@ -27,6 +27,7 @@ from prefect.cache_policies import NO_CACHE
 from negforge.flows.run_report import ShardProgress, publish_artifacts
 from negforge.flows.task_runner import BuildTaskRunner
 from negforge.schemas.config import BuildConfig
+from negforge.schemas.stages import Texts
 from negforge.tasks.audit import audit
 from negforge.tasks.candidate_store import save_candidates
 from negforge.tasks.corpus_dedup import choose_kept, near_duplicate_pairs
@@ -44,9 +45,6 @@ from negforge.tasks.search import merge_hits, search_shard
 from negforge.tasks.similarity import candidate_similarity
 from negforge.tasks.training_set import ids_table, write_training_set
 
-# Ingest counts that go into the manifest as they are (a remine copies them from its source).
-SUMMARY_COUNTS = ("documents", "unique_texts", "queries_read", "queries_used", "queries_unused", "positives",
-                  "rows_rejected")
 PACKAGES = ("negforge", "prefect", "prefect-dask", "distributed", "polars", "faiss-cpu", "sentence-transformers",
             "transformers", "torch", "datasets", "numpy", "great-expectations", "pydantic")
 
@@ -76,22 +74,22 @@ validate_candidate_task = _task(check_candidate, "validate candidate")
 
 
 @task(name="mine", task_run_name="mine", cache_policy=NO_CACHE)
-def mine_task(search: dict[str, str], summary: dict[str, Any], config: BuildConfig, range_max: int, depth: int,
+def mine_task(search: dict[str, str], texts: Texts, config: BuildConfig, range_max: int, depth: int,
               out_dir: str) -> dict[str, Any]:
     """Decide every candidate to `depth`; write the candidates (with reasons) and the ids table to the workspace."""
-    positives = pl.read_parquet(summary["positives_path"])
+    positives = pl.read_parquet(texts.positives)
     positive_scores = pl.read_parquet(search["positive_scores"])
-    query_ids = pl.read_parquet(summary["query_shards"], columns=["id"])["id"].to_list()
+    query_ids = pl.read_parquet(texts.query_files, columns=["id"])["id"].to_list()
     hits = pl.read_parquet(search["hits"]).filter(pl.col("rank") < depth)
     candidates = mine(hits, positives, positive_scores, query_ids, config.mine, range_max,
                       pl.read_parquet(search["near_pairs"]), config.dedup.eps, config.rescore)
-    ids, short = ids_table(candidates, positives, positive_scores, summary["corpus_shards"],
+    ids, short = ids_table(candidates, positives, positive_scores, texts.corpus_files,
                            config.output.format, config.mine.num_negatives, config.output.keep_candidates)
-    dropped = contaminated_queries(summary["query_shards"], config) if config.validate_.drop_eval_queries else []
+    dropped = contaminated_queries(texts.query_files, config) if config.validate_.drop_eval_queries else []
     ids = ids.filter(~pl.col("query_id").is_in(dropped))
     report = None
     if config.audit.qrels:
-        doc_ids = (pl.scan_parquet(summary["corpus_shards"]).select("row", "id")
+        doc_ids = (pl.scan_parquet(texts.corpus_files).select("row", "id")
                    .filter(pl.col("row").is_in(candidates["doc_row"].unique())).collect())
         report = audit(candidates, query_ids, doc_ids, config.audit.qrels, config.input.format,
                        config.mine.num_negatives)
@@ -114,10 +112,10 @@ def _stats(scores: pl.Series) -> dict[str, float | int]:
 
 
 @task(name="write training set", task_run_name="write training set", cache_policy=NO_CACHE)
-def write_task(mined: dict[str, Any], summary: dict[str, Any], config: BuildConfig, staging: str) -> dict[str, Any]:
+def write_task(mined: dict[str, Any], texts: Texts, config: BuildConfig, staging: str) -> dict[str, Any]:
     """Join texts back and write data/, ids/ and exports into the staging folder."""
-    return write_training_set(pl.read_parquet(mined["ids"]), pl.read_parquet(summary["positives_path"]),
-                              summary["query_shards"], summary["corpus_shards"], config.output,
+    return write_training_set(pl.read_parquet(mined["ids"]), pl.read_parquet(texts.positives),
+                              texts.query_files, texts.corpus_files, config.output,
                               config.mine.num_negatives, staging)
 
 
@@ -168,13 +166,14 @@ def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
     timings[stage] = round(time.perf_counter() - start, 3)
 
 
-def _embed_all(summary: dict[str, Any], specs: dict[str, EncoderSpec], store: str, run_dir: Path,
+def _embed_all(texts: Texts, specs: dict[str, EncoderSpec], store: str, run_dir: Path,
                dataset: str) -> dict[str, Any]:
     """Submit one embed task per shard (queries and corpus) and wait for all of them, showing progress."""
-    jobs = [(kind, shard) for kind in ("query", "corpus") for shard in summary[f"{kind}_shards"]]
+    files = {"query": texts.query_files, "corpus": texts.corpus_files}
+    jobs = [(kind, shard) for kind in ("query", "corpus") for shard in files[kind]]
     futures = []
     for kind, shard in jobs:
-        shards = summary[f"{kind}_shards"]
+        shards = files[kind]
         number = shards.index(shard) + 1
         vectors = str(run_dir / "vectors" / f"{Path(shard).stem}.npy")
         futures.append(embed_task.with_options(task_run_name=f"embed {kind} shard {number}/{len(shards)}")
@@ -189,40 +188,40 @@ def _embed_all(summary: dict[str, Any], specs: dict[str, EncoderSpec], store: st
             "texts_cached": sum(r["cached"] for r in results)}
 
 
-def _dedup_corpus(summary: dict[str, Any], corpus: list[str], config: BuildConfig, out_dir: Path) -> dict[str, Any]:
+def _dedup_corpus(texts: Texts, corpus: list[str], config: BuildConfig, out_dir: Path) -> dict[str, Any]:
     """Find near-duplicate documents shard by shard in parallel, then choose which to drop before searching."""
     out_dir.mkdir(parents=True, exist_ok=True)
     futures = [pairs_task.with_options(task_run_name=f"corpus near-duplicates {i + 1}/{len(corpus)}")
                .submit(i, corpus, config.runtime.shard_size, 1 - config.dedup.eps,
                        str(out_dir / f"pairs-{i:05d}.parquet"))
                for i in range(len(corpus))]
-    return choose_kept_task([f.result() for f in futures], summary["positives_path"], summary["corpus_shards"],
+    return choose_kept_task([f.result() for f in futures], texts.positives, texts.corpus_files,
                             str(out_dir))
 
 
-def _rescore_all(search: dict[str, str], summary: dict[str, Any], config: BuildConfig, out_dir: Path) -> dict[str, str]:
+def _rescore_all(search: dict[str, str], texts: Texts, config: BuildConfig, out_dir: Path) -> dict[str, str]:
     """Score every candidate and positive with the rescorer, in batches of pairs on the workers."""
     spec = rescorer_spec(config.rescore, config.runtime.device)
-    batches = plan_batches(search["hits"], summary["positives_path"], config.rescore.pairs_per_task, str(out_dir))
+    batches = plan_batches(search["hits"], texts.positives, config.rescore.pairs_per_task, str(out_dir))
     futures = [rescore_task.with_options(task_run_name=f"rescore batch {i + 1}/{len(batches)}")
-               .submit(path, spec, summary["query_shards"], summary["corpus_shards"],
+               .submit(path, spec, texts.query_files, texts.corpus_files,
                        str(out_dir / f"rescores-{i:05d}.parquet"))
                for i, path in enumerate(batches)]
     return attach_task(search, [f.result() for f in futures], str(out_dir))
 
 
-def _search_all(summary: dict[str, Any], vectors: dict[str, list[str]], config: BuildConfig, depth: int,
-                out_dir: Path) -> dict[str, str]:
+def _search_all(texts: Texts, vectors: dict[str, list[str]], config: BuildConfig, depth: int,
+                out_dir: Path, excluded_docs: str | None) -> dict[str, str]:
     """Search every corpus shard in parallel, then merge the per-shard top-k exactly."""
     out_dir.mkdir(parents=True, exist_ok=True)
     corpus = vectors["corpus"]
     futures = [search_task.with_options(task_run_name=f"search shard {i + 1}/{len(corpus)}")
-               .submit(path, i * config.runtime.shard_size, vectors["query"], summary["positives_path"], depth,
-                       config.search.query_batch_size, str(out_dir), summary.get("excluded_docs"))
+               .submit(path, i * config.runtime.shard_size, vectors["query"], texts.positives, depth,
+                       config.search.query_batch_size, str(out_dir), excluded_docs)
                for i, path in enumerate(corpus)]
     results = [f.result() for f in futures]
     merged = merge_task([r["hits"] for r in results], [r["positive_scores"] for r in results], depth, str(out_dir))
-    return merged | similarity_task(merged["hits"], summary["positives_path"], corpus, config.runtime.shard_size,
+    return merged | similarity_task(merged["hits"], texts.positives, corpus, config.runtime.shard_size,
                                     str(out_dir))
 
 
@@ -246,59 +245,60 @@ def _build(config: BuildConfig) -> dict[str, Any]:
     store = str(Path(config.runtime.workdir) / "embeddings")
 
     with _timed(timings, "ingest"):
-        summary = ingest_task(config.input, str(run_dir / "ingest"), config.runtime.shard_size)
+        ingested = ingest_task(config.input, str(run_dir / "ingest"), config.runtime.shard_size)
+    texts, counts = ingested.texts, ingested.counts
     logger.info("ingested %d documents (%d unique texts), %d queries with positives, %d rows rejected",
-                summary["documents"], summary["unique_texts"], summary["queries_used"], summary["rows_rejected"])
+                counts.documents, counts.unique_texts, counts.queries_used, counts.rows_rejected)
     with _timed(timings, "validate_inputs"):
-        validate_inputs_task(summary, str(run_dir / "validation" / "inputs"))
+        validate_inputs_task(ingested, str(run_dir / "validation" / "inputs"))
 
     with _timed(timings, "embed"):
         ref = resolve_model(config.embed.model)
         specs = {"query": _encoder(ref, config, config.embed.query_prompt, config.embed.query_prompt_name),
                  "corpus": _encoder(ref, config, config.embed.corpus_prompt, config.embed.corpus_prompt_name)}
         (run_dir / "fingerprints.json").write_text(json.dumps(sorted({s.fingerprint for s in specs.values()})))
-        embedded = _embed_all(summary, specs, store, run_dir, config.publish.dataset)
+        embedded = _embed_all(texts, specs, store, run_dir, config.publish.dataset)
     logger.info("embedded %d texts, %d from the store", embedded["texts_embedded"], embedded["texts_cached"])
 
     corpus_dedup = None
     if config.dedup.corpus:
         with _timed(timings, "dedup_corpus"):
-            corpus_dedup = _dedup_corpus(summary, embedded["vectors"]["corpus"], config, run_dir / "corpus-dedup")
-        summary = summary | {"excluded_docs": corpus_dedup["excluded_docs"]}
+            corpus_dedup = _dedup_corpus(texts, embedded["vectors"]["corpus"], config, run_dir / "corpus-dedup")
         logger.info("corpus deduplication dropped %d near-duplicate documents", corpus_dedup["dropped"])
 
-    range_max = config.mine.effective_range_max(summary["max_positives"])
-    depth = config.search.depth or range_max + summary["max_positives"]
+    range_max = config.mine.effective_range_max(texts.max_positives)
+    depth = config.search.depth or range_max + texts.max_positives
     with _timed(timings, "search"):
-        search = _search_all(summary, embedded["vectors"], config, depth, run_dir / "search")
+        excluded_docs = corpus_dedup["excluded_docs"] if corpus_dedup else None
+        search = _search_all(texts, embedded["vectors"], config, depth, run_dir / "search", excluded_docs)
     deepened = None
     if config.mine.max_depth and config.mine.max_depth > depth:
         with _timed(timings, "deepen"):
-            search, deepened = deepen_task(search, summary, embedded["vectors"], config, depth, range_max,
-                                           str(run_dir / "deepen"))
+            search, deepened = deepen_task(search, texts, embedded["vectors"], config, depth, range_max,
+                                           str(run_dir / "deepen"), excluded_docs)
     if config.rescore.model:
         with _timed(timings, "rescore"):
-            search = _rescore_all(search, summary, config, run_dir / "rescore")
+            search = _rescore_all(search, texts, config, run_dir / "rescore")
     if corpus_dedup:
         search = search | {"corpus_duplicates": corpus_dedup["corpus_duplicates"]}
 
     base = {
-        "created_at": started.isoformat(), "inputs": summary["inputs"],
+        "created_at": started.isoformat(), "inputs": list(ingested.inputs),
         "model": {"name": config.embed.model, "weights_sha256": ref.weights_sha256,
                   "fingerprints": {kind: spec.fingerprint for kind, spec in specs.items()}},
         "embed": {"texts_embedded": embedded["texts_embedded"], "texts_cached": embedded["texts_cached"]},
         "search": {"depth": depth, "range_max": range_max},
-        "counts": {key: summary[key] for key in SUMMARY_COUNTS},
-        "rejects": {"path": summary["rejects_path"], "reasons": summary["reject_reasons"]},
+        "counts": counts.as_dict(),
+        "rejects": {"path": ingested.rejects_path, "reasons": ingested.reject_reasons},
         "adaptive_depth": deepened, "run_dir": str(run_dir),
         "corpus_dedup": {"dropped": corpus_dedup["dropped"], "record": "candidates/corpus-duplicates.parquet"}
         if corpus_dedup else None,
     }
-    return mine_and_publish(config, summary, search, deepened["depth"] if deepened else depth, range_max, run_dir,
+    return mine_and_publish(config, texts, search, deepened["depth"] if deepened else depth, range_max, run_dir,
                             timings, base, stored_depth=depth)
 
 
-def mine_and_publish(config: BuildConfig, summary: dict[str, Any], search: dict[str, str], depth: int,
+def mine_and_publish(config: BuildConfig, texts: Texts, search: dict[str, str], depth: int,
                      range_max: int, run_dir: Path, timings: dict[str, float], base: dict[str, Any],
                      parent: str | None = None, stored_depth: int | None = None) -> dict[str, Any]:
     """The tail shared by build and remine: mine, write (with the candidates), validate, publish.
@@ -312,17 +312,17 @@ def mine_and_publish(config: BuildConfig, summary: dict[str, Any], search: dict[
     """
     logger = get_run_logger()
     with _timed(timings, "mine"):
-        mined = mine_task(search, summary, config, range_max, depth, str(run_dir / "mine"))
+        mined = mine_task(search, texts, config, range_max, depth, str(run_dir / "mine"))
 
     registry = Registry(config.publish.registry, config.publish.dataset)
     staging = registry.staging()
     try:
         with _timed(timings, "write"):
-            written = write_task(mined, summary, config, str(staging))
-            save_candidates(staging / "candidates", search, summary, stored_depth or depth)
+            written = write_task(mined, texts, config, str(staging))
+            save_candidates(staging / "candidates", search, texts, stored_depth or depth)
         latest = registry.latest()
         with _timed(timings, "validate"):
-            validation = validate_candidate_task(str(staging), mined, summary, config,
+            validation = validate_candidate_task(str(staging), mined, texts, config,
                                                  registry.manifest(latest) if latest else None,
                                                  str(run_dir / "validation" / "candidate"))
     except Exception:

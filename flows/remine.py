@@ -13,8 +13,9 @@ from typing import Any
 
 from prefect import flow, tags
 
-from negforge.flows.build import SUMMARY_COUNTS, mine_and_publish
+from negforge.flows.build import mine_and_publish
 from negforge.schemas.config import BuildConfig
+from negforge.schemas.stages import COUNT_KEYS
 from negforge.tasks.candidate_store import check_remine, load_candidates
 from negforge.tasks.registry import Registry
 
@@ -29,18 +30,18 @@ def remine_training_set(source: str, config: BuildConfig) -> dict[str, Any]:
 def _remine(source: str, config: BuildConfig) -> dict[str, Any]:
     registry = Registry(config.publish.registry, config.publish.dataset)
     parent = registry.manifest(source)
-    summary, search, depth = load_candidates(registry.folder / source / "candidates")
-    check_remine(parent["config"], config, depth, summary["max_positives"])
+    texts, search, depth = load_candidates(registry.folder / source / "candidates")
+    check_remine(parent["config"], config, depth, texts.max_positives)
     started = datetime.now(timezone.utc)
     run_dir = Path(config.runtime.workdir) / "runs" / f"{started:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
-    range_max = config.mine.effective_range_max(summary["max_positives"])
-    mine_depth = config.search.depth or range_max + summary["max_positives"]
+    range_max = config.mine.effective_range_max(texts.max_positives)
+    mine_depth = config.search.depth or range_max + texts.max_positives
     base = {
         "created_at": started.isoformat(), "inputs": parent["inputs"], "model": parent["model"],
         "embed": {"texts_embedded": 0, "texts_cached": 0}, "search": {"depth": mine_depth, "range_max": range_max},
-        "counts": {key: parent["counts"][key] for key in SUMMARY_COUNTS}, "rejects": parent["rejects"],
+        "counts": {key: parent["counts"][key] for key in COUNT_KEYS}, "rejects": parent["rejects"],
         "remined_from": f"{config.publish.dataset}@{source}", "run_dir": str(run_dir),
         "corpus_dedup": parent.get("corpus_dedup"),
     }
-    return mine_and_publish(config, summary, search, mine_depth, range_max, run_dir, {}, base, parent=source,
+    return mine_and_publish(config, texts, search, mine_depth, range_max, run_dir, {}, base, parent=source,
                             stored_depth=depth)

@@ -266,7 +266,13 @@ class RuntimeConfig(_Section):
     dask_address: str | None = Field(None, description="Run tasks on this Dask scheduler (null: start a local cluster).")
     n_workers: int | None = Field(None, gt=0, description="Local cluster worker processes (null: one per CPU core).")
     threads_per_worker: int = Field(1, gt=0, description="Threads per local worker (torch threads follow it).")
-    shard_size: int = Field(256, gt=0, description="Unique texts per embedding/search shard (bounds memory).")
+    shard_size: int = Field(65_536, gt=0, description="Unique texts per ingest text file (a storage granularity only: "
+                                                      "task sizes follow memory_budget_mb and the workers).")
+    memory_budget_mb: int | None = Field(
+        None, gt=0, description="Memory one task may use, in MiB; work is cut into tasks no bigger than this (null: "
+                                "derived from the machine: available memory split over the workers, halved).")
+    tasks_per_worker: int = Field(2, gt=0, description="Tasks per worker per stage, when the memory budget allows "
+                                                      "fewer, larger ones (more: finer progress and retries).")
     workdir: str = Field("./.negforge", description="Run workspaces and the content-addressed embedding store.")
     device: str | None = Field(None, description="torch device for the model (null: sentence-transformers picks).")
 

@@ -14,12 +14,14 @@ from typing import Any
 
 import polars as pl
 
+from negforge.schemas.stages import Texts
+
 
 class RemineError(ValueError):
     """The stored candidates cannot serve the requested options."""
 
 
-def save_candidates(folder: Path, search: dict[str, str], summary: dict[str, Any], depth: int) -> None:
+def save_candidates(folder: Path, search: dict[str, str], texts: Texts, depth: int) -> None:
     """Copy what re-mining needs from the run workspace into `folder`."""
     folder.mkdir(parents=True)
     shutil.copy(search["hits"], folder / "hits.parquet")
@@ -27,28 +29,28 @@ def save_candidates(folder: Path, search: dict[str, str], summary: dict[str, Any
     shutil.copy(search["near_pairs"], folder / "near-pairs.parquet")
     if "corpus_duplicates" in search:
         shutil.copy(search["corpus_duplicates"], folder / "corpus-duplicates.parquet")
-    shutil.copy(summary["positives_path"], folder / "positives.parquet")
-    pl.read_parquet(summary["query_shards"]).write_parquet(folder / "queries.parquet")
+    shutil.copy(texts.positives, folder / "positives.parquet")
+    pl.read_parquet(texts.query_files).write_parquet(folder / "queries.parquet")
     needed = pl.concat([pl.read_parquet(search["hits"], columns=["doc_row"]),
-                        pl.read_parquet(summary["positives_path"], columns=["doc_row"])])["doc_row"].unique()
-    (pl.scan_parquet(summary["corpus_shards"]).filter(pl.col("row").is_in(needed)).collect()
+                        pl.read_parquet(texts.positives, columns=["doc_row"])])["doc_row"].unique()
+    (pl.scan_parquet(texts.corpus_files).filter(pl.col("row").is_in(needed)).collect()
      .write_parquet(folder / "documents.parquet"))
-    meta = {"depth": depth, "max_positives": summary["max_positives"]}
+    meta = {"depth": depth, "max_positives": texts.max_positives}
     (folder / "meta.json").write_text(json.dumps(meta))
 
 
-def load_candidates(folder: Path) -> tuple[dict[str, Any], dict[str, str], int]:
-    """The stored candidates as the (summary, search results, depth) that mining and writing read."""
+def load_candidates(folder: Path) -> tuple[Texts, dict[str, str], int]:
+    """The stored candidates as the (texts, search results, depth) that mining and writing read."""
     if not (folder / "meta.json").exists():
         raise RemineError(f"{folder.parent}: this version holds no stored candidates; rebuild it with negforge build")
     meta = json.loads((folder / "meta.json").read_text())
-    summary = {"positives_path": str(folder / "positives.parquet"), "query_shards": [str(folder / "queries.parquet")],
-               "corpus_shards": [str(folder / "documents.parquet")], "max_positives": meta["max_positives"]}
+    texts = Texts(query_files=(str(folder / "queries.parquet"),), corpus_files=(str(folder / "documents.parquet"),),
+                  positives=str(folder / "positives.parquet"), max_positives=meta["max_positives"])
     search = {"hits": str(folder / "hits.parquet"), "positive_scores": str(folder / "positive-scores.parquet"),
               "near_pairs": str(folder / "near-pairs.parquet")}
     if (folder / "corpus-duplicates.parquet").exists():
         search["corpus_duplicates"] = str(folder / "corpus-duplicates.parquet")
-    return summary, search, meta["depth"]
+    return texts, search, meta["depth"]
 
 
 def check_remine(parent_config: dict[str, Any], config: Any, stored_depth: int, max_positives: int) -> None:

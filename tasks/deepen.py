@@ -14,6 +14,7 @@ import numpy as np
 import polars as pl
 
 from negforge.schemas.config import BuildConfig
+from negforge.schemas.stages import Texts
 from negforge.tasks.mine import mine
 from negforge.tasks.search import merge_hits, search_shard
 from negforge.tasks.similarity import candidate_similarity
@@ -29,40 +30,41 @@ def short_rows(search: dict[str, str], positives: pl.DataFrame, query_ids: list[
     return [row for row in positives["query_row"].unique().sort().to_list() if row not in full]
 
 
-def _search_subset(rows: list[int], summary: dict[str, Any], vectors: dict[str, list[str]], config: BuildConfig,
-                   depth: int, out: Path) -> dict[str, str]:
+def _search_subset(rows: list[int], texts: Texts, vectors: dict[str, list[str]], config: BuildConfig,
+                   depth: int, out: Path, excluded_docs: str | None) -> dict[str, str]:
     """Search only `rows` to `depth` over every corpus shard; the results keep the global query rows."""
     out.mkdir(parents=True, exist_ok=True)
     queries = np.concatenate([np.load(p, mmap_mode="r") for p in vectors["query"]])
     np.save(out / "queries.npy", np.ascontiguousarray(queries[rows]))
     local = pl.DataFrame({"query_row": rows, "local": range(len(rows))},
                          schema={"query_row": pl.UInt32, "local": pl.UInt32})
-    positives = pl.read_parquet(summary["positives_path"]).join(local, on="query_row")
+    positives = pl.read_parquet(texts.positives).join(local, on="query_row")
     positives.with_columns(pl.col("local").alias("query_row")).drop("local").write_parquet(out / "positives.parquet")
     parts = [search_shard(path, i * config.runtime.shard_size, [str(out / "queries.npy")],
                           str(out / "positives.parquet"), depth, config.search.query_batch_size, str(out),
-                          summary.get("excluded_docs"))
+                          excluded_docs)
              for i, path in enumerate(vectors["corpus"])]
     merged = merge_hits([p["hits"] for p in parts], [p["positive_scores"] for p in parts], depth, str(out))
     back = local.rename({"query_row": "global", "local": "query_row"})
     for key in ("hits", "positive_scores"):
         table = pl.read_parquet(merged[key]).join(back, on="query_row")
         table.with_columns(pl.col("global").alias("query_row")).drop("global").write_parquet(merged[key])
-    return merged | candidate_similarity(merged["hits"], summary["positives_path"], vectors["corpus"],
+    return merged | candidate_similarity(merged["hits"], texts.positives, vectors["corpus"],
                                          config.runtime.shard_size, str(out))
 
 
-def deepen(search: dict[str, str], summary: dict[str, Any], vectors: dict[str, list[str]], config: BuildConfig,
-           depth: int, range_max: int, out_dir: str) -> tuple[dict[str, str], dict[str, Any]]:
+def deepen(search: dict[str, str], texts: Texts, vectors: dict[str, list[str]], config: BuildConfig,
+           depth: int, range_max: int, out_dir: str, excluded_docs: str | None = None,
+           ) -> tuple[dict[str, str], dict[str, Any]]:
     """Search short queries deeper until they fill or reach mine.max_depth; returns the combined results."""
-    positives = pl.read_parquet(summary["positives_path"])
-    query_ids = pl.read_parquet(summary["query_shards"], columns=["id"])["id"].to_list()
+    positives = pl.read_parquet(texts.positives)
+    query_ids = pl.read_parquet(texts.query_files, columns=["id"])["id"].to_list()
     short = short_rows(search, positives, query_ids, config, range_max)
     report = {"queries_short": len(short), "queries_deepened": 0, "still_short": len(short), "depth": depth}
     out = Path(out_dir)
     while short and depth < config.mine.max_depth:
         depth = min(config.mine.max_depth, depth * 2)
-        deeper = _search_subset(short, summary, vectors, config, depth, out / f"depth-{depth}")
+        deeper = _search_subset(short, texts, vectors, config, depth, out / f"depth-{depth}", excluded_docs)
         combined = {}
         for key in ("hits", "near_pairs"):
             table = pl.concat([pl.read_parquet(search[key]).filter(~pl.col("query_row").is_in(short)),

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 
 from negforge.schemas.config import InputConfig
+from negforge.schemas.stages import IngestCounts, Ingested, Texts
 from negforge.schemas.tables import POSITIVES, REJECTS, TEXT_SHARD, frame
 from negforge.tasks.readers import FileRows, InputError, Reject, read_rows, require_columns
 from negforge.tasks.text import document_text, text_hash
@@ -188,12 +189,8 @@ def _check_reject_fraction(files: list[FileRows], cfg: InputConfig, rejects_path
                          f"Rejected rows: {rejects_path}")
 
 
-def ingest(cfg: InputConfig, out_dir: str | Path, shard_size: int) -> dict[str, Any]:
-    """Parse all inputs into text shards, a positives table and a rejects table under `out_dir`.
-
-    Returns:
-        Small metadata: per-file accounting, counts and the shard paths.
-    """
+def ingest(cfg: InputConfig, out_dir: str | Path, shard_size: int) -> Ingested:
+    """Parse all inputs into text shards, a positives table and a rejects table under `out_dir`."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     texts, queries = _Texts(), _Texts()
@@ -228,22 +225,18 @@ def ingest(cfg: InputConfig, out_dir: str | Path, shard_size: int) -> dict[str, 
         "text_hash": [texts.hashes[d] for r in used for d in positives[r]],
         "canonical": [pid == texts.ids[d] for r in used for d, pid in positives[r].items()],
     }).write_parquet(out / "positives.parquet")
-    summary = {
-        "inputs": inputs,
-        "rejects_path": str(rejects_path),
-        "rows_rejected": sum(len(f.rejects) for f in files),
-        "reject_reasons": dict(Counter(r.reason for f in files for r in f.rejects).most_common()),
-        "documents": len(doc_rows) or len(texts.hashes),
-        "unique_texts": len(texts.hashes),
-        "queries_read": len(query_rows) or len(queries.hashes),
-        "queries_used": len(used),
-        "queries_unused": len(queries.hashes) - len(used),
-        "positives": sum(len(p) for p in positives.values()),
-        "max_positives": max(len(p) for p in positives.values()),
-        "corpus_shards": _write_shards(out, "corpus", texts.hashes, texts.ids, texts.texts, shard_size),
-        "query_shards": _write_shards(out, "query", query_hashes, query_ids, [queries.texts[r] for r in used],
-                                      shard_size),
-        "positives_path": str(out / "positives.parquet"),
-    }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    return summary
+    texts_table = Texts(
+        query_files=tuple(_write_shards(out, "query", query_hashes, query_ids, [queries.texts[r] for r in used],
+                                        shard_size)),
+        corpus_files=tuple(_write_shards(out, "corpus", texts.hashes, texts.ids, texts.texts, shard_size)),
+        positives=str(out / "positives.parquet"),
+        max_positives=max(len(p) for p in positives.values()))
+    counts = IngestCounts(
+        documents=len(doc_rows) or len(texts.hashes), unique_texts=len(texts.hashes),
+        queries_read=len(query_rows) or len(queries.hashes), queries_used=len(used),
+        queries_unused=len(queries.hashes) - len(used), positives=sum(len(p) for p in positives.values()),
+        rows_rejected=sum(len(f.rejects) for f in files))
+    result = Ingested(texts=texts_table, counts=counts, inputs=tuple(inputs), rejects_path=str(rejects_path),
+                      reject_reasons=dict(Counter(r.reason for f in files for r in f.rejects).most_common()))
+    (out / "summary.json").write_text(json.dumps(asdict(result), indent=2))
+    return result

@@ -8,6 +8,7 @@ from typing import Any
 import polars as pl
 
 from negforge.schemas.config import BuildConfig
+from negforge.schemas.stages import Ingested, Texts
 from negforge.tasks.quality_checks import (coverage_checks, eval_query_hashes, row_checks, shared_positives, text_checks)
 from negforge.tasks.validate import ValidationFailed, describe_failures, drift, quarantine, run_suites
 
@@ -17,16 +18,16 @@ def _texts(shards: list[str]) -> pl.DataFrame:
         "id", (pl.col("text").str.strip_chars().str.len_chars() > 0).alias("text_not_empty"))
 
 
-def check_inputs(summary: dict[str, Any], out_dir: str) -> dict[str, Any]:
+def check_inputs(ingested: Ingested, out_dir: str) -> dict[str, Any]:
     """ids unique and present, texts non-empty, positives resolvable; raises ValidationFailed otherwise."""
     from negforge.schemas.expectations import MEANINGS, input_suite  # Great Expectations loads only where validation runs
 
-    positives = pl.read_parquet(summary["positives_path"])
-    checks = [("corpus", input_suite("corpus"), _texts(summary["corpus_shards"])),
-              ("queries", input_suite("queries"), _texts(summary["query_shards"])),
+    positives = pl.read_parquet(ingested.texts.positives)
+    checks = [("corpus", input_suite("corpus"), _texts(ingested.texts.corpus_files)),
+              ("queries", input_suite("queries"), _texts(ingested.texts.query_files)),
               ("positives", input_suite("positives"), positives.select(
-                  "query_id", "positive_id", (pl.col("query_row") < summary["queries_used"]).alias("query_resolves"),
-                  (pl.col("doc_row") < summary["unique_texts"]).alias("doc_resolves")))]
+                  "query_id", "positive_id", (pl.col("query_row") < ingested.counts.queries_used).alias("query_resolves"),
+                  (pl.col("doc_row") < ingested.counts.unique_texts).alias("doc_resolves")))]
     outcome = run_suites(out_dir, checks)
     if not outcome["success"]:
         raise ValidationFailed(f"the inputs failed validation (see {outcome['data_docs']}):\n"
@@ -34,19 +35,19 @@ def check_inputs(summary: dict[str, Any], out_dir: str) -> dict[str, Any]:
     return outcome
 
 
-def check_candidate(staged: str, mined: dict[str, Any], summary: dict[str, Any], config: BuildConfig,
+def check_candidate(staged: str, mined: dict[str, Any], texts: Texts, config: BuildConfig,
                     previous: dict[str, Any] | None, out_dir: str) -> dict[str, Any]:
     """Run the output suites on the staged version; quarantine it and raise ValidationFailed when one fails."""
     from negforge.schemas.expectations import MEANINGS, coverage_suite, output_suite, text_suite
 
     staged_path = Path(staged)
     ids = pl.read_parquet(staged_path / "ids")
-    positives = pl.read_parquet(summary["positives_path"])
-    query_ids = pl.read_parquet(summary["query_shards"], columns=["id"])["id"].to_list()
+    positives = pl.read_parquet(texts.positives)
+    query_ids = pl.read_parquet(texts.query_files, columns=["id"])["id"].to_list()
     data = pl.read_parquet(staged_path / "data")
     checks = [("training_rows", text_suite(config.validate_), text_checks(data)),
-              ("ids_rows", output_suite(), row_checks(ids, positives, summary["corpus_shards"],
-                                                      summary["query_shards"], config, eval_query_hashes(config))),
+              ("ids_rows", output_suite(), row_checks(ids, positives, texts.corpus_files,
+                                                      texts.query_files, config, eval_query_hashes(config))),
               ("queries", coverage_suite(config.validate_), coverage_checks(query_ids, mined["short_queries"]))]
     outcome = run_suites(out_dir, checks)
     warnings = drift(previous, data.height, {"positive": mined["positive_scores"], "negative": mined["negative_scores"]},

@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from negforge.schemas.config import InputConfig
+from negforge.schemas.stages import Ingested
 from negforge.tasks.ingest import ingest
 from negforge.tasks.readers import InputError, read_rows
 
@@ -28,13 +29,13 @@ def _run(tmp_path: Path, docs: bytes | str = GOOD_DOCS, queries: str = GOOD_QUER
     config = InputConfig(corpus=str(tmp_path / "corpus.jsonl"), queries=str(tmp_path / "queries.jsonl"),
                          qrels=str(tmp_path / "qrels.tsv"), **{"max_reject_fraction": 1.0, **cfg})
     summary = ingest(config, tmp_path / "out", shard_size=64)
-    for entry in summary["inputs"]:
+    for entry in summary.inputs:
         assert entry["rows_accepted"] + entry["rows_rejected"] == entry["rows_read"]
     return summary
 
 
-def _rejects(summary: dict) -> list[tuple]:
-    return pl.read_parquet(summary["rejects_path"]).select("source", "line", "field", "reason").rows()
+def _rejects(summary: Ingested) -> list[tuple]:
+    return pl.read_parquet(summary.rejects_path).select("source", "line", "field", "reason").rows()
 
 
 CASES = {
@@ -65,7 +66,7 @@ def test_each_bad_row_is_rejected_with_file_line_field_and_reason(tmp_path, case
     summary = _run(tmp_path, **files)
     [(source, got_line, got_field, got_reason)] = _rejects(summary)
     assert (Path(source).name, got_line, got_field, got_reason) == (name, line, field, reason)
-    assert summary["rows_rejected"] == 1
+    assert summary.counts.rows_rejected == 1
 
 
 @pytest.mark.parametrize("content, message", [
@@ -89,7 +90,7 @@ def test_a_configured_column_that_no_row_has_is_an_error(tmp_path):
 
 def test_queries_without_positives_are_unused_not_rejected(tmp_path):
     summary = _run(tmp_path, qrels="query-id\tcorpus-id\tscore\n" + "".join(f"q{i}\td{i}\t1\n" for i in range(60)))
-    assert summary["queries_unused"] == 40 and summary["rows_rejected"] == 0
+    assert summary.counts.queries_unused == 40 and summary.counts.rows_rejected == 0
 
 
 def test_too_many_rejects_stop_before_embedding(tmp_path):
@@ -113,9 +114,9 @@ def test_random_corpus_files_never_crash_and_always_account_for_every_row(tmp_pa
     content = (json.dumps({"_id": "known", "text": "a known document"}) + "\n" + "\n".join(lines)).encode(
         "utf-8", "surrogatepass") + b"\n" + garbage
     summary = _run(tmp_path, docs=content, qrels="query-id\tcorpus-id\tscore\nq0\tknown\t1\n")
-    corpus = summary["inputs"][0]
+    corpus = summary.inputs[0]
     assert corpus["rows_read"] == len([line for line in content.splitlines() if line.strip()])
-    assert summary["positives"] == 1
+    assert summary.counts.positives == 1
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -154,5 +155,5 @@ def test_all_of_scifact_passes_ingest_and_the_input_suites(scifact, tmp_path):
         cfg = InputConfig(corpus=str(scifact / "corpus.jsonl"), queries=str(scifact / "queries.jsonl"),
                           qrels=str(scifact / "qrels" / f"{split}.tsv"))
         summary = ingest(cfg, tmp_path / split, shard_size=1000)
-        assert summary["rows_rejected"] == 0 and summary["documents"] == 5183
+        assert summary.counts.rows_rejected == 0 and summary.counts.documents == 5183
         assert check_inputs(summary, str(tmp_path / split / "gx"))["success"]

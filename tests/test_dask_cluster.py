@@ -21,7 +21,8 @@ pytestmark = pytest.mark.slow
 
 
 def _dask(*args: str) -> subprocess.Popen:
-    return subprocess.Popen([str(Path(sys.executable).parent / "dask"), *args], env=os.environ.copy(),
+    """`dask ARGS`, run by this interpreter (the `dask` script of whichever environment runs the tests)."""
+    return subprocess.Popen([sys.executable, "-m", "dask", *args], env=os.environ.copy(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 

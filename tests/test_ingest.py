@@ -30,31 +30,31 @@ def _ingest(tmp_path, **overrides):
 
 def test_exact_duplicate_texts_are_one_text_and_shards_have_the_configured_size(tmp_path):
     summary = _ingest(tmp_path)
-    assert summary["documents"] == 4 and summary["unique_texts"] == 3
-    shards = [pl.read_parquet(p) for p in summary["corpus_shards"]]
+    assert summary.counts.documents == 4 and summary.counts.unique_texts == 3
+    shards = [pl.read_parquet(p) for p in summary.texts.corpus_files]
     assert [s.height for s in shards] == [2, 1]
     assert pl.concat(shards)["text"].to_list() == ["T1 alpha", "T2 beta", "gamma"]
 
 
 def test_queries_with_the_same_text_merge_with_the_union_of_positives(tmp_path):
     summary = _ingest(tmp_path)
-    positives = pl.read_parquet(summary["positives_path"])
-    assert summary["queries_used"] == 2 and summary["queries_unused"] == 1
+    positives = pl.read_parquet(summary.texts.positives)
+    assert summary.counts.queries_used == 2 and summary.counts.queries_unused == 1
     q1 = positives.filter(pl.col("query_id") == "q1")
     assert q1["positive_id"].to_list() == ["d1", "d4"]
 
 
 def test_positive_threshold_is_configurable(tmp_path):
     summary = _ingest(tmp_path, positive_threshold=-1)
-    assert summary["queries_used"] == 3  # q4's score-0 qrel now counts
+    assert summary.counts.queries_used == 3  # q4's score-0 qrel now counts
 
 
 def test_rows_are_accounted_for(tmp_path):
     summary = _ingest(tmp_path)
-    for entry in summary["inputs"]:
+    for entry in summary.inputs:
         assert entry["rows_accepted"] + entry["rows_rejected"] == entry["rows_read"]
         assert len(entry["sha256"]) == 64
-    assert [e["rows_read"] for e in summary["inputs"]] == [4, 4, 4]
+    assert [e["rows_read"] for e in summary.inputs] == [4, 4, 4]
 
 
 def _pairs_file(tmp_path, fmt: str) -> str:
@@ -70,8 +70,8 @@ def _pairs_file(tmp_path, fmt: str) -> str:
 def test_pairs_in_every_format(tmp_path, fmt):
     cfg = InputConfig(pairs=[_pairs_file(tmp_path, fmt)])
     summary = ingest(cfg, tmp_path / "out", shard_size=10)
-    assert summary["queries_used"] == 2 and summary["unique_texts"] == 3
-    positives = pl.read_parquet(summary["positives_path"])
+    assert summary.counts.queries_used == 2 and summary.counts.unique_texts == 3
+    positives = pl.read_parquet(summary.texts.positives)
     assert positives.group_by("query_row").len().sort("query_row")["len"].to_list() == [2, 1]
 
 
@@ -105,5 +105,5 @@ def test_inputs_are_read_through_fsspec_urls(tmp_path):
     with fsspec.open("memory://negforge-test/pairs.jsonl", "w") as handle:
         handle.write('{"anchor": "a?", "positive": "doc a"}\n{"anchor": "b?", "positive": "doc b"}\n')
     summary = ingest(InputConfig(pairs=["memory://negforge-test/pairs.jsonl"]), tmp_path / "out", shard_size=10)
-    assert summary["queries_used"] == 2
-    assert summary["inputs"][0]["path"] == "memory://negforge-test/pairs.jsonl"
+    assert summary.counts.queries_used == 2
+    assert summary.inputs[0]["path"] == "memory://negforge-test/pairs.jsonl"

@@ -23,9 +23,9 @@ def candidate(tmp_path, config):
     """A real ingest of the tiny dataset and a hand-made, valid candidate version staged in a registry."""
     cfg = load_config(config, ["mine.relative_margin=null"])
     summary = ingest(cfg.input, tmp_path / "ingest", cfg.runtime.shard_size)
-    positives = pl.read_parquet(summary["positives_path"])
-    docs = pl.read_parquet(summary["corpus_shards"])
-    queries = pl.read_parquet(summary["query_shards"])
+    positives = pl.read_parquet(summary.texts.positives)
+    docs = pl.read_parquet(summary.texts.corpus_files)
+    queries = pl.read_parquet(summary.texts.query_files)
     taken = set(positives["doc_row"].to_list())
     spare = docs.filter(~pl.col("row").is_in(list(taken)))
     first = positives.unique("query_id", keep="first", maintain_order=True)
@@ -52,13 +52,13 @@ def candidate(tmp_path, config):
 
 def _refused(cfg, summary, staged, tmp_path) -> str:
     with pytest.raises(ValidationFailed) as refused:
-        check_candidate(str(staged), MINED, summary, cfg, None, str(tmp_path / "validation"))
+        check_candidate(str(staged), MINED, summary.texts, cfg, None, str(tmp_path / "validation"))
     return str(refused.value)
 
 
 def test_a_valid_candidate_passes_and_real_inputs_pass(candidate, tmp_path):
     cfg, summary, stage, registry, _ = candidate
-    outcome = check_candidate(str(stage()), MINED, summary, cfg, None, str(tmp_path / "validation"))
+    outcome = check_candidate(str(stage()), MINED, summary.texts, cfg, None, str(tmp_path / "validation"))
     assert outcome["success"] and outcome["expectations"] >= 8
     assert check_inputs(summary, str(tmp_path / "inputs"))["success"]
 
@@ -146,8 +146,8 @@ def test_drift_warns_beyond_tolerance():
 def test_drift_fails_the_gate_when_configured(candidate, tmp_path):
     cfg, summary, stage, registry, _ = candidate
     previous = {"counts": {"rows": 1000}, "scores": {"positive": {"mean": 0.6}, "negative": {"mean": 0.4}}}
-    outcome = check_candidate(str(stage()), MINED, summary, cfg, previous, str(tmp_path / "warn"))
+    outcome = check_candidate(str(stage()), MINED, summary.texts, cfg, previous, str(tmp_path / "warn"))
     assert outcome["success"] and "row count 1000 ->" in outcome["warnings"][0]
     cfg.validate_.drift_fails = True
     with pytest.raises(ValidationFailed, match=r"(?s)nothing was published.*drift: row count 1000 ->"):
-        check_candidate(str(stage()), MINED, summary, cfg, previous, str(tmp_path / "fail"))
+        check_candidate(str(stage()), MINED, summary.texts, cfg, previous, str(tmp_path / "fail"))

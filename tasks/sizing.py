@@ -1,0 +1,37 @@
+"""How work is cut into tasks: a few per worker per stage, none bigger than the memory budget (DESIGN.md section 6).
+
+Thousands of small task runs cost more in orchestration than the work they carry, so the number of tasks follows the
+workers, not the data; only a stage whose data would not fit the budget in that many tasks is cut finer.
+"""
+
+from __future__ import annotations
+
+import math
+
+import psutil
+
+from negforge.schemas.config import RuntimeConfig
+
+MIB = 1 << 20
+
+
+def memory_budget_bytes(runtime: RuntimeConfig, workers: int) -> int:
+    """Bytes one task may use: the configured budget, else the available memory split over the workers, halved."""
+    if runtime.memory_budget_mb is not None:
+        return runtime.memory_budget_mb * MIB
+    return max(256 * MIB, psutil.virtual_memory().available // (2 * max(1, workers)))
+
+
+def task_count(items: int, bytes_per_item: float, workers: int, runtime: RuntimeConfig) -> int:
+    """How many tasks `items` are cut into: `tasks_per_worker` per worker, more where one would exceed the budget."""
+    if items <= 0:
+        return 0
+    wanted = max(1, workers) * runtime.tasks_per_worker
+    by_memory = math.ceil(items * bytes_per_item / memory_budget_bytes(runtime, workers))
+    return min(items, max(wanted, by_memory))
+
+
+def ranges(items: int, count: int) -> list[tuple[int, int]]:
+    """`count` contiguous, near-equal [start, stop) ranges covering `items`."""
+    bounds = [round(i * items / count) for i in range(count + 1)] if count else [0]
+    return [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
