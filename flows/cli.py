@@ -148,8 +148,8 @@ def cmd_remine(args: argparse.Namespace) -> int:
     raw = apply_overrides(parent["config"] | {"publish": parent["config"]["publish"] | {
         "registry": str(registry.folder.parent)}}, args.overrides)
     config = validate_config(raw, f"{args.source} config")
-    texts, _, depth = load_candidates(registry.folder / version / "candidates")
-    check_remine(parent["config"], config, depth, texts.max_positives)  # refuse before any run starts
+    stored = load_candidates(registry.folder / version / "candidates")
+    check_remine(parent["config"], config, stored.depth, stored.texts.max_positives)  # refuse before any run starts
 
     def prepare() -> Callable[[], dict]:
         from negforge.flows.remine import remine_training_set

@@ -6,14 +6,15 @@ output or validation options, then written, validated and published like a build
 
 from __future__ import annotations
 
-import uuid
+import os
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
+import polars as pl
 from prefect import flow, tags
 
-from negforge.flows.build import mine_and_publish
+from negforge.flows.build import mine_and_publish, new_run_dir
+from negforge.flows.partition_stage import mine_stored_all
 from negforge.schemas.config import BuildConfig
 from negforge.schemas.stages import COUNT_KEYS
 from negforge.tasks.candidate_store import check_remine, load_candidates
@@ -30,12 +31,12 @@ def remine_training_set(source: str, config: BuildConfig) -> dict[str, Any]:
 def _remine(source: str, config: BuildConfig) -> dict[str, Any]:
     registry = Registry(config.publish.registry, config.publish.dataset)
     parent = registry.manifest(source)
-    texts, search, depth = load_candidates(registry.folder / source / "candidates")
-    check_remine(parent["config"], config, depth, texts.max_positives)
+    stored = load_candidates(registry.folder / source / "candidates")
+    check_remine(parent["config"], config, stored.depth, stored.texts.max_positives)
     started = datetime.now(timezone.utc)
-    run_dir = Path(config.runtime.workdir) / "runs" / f"{started:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
-    range_max = config.mine.effective_range_max(texts.max_positives)
-    mine_depth = config.search.depth or range_max + texts.max_positives
+    run_dir = new_run_dir(config, started)
+    range_max = config.mine.effective_range_max(stored.texts.max_positives)
+    mine_depth = config.search.depth or range_max + stored.texts.max_positives
     base = {
         "created_at": started.isoformat(), "inputs": parent["inputs"], "model": parent["model"],
         "embed": {"texts_embedded": 0, "texts_cached": 0}, "search": {"depth": mine_depth, "range_max": range_max},
@@ -43,5 +44,8 @@ def _remine(source: str, config: BuildConfig) -> dict[str, Any]:
         "remined_from": f"{config.publish.dataset}@{source}", "run_dir": str(run_dir),
         "corpus_dedup": parent.get("corpus_dedup"),
     }
-    return mine_and_publish(config, texts, search, mine_depth, range_max, run_dir, {}, base, parent=source,
-                            stored_depth=depth)
+    queries = pl.scan_parquet(stored.texts.query_files).select(pl.len()).collect().item()
+    parts = mine_stored_all(stored.texts, stored.files, queries, config, range_max, mine_depth, run_dir,
+                            workers=os.cpu_count() or 1)
+    return mine_and_publish(config, stored.texts, parts, mine_depth, range_max, run_dir, {}, base, parent=source,
+                            stored_depth=stored.depth, corpus_duplicates=stored.corpus_duplicates)

@@ -1,6 +1,6 @@
 """What a run shows in the Prefect UI: artifacts keyed per dataset, so the UI keeps each dataset's history.
 
-- `<dataset>-embedding`: progress of the embedding stage, updated as shards finish;
+- `<dataset>-<stage>` (embed, search): progress of a long stage, moved as its tasks report (flows/stage_progress.py);
 - `<dataset>-report`: the markdown run report (inputs and rejects, stage timings, the per-reason table, score
   distributions, short queries, validation, the version published);
 - `<dataset>-sample`: a table of training rows; `<dataset>-version`: a link to the version (and its Data Docs).
@@ -11,11 +11,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 from typing import Any
-from uuid import UUID
 
 import polars as pl
-from prefect.artifacts import (create_link_artifact, create_markdown_artifact, create_progress_artifact,
-                               create_table_artifact, update_progress_artifact)
+from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
 SAMPLE_ROWS = 10
 SAMPLE_CHARS = 160
@@ -24,20 +22,6 @@ SAMPLE_CHARS = 160
 def slug(dataset: str) -> str:
     """A dataset name as artifact keys allow it: lowercase letters, digits and dashes."""
     return re.sub(r"[^a-z0-9]+", "-", dataset.lower()).strip("-") or "dataset"
-
-
-class ShardProgress:
-    """A progress artifact for the embedding stage, moved forward as each shard finishes."""
-
-    def __init__(self, dataset: str, total: int) -> None:
-        self.total, self.done = total, 0
-        self.id: UUID = create_progress_artifact(0.0, key=f"{slug(dataset)}-embedding",
-                                                 description=f"embedding: 0 of {total} shards")
-
-    def shard_done(self) -> None:
-        self.done += 1
-        update_progress_artifact(self.id, 100.0 * self.done / self.total,
-                                 description=f"embedding: {self.done} of {self.total} shards")
 
 
 def _table(header: tuple[str, ...], rows: list[tuple]) -> str:

@@ -8,7 +8,9 @@ run's parameters are known: that is when `BuildTaskRunner` reads `runtime` and e
 
 from __future__ import annotations
 
+import contextvars
 import os
+import threading
 
 import distributed
 from prefect.context import FlowRunContext
@@ -44,18 +46,41 @@ def _run_runtime() -> RuntimeConfig:
     return (config if isinstance(config, BuildConfig) else BuildConfig.model_validate(config)).runtime
 
 
+_STARTING = threading.Lock()  # the cluster may be started from a background thread and at the first submit
+
+
 class BuildTaskRunner(DaskTaskRunner):
-    """A DaskTaskRunner whose cluster comes from the run's `config.runtime`, decided at the first submit."""
+    """A DaskTaskRunner whose cluster comes from the run's `config.runtime`, decided at the first submit, or earlier
+    with `start_in_background` (the local cluster then starts while the flow ingests)."""
 
     def duplicate(self) -> BuildTaskRunner:
         return type(self)()
 
     @property
     def client(self):
-        if not self._client:
-            runtime = _run_runtime()
-            if runtime.dask_address:
-                self.address = runtime.dask_address
-            else:
-                self.cluster_class, self.cluster_kwargs = distributed.LocalCluster, local_cluster_kwargs(runtime)
-        return DaskTaskRunner.client.fget(self)
+        with _STARTING:
+            if not self._client:
+                runtime = _run_runtime()
+                if runtime.dask_address:
+                    self.address = runtime.dask_address
+                else:
+                    self.cluster_class, self.cluster_kwargs = distributed.LocalCluster, local_cluster_kwargs(runtime)
+            return DaskTaskRunner.client.fget(self)
+
+    def start_in_background(self) -> threading.Thread:
+        """Start (or connect to) the cluster in a thread that sees this flow run's context; join it to wait."""
+        starter = threading.Thread(target=contextvars.copy_context().run, args=(lambda: self.client,), daemon=True,
+                                   name="negforge-dask-start")
+        starter.start()
+        return starter
+
+    def worker_count(self) -> int:
+        """How many workers the cluster has (waits for the cluster)."""
+        return max(1, len(self.client.scheduler_info(n_workers=-1)["workers"]))
+
+
+def current_task_runner() -> BuildTaskRunner | None:
+    """The task runner of the flow run in progress, when it is a BuildTaskRunner (None in other flows)."""
+    context = FlowRunContext.get()
+    runner = context.task_runner if context else None
+    return runner if isinstance(runner, BuildTaskRunner) else None

@@ -79,7 +79,6 @@ class SearchConfig(_Section):
     depth: int | None = Field(
         None, gt=0, description="Candidates retrieved per query (null: range_max + the most positives of any query)."
     )
-    query_batch_size: int = Field(4096, gt=0, description="Queries searched at once against a corpus shard.")
 
 
 class MineConfig(_Section):
@@ -178,7 +177,6 @@ class RescoreConfig(_Section):
     max_length: int | None = Field(None, gt=0, description="Truncate inputs to this many tokens (null: model's).")
     query_prompt: str | None = Field(None, description="guide: raw prompt prepended to queries.")
     corpus_prompt: str | None = Field(None, description="guide: raw prompt prepended to documents.")
-    pairs_per_task: int = Field(4096, gt=0, description="(query, document) pairs per Dask rescoring task.")
 
     @model_validator(mode="after")
     def _threshold_for_cross_encoder(self) -> RescoreConfig:

@@ -70,3 +70,99 @@ class Embedded:
     texts_cached: int
     fingerprints: dict[str, str]
     store_repaired: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Partition:
+    """A contiguous range of query rows [first, stop) searched and mined by one task."""
+
+    number: int
+    first: int
+    stop: int
+
+
+@dataclass(frozen=True)
+class CandidateFiles:
+    """What search hands mining (per partition, or stored in a version): hits (tables.HITS + rank, pos_sim and,
+    with a rescorer, rescore), the positives' scores, and near-duplicate candidate pairs (tables.NEAR_PAIRS)."""
+
+    hits: str
+    positive_scores: str
+    near_pairs: str
+
+
+@dataclass(frozen=True)
+class Deepened:
+    """Adaptive depth: queries short of negatives at the options' depth, how many were searched deeper, how many
+    stayed short, and the deepest depth searched."""
+
+    queries_short: int = 0
+    queries_deepened: int = 0
+    still_short: int = 0
+    depth: int = 0
+
+
+@dataclass(frozen=True)
+class MinedPartition:
+    """One partition after search and mining: its candidates, every candidate's reason (tables.CANDIDATES), and
+    its adaptive-depth report."""
+
+    partition: Partition
+    candidates: CandidateFiles
+    mined: str
+    deepened: Deepened
+
+
+@dataclass(frozen=True)
+class SearchJob:
+    """What every partition task of a build shares: the texts and vectors, the depths, and where to write."""
+
+    texts: Texts
+    queries: VectorFile
+    corpus: VectorFile
+    depth: int
+    range_max: int
+    rows_per_block: int
+    out_dir: str
+    progress_dir: str
+    excluded_docs: str | None = None
+    index: str | None = None
+
+
+@dataclass(frozen=True)
+class ScoreStats:
+    """Count, mean, min, median and max of some scores (None where there are no scores)."""
+
+    count: int
+    mean: float | None = None
+    min: float | None = None
+    median: float | None = None
+    max: float | None = None
+
+
+@dataclass(frozen=True)
+class Mined:
+    """All partitions mined: the ids table and every candidate with its reason (files), and what the manifest and
+    the quality gate need to know of them."""
+
+    ids: str
+    candidates: str
+    positive_scores: str
+    reasons: dict[str, int]
+    reasons_per_query: dict[str, dict[str, float | int]]
+    short_queries: tuple[str, ...]
+    dropped_eval_queries: tuple[str, ...]
+    audit: dict[str, Any] | None
+    positive_score_stats: ScoreStats
+    negative_score_stats: ScoreStats
+
+
+@dataclass(frozen=True)
+class StoredCandidates:
+    """The candidates kept inside a version, for re-mining: the texts they name, the candidates, the depth
+    searched, and the corpus deduplication record when there was one."""
+
+    texts: Texts
+    files: CandidateFiles
+    depth: int
+    corpus_duplicates: str | None = None

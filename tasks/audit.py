@@ -39,12 +39,12 @@ def _rate_with_interval(per_query: pl.DataFrame, seed: int = 0) -> tuple[float, 
     return round(rate, 4), [round(float(x), 4) for x in np.quantile(rates, [0.025, 0.975])]
 
 
-def audit(candidates: pl.DataFrame, query_ids: list[str], doc_ids: pl.DataFrame, qrels: str, fmt: str,
+def audit(candidates: pl.DataFrame, positives: pl.DataFrame, doc_ids: pl.DataFrame, qrels: str, fmt: str,
           num_negatives: int) -> dict[str, Any]:
-    """The audit report; `doc_ids` maps candidate doc_row to its id (columns row, id)."""
+    """The audit report; `positives` names each query row (query_row, query_id), `doc_ids` each candidate doc_row
+    (columns row, id)."""
     judged = _judged(qrels, fmt)
-    named = (candidates.join(pl.DataFrame({"query_row": range(len(query_ids)), "query_id": query_ids},
-                                          schema={"query_row": pl.UInt32, "query_id": pl.String}), on="query_row")
+    named = (candidates.join(positives.select("query_row", "query_id").unique(), on="query_row")
              .join(doc_ids.rename({"row": "doc_row", "id": "doc_id"}), on="doc_row")
              .filter(pl.col("query_id").is_in(judged["query_id"].unique()))
              .join(judged.with_columns(pl.lit(True).alias("relevant")), on=["query_id", "doc_id"], how="left")

@@ -14,43 +14,44 @@ from typing import Any
 
 import polars as pl
 
-from negforge.schemas.stages import Texts
+from negforge.schemas.stages import CandidateFiles, StoredCandidates, Texts
 
 
 class RemineError(ValueError):
     """The stored candidates cannot serve the requested options."""
 
 
-def save_candidates(folder: Path, search: dict[str, str], texts: Texts, depth: int) -> None:
-    """Copy what re-mining needs from the run workspace into `folder`."""
+def save_candidates(folder: Path, parts: list[CandidateFiles], texts: Texts, depth: int,
+                    corpus_duplicates: str | None = None) -> None:
+    """Write what re-mining needs into `folder`: the partitions' candidates, in query order, streamed into one file
+    each, and the texts they name."""
     folder.mkdir(parents=True)
-    shutil.copy(search["hits"], folder / "hits.parquet")
-    shutil.copy(search["positive_scores"], folder / "positive-scores.parquet")
-    shutil.copy(search["near_pairs"], folder / "near-pairs.parquet")
-    if "corpus_duplicates" in search:
-        shutil.copy(search["corpus_duplicates"], folder / "corpus-duplicates.parquet")
+    sources = list(dict.fromkeys(parts))  # a remine's partitions share one stored file
+    for name, field in (("hits", "hits"), ("positive-scores", "positive_scores"), ("near-pairs", "near_pairs")):
+        pl.scan_parquet([getattr(p, field) for p in sources]).sink_parquet(folder / f"{name}.parquet")
+    if corpus_duplicates:
+        shutil.copy(corpus_duplicates, folder / "corpus-duplicates.parquet")
     shutil.copy(texts.positives, folder / "positives.parquet")
-    pl.read_parquet(texts.query_files).write_parquet(folder / "queries.parquet")
-    needed = pl.concat([pl.read_parquet(search["hits"], columns=["doc_row"]),
-                        pl.read_parquet(texts.positives, columns=["doc_row"])])["doc_row"].unique()
-    (pl.scan_parquet(texts.corpus_files).filter(pl.col("row").is_in(needed)).collect()
-     .write_parquet(folder / "documents.parquet"))
-    meta = {"depth": depth, "max_positives": texts.max_positives}
-    (folder / "meta.json").write_text(json.dumps(meta))
+    pl.scan_parquet(texts.query_files).sink_parquet(folder / "queries.parquet")
+    needed = pl.concat([pl.scan_parquet(folder / "hits.parquet").select("doc_row"),
+                        pl.scan_parquet(texts.positives).select("doc_row")]).unique()
+    (pl.scan_parquet(texts.corpus_files).join(needed, left_on="row", right_on="doc_row", how="semi")
+     .sink_parquet(folder / "documents.parquet"))
+    (folder / "meta.json").write_text(json.dumps({"depth": depth, "max_positives": texts.max_positives}))
 
 
-def load_candidates(folder: Path) -> tuple[Texts, dict[str, str], int]:
-    """The stored candidates as the (texts, search results, depth) that mining and writing read."""
+def load_candidates(folder: Path) -> StoredCandidates:
+    """The candidates stored in a version's `candidates/` folder."""
     if not (folder / "meta.json").exists():
         raise RemineError(f"{folder.parent}: this version holds no stored candidates; rebuild it with negforge build")
     meta = json.loads((folder / "meta.json").read_text())
     texts = Texts(query_files=(str(folder / "queries.parquet"),), corpus_files=(str(folder / "documents.parquet"),),
                   positives=str(folder / "positives.parquet"), max_positives=meta["max_positives"])
-    search = {"hits": str(folder / "hits.parquet"), "positive_scores": str(folder / "positive-scores.parquet"),
-              "near_pairs": str(folder / "near-pairs.parquet")}
-    if (folder / "corpus-duplicates.parquet").exists():
-        search["corpus_duplicates"] = str(folder / "corpus-duplicates.parquet")
-    return texts, search, meta["depth"]
+    files = CandidateFiles(hits=str(folder / "hits.parquet"), positive_scores=str(folder / "positive-scores.parquet"),
+                           near_pairs=str(folder / "near-pairs.parquet"))
+    duplicates = folder / "corpus-duplicates.parquet"
+    return StoredCandidates(texts=texts, files=files, depth=meta["depth"],
+                            corpus_duplicates=str(duplicates) if duplicates.exists() else None)
 
 
 def check_remine(parent_config: dict[str, Any], config: Any, stored_depth: int, max_positives: int) -> None:

@@ -1,7 +1,7 @@
 """Corpus deduplication (`dedup.corpus`): near-duplicate documents leave the corpus before it is searched.
 
-Pairs come from FAISS range search (cosine >= 1 - eps) of one corpus shard against every shard, one index in memory
-at a time, so memory is bounded by a shard and the pairs found. The choice is SemDeDup's, without chaining: documents
+Pairs come from FAISS range search (cosine >= 1 - eps) of a range of corpus rows against the rows before it, one
+block in memory at a time, so memory is bounded by a block and the pairs found. The choice is SemDeDup's, without chaining: documents
 are visited positives first, then in corpus order; a document within eps of an already kept one is dropped and
 recorded with that kept document as its group. Positives are always kept.
 """
@@ -14,25 +14,36 @@ import faiss
 import numpy as np
 import polars as pl
 
+from negforge.schemas.stages import VectorFile
+from negforge.tasks.search import open_vectors, pair_scores
 from negforge.tasks.training_set import shard_rows
 
 PAIRS = {"doc_row": pl.UInt32, "other_row": pl.UInt32, "cosine": pl.Float32}
 DUPLICATES = {"dropped_row": pl.UInt32, "kept_row": pl.UInt32, "cosine": pl.Float32}
 
 
-def near_duplicate_pairs(shard: int, corpus_vectors: list[str], shard_size: int, min_cosine: float,
+def near_duplicate_pairs(first: int, stop: int, corpus: VectorFile, rows_per_block: int, min_cosine: float,
                          out_path: str) -> str:
-    """Every pair (document of `shard`, other document of a shard up to it) with cosine >= min_cosine."""
-    queries = np.load(corpus_vectors[shard])
+    """Every pair (document in rows [first, stop), earlier document) with cosine >= min_cosine.
+
+    FAISS proposes the pairs, block by block; their cosines are then computed one pair at a time, as search scores
+    are, so the pairs found do not depend on the blocks.
+    """
+    vectors = open_vectors(corpus)
+    queries = np.ascontiguousarray(vectors[first:stop], dtype=np.float32)
+    proposal = float(np.float32(min_cosine) - np.float32(1e-4))
     parts = []
-    for other in range(shard + 1):
-        docs = queries if other == shard else np.load(corpus_vectors[other], mmap_mode="r")
-        index = faiss.IndexFlatIP(docs.shape[1])
-        index.add(np.ascontiguousarray(docs))
-        limits, cosines, rows = index.range_search(queries, float(np.nextafter(np.float32(min_cosine), -1)))
-        mine = np.repeat(np.arange(len(queries)), np.diff(limits).astype(np.int64)) + shard * shard_size
-        theirs = rows + other * shard_size
-        keep = (cosines >= np.float32(min_cosine)) & (theirs < mine)
+    for start in range(0, stop, rows_per_block):
+        end = min(start + rows_per_block, stop)
+        index = faiss.IndexFlatIP(vectors.shape[1])
+        index.add(np.ascontiguousarray(vectors[start:end], dtype=np.float32))
+        limits, _, rows = index.range_search(queries, proposal)
+        mine = np.repeat(np.arange(len(queries)), np.diff(limits).astype(np.int64)) + first
+        theirs = rows + start
+        earlier = theirs < mine
+        mine, theirs = mine[earlier], theirs[earlier]
+        cosines = pair_scores(queries[mine - first], np.asarray(vectors[theirs], dtype=np.float32))
+        keep = cosines >= np.float32(min_cosine)
         parts.append(pl.DataFrame({"doc_row": mine[keep], "other_row": theirs[keep], "cosine": cosines[keep]},
                                   schema=PAIRS))
     pl.concat(parts).write_parquet(out_path)

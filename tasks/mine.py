@@ -50,17 +50,20 @@ def _position_among(q: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return running - np.repeat(before, np.diff(np.r_[starts, len(q)])) - 1
 
 
-def mine(hits: pl.DataFrame, positives: pl.DataFrame, positive_scores: pl.DataFrame, query_ids: list[str],
-         cfg: MineConfig, range_max: int, near_pairs: pl.DataFrame | None = None,
-         eps: float | None = None, rescore: RescoreConfig | None = None) -> pl.DataFrame:
-    """Every candidate with its reason (null: kept as a negative).
+def mine(hits: pl.DataFrame, positives: pl.DataFrame, positive_scores: pl.DataFrame, cfg: MineConfig,
+         range_max: int, near_pairs: pl.DataFrame | None = None, eps: float | None = None,
+         rescore: RescoreConfig | None = None, defer_sampling: bool = False) -> pl.DataFrame:
+    """Every candidate of some queries with its reason (null: kept as a negative).
+
+    Each query is decided from its own candidates and positives, so any set of whole queries (a partition) can be
+    mined alone, except for the hub cap: with `defer_sampling`, the window's candidates are left undecided (reason
+    null) for `sample_window`, which then runs over all partitions in query order.
 
     Args:
         hits: merged search hits (query_row, doc_row, score, rank, and pos_sim: the highest cosine to a positive of
             the query, when computed), sorted by query_row then rank.
-        positives: the positives table of ingest.
-        positive_scores: (query_row, doc_row, score) of every positive.
-        query_ids: the id of each query row.
+        positives: the positives table of ingest (at least the rows of the hits' queries).
+        positive_scores: (query_row, doc_row, score) of the positives.
         cfg: the mining options.
         range_max: the window size, derived when cfg.range_max is unset.
         near_pairs: near-duplicate candidate pairs per query (tasks/similarity.py), for the in-row dedup.
@@ -82,8 +85,7 @@ def mine(hits: pl.DataFrame, positives: pl.DataFrame, positive_scores: pl.DataFr
         if eps is not None and not cfg.include_positives:
             _mark(reason, pos_sim >= np.float32(1 - eps), "near_duplicate_of_positive")
 
-    lowest = positive_scores.group_by("query_row").agg(pl.col("score").min())
-    s_p = _per_query(lowest, "score", len(query_ids))[q]
+    s_p = _lowest_positive(q, positive_scores, "score")
     if cfg.absolute_margin is not None:
         _mark(reason, s + np.float32(cfg.absolute_margin) > s_p, "absolute_margin")
     if cfg.relative_margin is not None:
@@ -94,8 +96,8 @@ def mine(hits: pl.DataFrame, positives: pl.DataFrame, positive_scores: pl.DataFr
         _mark(reason, s < np.float32(cfg.min_score), "min_score")
     rescored = rescore is not None and rescore.model is not None and "rescore" in hits.columns
     if rescored:
-        _mark(reason, _rescorer_says_relevant(hits["rescore"].to_numpy(), q, positive_scores, len(query_ids),
-                                              rescore), "rescorer_relevant")
+        bound = np.float32(rescore.bound(_lowest_positive(q, positive_scores, "rescore")))
+        _mark(reason, hits["rescore"].to_numpy().astype(np.float32) > bound, "rescorer_relevant")
 
     survivor = reason == 0
     position = _position_among(q, survivor)
@@ -104,29 +106,31 @@ def mine(hits: pl.DataFrame, positives: pl.DataFrame, positive_scores: pl.DataFr
     if near_pairs is not None and eps is not None:
         _drop_near_duplicates(reason, q, d, window, near_pairs.filter(pl.col("cosine") >= 1 - eps))
         window &= reason == 0
-    if cfg.sampling_strategy == "top" and cfg.max_uses_per_negative is None:
+    if defer_sampling:
+        pass
+    elif cfg.sampling_strategy == "top" and cfg.max_uses_per_negative is None:
         _mark(reason, window & (_position_among(q, window) >= cfg.num_negatives), "not_sampled")
     else:
-        _sample(reason, q, d, s, s_p, window, query_ids, cfg)
+        _sample(reason, q, d, s, s_p, window, _query_ids(positives), cfg, {})
 
-    names = np.array([None, *REASONS], dtype=object)[reason].tolist()
-    return frame(CANDIDATES, {"query_row": q, "doc_row": d, "score": s, "rank": hits["rank"], "reason": names,
+    return frame(CANDIDATES, {"query_row": q, "doc_row": d, "score": s, "rank": hits["rank"], "reason": _names(reason),
                               "rescore": hits["rescore"] if rescored else [None] * len(q)})
 
 
-def _per_query(table: pl.DataFrame, column: str, queries: int) -> np.ndarray:
-    """A per-query value as an array indexed by query row (NaN for queries without one)."""
-    values = np.full(queries, np.nan, dtype=np.float32)
-    values[table["query_row"].to_numpy()] = table[column].to_numpy()
-    return values
+def _lowest_positive(q: np.ndarray, positive_scores: pl.DataFrame, column: str) -> np.ndarray:
+    """For each candidate, its query's lowest positive score (`score`, or the rescorer's `rescore`); NaN if none.
+
+    RocketQA drops a candidate the cross-encoder scores above its threshold; GISTEmbed one the guide scores above the
+    query's lowest positive less the margin: both are RescoreConfig.bound of this value."""
+    lowest = positive_scores.group_by("query_row").agg(pl.col(column).min().cast(pl.Float32))
+    joined = pl.DataFrame({"query_row": q}, schema={"query_row": pl.UInt32}).join(
+        lowest.with_columns(pl.col("query_row").cast(pl.UInt32)), on="query_row", how="left", maintain_order="left")
+    return joined[column].fill_null(float("nan")).to_numpy()
 
 
-def _rescorer_says_relevant(r: np.ndarray, q: np.ndarray, positive_scores: pl.DataFrame, queries: int,
-                            cfg: RescoreConfig) -> np.ndarray:
-    """RocketQA: the cross-encoder's score is above the threshold. GISTEmbed: the guide scores the candidate above
-    its lowest-scoring positive less the margin (absolute, or relative to |g(q,p)|)."""
-    lowest = positive_scores.group_by("query_row").agg(pl.col("rescore").min())
-    return r.astype(np.float32) > np.float32(cfg.bound(_per_query(lowest, "rescore", queries)[q]))
+def _query_ids(positives: pl.DataFrame) -> dict[int, str]:
+    """Query row -> query id (every used query has a positive); seeds each query's random stream."""
+    return dict(positives.select("query_row", "query_id").unique("query_row").iter_rows())
 
 
 def _drop_near_duplicates(reason: np.ndarray, q: np.ndarray, d: np.ndarray, window: np.ndarray,
@@ -165,17 +169,35 @@ def sampling_weights(scores: np.ndarray, lowest_positive: float, cfg: MineConfig
     return weights / weights.sum()
 
 
+def sample_window(candidates: pl.DataFrame, positives: pl.DataFrame, positive_scores: pl.DataFrame,
+                  cfg: MineConfig, uses: dict[int, int]) -> pl.DataFrame:
+    """The sampling step for candidates mined with `defer_sampling` (their undecided rows are the window).
+
+    Called on each partition in query order with the same `uses`, it gives the hub cap its global meaning.
+    """
+    q = candidates["query_row"].to_numpy()
+    d, s = candidates["doc_row"].to_numpy(), candidates["score"].to_numpy()
+    reason = np.array([0 if r is None else _CODE[r] for r in candidates["reason"].to_list()], dtype=np.int8)
+    _sample(reason, q, d, s, _lowest_positive(q, positive_scores, "score"), reason == 0, _query_ids(positives), cfg,
+            uses)
+    return candidates.with_columns(pl.Series("reason", _names(reason), dtype=pl.String))
+
+
+def _names(reason: np.ndarray) -> list[str | None]:
+    return np.array([None, *REASONS], dtype=object)[reason].tolist()
+
+
 def _sample(reason: np.ndarray, q: np.ndarray, d: np.ndarray, s: np.ndarray, s_p: np.ndarray, window: np.ndarray,
-            query_ids: list[str], cfg: MineConfig) -> None:
+            query_ids: dict[int, str], cfg: MineConfig, uses: dict[int, int]) -> None:
     """Choose num_negatives window rows per query, without replacement, from the query's own random stream.
 
     Queries are taken in row order (the order their first positive appeared): with `max_uses_per_negative`, a
-    document already used that often by earlier queries is `over_used` and the query chooses among the others.
+    document already used that often by earlier queries (`uses`, updated here) is `over_used` and the query chooses
+    among the others.
     """
     rows = np.flatnonzero(window)
     if not len(rows):
         return
-    uses: dict[int, int] = {}
     cap = cfg.max_uses_per_negative
     bounds = np.flatnonzero(np.r_[True, q[rows][1:] != q[rows][:-1], True])
     for start, stop in zip(bounds[:-1], bounds[1:]):
@@ -187,7 +209,7 @@ def _sample(reason: np.ndarray, q: np.ndarray, d: np.ndarray, s: np.ndarray, s_p
         if cfg.sampling_strategy == "top" or len(group) <= cfg.num_negatives:
             chosen = np.arange(min(len(group), cfg.num_negatives))
         else:
-            rng = query_rng(cfg.seed, query_ids[q[group[0]]])
+            rng = query_rng(cfg.seed, query_ids[int(q[group[0]])])
             chosen = rng.choice(len(group), cfg.num_negatives, replace=False,
                                 p=sampling_weights(s[group], float(s_p[group[0]]), cfg))
         dropped = np.ones(len(group), dtype=bool)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
 from negforge.schemas.config import BuildConfig
-from negforge.schemas.stages import Ingested, Texts
+from negforge.schemas.stages import Ingested, Mined, Texts
 from negforge.tasks.quality_checks import (coverage_checks, eval_query_hashes, row_checks, shared_positives, text_checks)
 from negforge.tasks.validate import ValidationFailed, describe_failures, drift, quarantine, run_suites
 
@@ -35,7 +36,7 @@ def check_inputs(ingested: Ingested, out_dir: str) -> dict[str, Any]:
     return outcome
 
 
-def check_candidate(staged: str, mined: dict[str, Any], texts: Texts, config: BuildConfig,
+def check_candidate(staged: str, mined: Mined, texts: Texts, config: BuildConfig,
                     previous: dict[str, Any] | None, out_dir: str) -> dict[str, Any]:
     """Run the output suites on the staged version; quarantine it and raise ValidationFailed when one fails."""
     from negforge.schemas.expectations import MEANINGS, coverage_suite, output_suite, text_suite
@@ -48,10 +49,10 @@ def check_candidate(staged: str, mined: dict[str, Any], texts: Texts, config: Bu
     checks = [("training_rows", text_suite(config.validate_), text_checks(data)),
               ("ids_rows", output_suite(), row_checks(ids, positives, texts.corpus_files,
                                                       texts.query_files, config, eval_query_hashes(config))),
-              ("queries", coverage_suite(config.validate_), coverage_checks(query_ids, mined["short_queries"]))]
+              ("queries", coverage_suite(config.validate_), coverage_checks(query_ids, list(mined.short_queries)))]
     outcome = run_suites(out_dir, checks)
-    warnings = drift(previous, data.height, {"positive": mined["positive_scores"], "negative": mined["negative_scores"]},
-                     config.validate_)
+    warnings = drift(previous, data.height, {"positive": asdict(mined.positive_score_stats),
+                                             "negative": asdict(mined.negative_score_stats)}, config.validate_)
     if config.validate_.drift_fails and warnings:
         outcome["success"] = False
     if not outcome["success"]:

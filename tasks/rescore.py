@@ -1,4 +1,4 @@
-"""Rescoring: a second model scores every candidate and every positive, in batches of pairs on the Dask workers.
+"""Rescoring: a second model scores every candidate and every positive of a partition, on its Dask worker.
 
 A guide (sentence-transformers bi-encoder, GISTEmbed) scores a pair by the cosine of its own normalized embeddings; a
 CrossEncoder (RocketQA) by `predict` on the pair, on its own output scale. All candidates to the searched depth are
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import polars as pl
@@ -55,29 +55,14 @@ def load_cross_encoder(path: str, weights_sha256: str, max_length: int | None, d
     return CrossEncoder(path, max_length=max_length, device=device, local_files_only=True)
 
 
-def plan_batches(hits_path: str, positives_path: str, pairs_per_task: int, out_dir: str) -> list[str]:
-    """Split the distinct (query, document) pairs of the hits and the positives into task-sized files."""
-    pairs = (pl.concat([pl.read_parquet(hits_path, columns=list(PAIRS)),
-                        pl.read_parquet(positives_path, columns=list(PAIRS))])
-             .unique().sort(list(PAIRS)))
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for number, start in enumerate(range(0, pairs.height, pairs_per_task)):
-        path = out / f"pairs-{number:05d}.parquet"
-        pairs.slice(start, pairs_per_task).write_parquet(path)
-        paths.append(str(path))
-    return paths
-
-
-def rescore_batch(batch_path: str, spec: RescorerSpec, query_shards: list[str], corpus_shards: list[str],
-                  out_path: str) -> str:
-    """Score one batch of pairs with the rescorer; writes (query_row, doc_row, rescore)."""
-    pairs = pl.read_parquet(batch_path)
-    query_texts = shard_rows(query_shards, pairs["query_row"]).select(pl.col("row").alias("query_row"),
-                                                                     pl.col("text").alias("query"))
-    doc_texts = shard_rows(corpus_shards, pairs["doc_row"]).select(pl.col("row").alias("doc_row"),
-                                                                  pl.col("text").alias("document"))
+def rescore_pairs(pairs: pl.DataFrame, spec: RescorerSpec, query_files: Sequence[str],
+                  corpus_files: Sequence[str]) -> pl.DataFrame:
+    """Score distinct (query_row, doc_row) pairs with the rescorer: (query_row, doc_row, rescore)."""
+    pairs = pairs.select(*PAIRS).unique().sort(list(PAIRS))
+    query_texts = shard_rows(query_files, pairs["query_row"]).select(pl.col("row").alias("query_row"),
+                                                                    pl.col("text").alias("query"))
+    doc_texts = shard_rows(corpus_files, pairs["doc_row"]).select(pl.col("row").alias("doc_row"),
+                                                                 pl.col("text").alias("document"))
     pairs = (pairs.join(query_texts, on="query_row", maintain_order="left")
              .join(doc_texts, on="doc_row", maintain_order="left"))
     queries, docs = pairs["query"].to_list(), pairs["document"].to_list()
@@ -87,9 +72,7 @@ def rescore_batch(batch_path: str, spec: RescorerSpec, query_shards: list[str], 
         model = load_cross_encoder(spec.path, spec.weights_sha256, spec.max_length, spec.device)
         scores = model.predict(list(zip(queries, docs)), batch_size=spec.batch_size, show_progress_bar=False,
                                convert_to_numpy=True)
-    pairs.select(*PAIRS).with_columns(pl.Series("rescore", np.asarray(scores, dtype=np.float32))).write_parquet(
-        out_path)
-    return out_path
+    return pairs.select(*PAIRS).with_columns(pl.Series("rescore", np.asarray(scores, dtype=np.float32)))
 
 
 def _guide_scores(spec: RescorerSpec, queries: list[str], docs: list[str]) -> np.ndarray:
@@ -99,16 +82,3 @@ def _guide_scores(spec: RescorerSpec, queries: list[str], docs: list[str]) -> np
     q = encode(spec.encoder(spec.query_prompt), unique_queries.tolist())
     d = encode(spec.encoder(spec.corpus_prompt), unique_docs.tolist())
     return np.einsum("ij,ij->i", q[query_index], d[doc_index])
-
-
-def attach_rescores(search: dict[str, str], score_paths: list[str], out_dir: str) -> dict[str, str]:
-    """Add a `rescore` column to the hits and the positive scores."""
-    scores = pl.concat([pl.read_parquet(p) for p in score_paths])
-    out = Path(out_dir)
-    attached = {}
-    for key in ("hits", "positive_scores"):
-        path = out / f"{key}-rescored.parquet"
-        table = pl.read_parquet(search[key])
-        table.join(scores, on=list(PAIRS), how="left", maintain_order="left").write_parquet(path)
-        attached[key] = str(path)
-    return search | attached

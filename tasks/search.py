@@ -1,80 +1,82 @@
-"""Exact inner-product search with FAISS, one corpus shard at a time, merged exactly across shards.
+"""Exact nearest-neighbour search of a partition of queries, streaming the corpus in blocks.
 
-Memory is bounded by one shard's vectors plus the running top-k, not by the corpus size. Ties are broken by corpus
-row, so the merged result does not depend on how the corpus was sharded.
+FAISS proposes each query's best candidates block by block into a running top-k (its result heaps), so memory is one
+block of corpus vectors plus the partition's heaps, whatever the corpus size. FAISS's scores depend, in their last
+bits, on how many queries and documents one call holds; so the proposals go a few candidates deeper than asked, and
+the scores of every proposed pair are computed again one pair at a time (the same kernel as the positives' scores),
+then ranked by (score, corpus row). Results are then the same for any partitioning and block size.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import Callable
 
 import faiss
 import numpy as np
-import polars as pl
 
-from negforge.schemas.tables import HITS, POSITIVE_SCORES, check, frame
+from negforge.schemas.stages import VectorFile
 
-
-def _query_matrix(query_vectors: list[str]) -> np.ndarray:
-    return np.concatenate([np.load(p, mmap_mode="r") for p in query_vectors]).astype(np.float32, copy=False)
+# Candidates proposed beyond the depth asked, so that FAISS's rounding cannot push a true top-k member out.
+SLACK = 8
 
 
-def _excluded(excluded_docs: str | None, first_doc_row: int, n_docs: int) -> faiss.SearchParameters | None:
-    """Search parameters that skip the shard's documents dropped by corpus deduplication (None: none dropped)."""
-    if excluded_docs is None:
+def open_vectors(vectors: VectorFile) -> np.ndarray:
+    """The matrix of a VectorFile, memory-mapped read-only."""
+    return np.load(vectors.path, mmap_mode="r")
+
+
+def pair_scores(queries: np.ndarray, docs: np.ndarray) -> np.ndarray:
+    """Row-wise dot products: the score of each (query, document) pair, independent of how pairs are batched."""
+    return np.einsum("ij,ij->i", queries, docs)
+
+
+def block_rows(dim: int, budget_bytes: int, corpus_rows: int) -> int:
+    """Corpus rows per block: a quarter of the memory budget (the block is copied once into a FAISS index)."""
+    return int(max(1024, min(corpus_rows, budget_bytes // (4 * dim * 4))))
+
+
+def _selector(excluded: np.ndarray | None, start: int, stop: int) -> faiss.SearchParameters | None:
+    """Search parameters skipping the block's excluded rows (corpus deduplication); None when there are none."""
+    if excluded is None:
         return None
-    rows = pl.read_parquet(excluded_docs)["dropped_row"].to_numpy().astype(np.int64) - first_doc_row
-    local = rows[(rows >= 0) & (rows < n_docs)]
+    local = excluded[(excluded >= start) & (excluded < stop)].astype(np.int64) - start
     return faiss.SearchParameters(sel=faiss.IDSelectorNot(faiss.IDSelectorBatch(local))) if len(local) else None
 
 
-def search_shard(corpus_vectors: str, first_doc_row: int, query_vectors: list[str], positives_path: str,
-                 depth: int, query_batch_size: int, out_dir: str, excluded_docs: str | None = None) -> dict[str, str]:
-    """Top-`depth` hits of every query in one corpus shard, and the scores of the positives that live in it.
+def propose(queries: np.ndarray, corpus: np.ndarray, k: int, rows_per_block: int,
+            excluded: np.ndarray | None = None, on_block: Callable[[int], None] | None = None) -> np.ndarray:
+    """Corpus rows of each query's best `k` candidates by FAISS (-1 where fewer exist), streaming corpus blocks.
 
-    Documents listed in `excluded_docs` (corpus deduplication) are never returned.
+    `on_block` is told the (query, document) pairs each block compared, for progress.
     """
-    docs = np.load(corpus_vectors)
-    index = faiss.IndexFlatIP(docs.shape[1])
-    index.add(docs)
-    params = _excluded(excluded_docs, first_doc_row, docs.shape[0])
-    queries = _query_matrix(query_vectors)
-    k = min(depth, docs.shape[0])
-    parts = []
-    for start in range(0, queries.shape[0], query_batch_size):
-        scores, rows = index.search(np.ascontiguousarray(queries[start:start + query_batch_size]), k, params=params)
-        found = rows.reshape(-1) >= 0  # fewer than k documents left after exclusions: FAISS pads with -1
-        parts.append(frame(HITS, {"query_row": np.repeat(np.arange(start, start + scores.shape[0]), k)[found],
-                                  "doc_row": rows.reshape(-1)[found] + first_doc_row,
-                                  "score": scores.reshape(-1)[found]}))
-    name = Path(corpus_vectors).stem
-    hits_path = Path(out_dir) / f"hits-{name}.parquet"
-    pl.concat(parts).write_parquet(hits_path)
-
-    local = (pl.read_parquet(positives_path, columns=["query_row", "doc_row"]).unique()
-             .filter(pl.col("doc_row").is_between(first_doc_row, first_doc_row + docs.shape[0] - 1)))
-    q = local["query_row"].to_numpy()
-    d = local["doc_row"].to_numpy() - first_doc_row
-    pos_scores = np.einsum("ij,ij->i", queries[q], docs[d]) if len(q) else np.zeros(0, np.float32)
-    positives_out = Path(out_dir) / f"positive-scores-{name}.parquet"
-    frame(POSITIVE_SCORES, {"query_row": q, "doc_row": local["doc_row"], "score": pos_scores}).write_parquet(
-        positives_out)
-    return {"hits": str(hits_path), "positive_scores": str(positives_out)}
+    heap = faiss.ResultHeap(len(queries), k, keep_max=True)
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    for start in range(0, corpus.shape[0], rows_per_block):
+        stop = min(start + rows_per_block, corpus.shape[0])
+        index = faiss.IndexFlatIP(corpus.shape[1])
+        index.add(np.ascontiguousarray(corpus[start:stop], dtype=np.float32))
+        scores, rows = index.search(queries, min(k, stop - start), params=_selector(excluded, start, stop))
+        heap.add_result(scores, np.where(rows >= 0, rows + start, -1))
+        if on_block:
+            on_block(len(queries) * (stop - start))
+    heap.finalize()
+    return heap.I
 
 
-def _top(hits: pl.DataFrame, depth: int) -> pl.DataFrame:
-    return (hits.sort(["query_row", "score", "doc_row"], descending=[False, True, False])
-            .group_by("query_row", maintain_order=True).head(depth))
+def rank_exactly(queries: np.ndarray, corpus: np.ndarray, proposed: np.ndarray,
+                 depth: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Score the proposed pairs one by one and keep each query's best `depth`, ties broken by corpus row.
 
-
-def merge_hits(hit_paths: list[str], positive_score_paths: list[str], depth: int, out_dir: str) -> dict[str, str]:
-    """Merge per-shard top-k lists into the exact global top-k, one shard at a time; rank 0 is the best."""
-    merged = pl.DataFrame(schema=HITS)
-    for path in hit_paths:
-        merged = _top(pl.concat([merged, pl.read_parquet(path)]), depth)
-    ranked = merged.with_columns(pl.int_range(pl.len(), dtype=pl.UInt32).over("query_row").alias("rank"))
-    out = Path(out_dir)
-    ranked.write_parquet(out / "hits.parquet")
-    positives = pl.concat([pl.read_parquet(p) for p in positive_score_paths]).sort(["query_row", "doc_row"])
-    check(POSITIVE_SCORES, positives, "positive scores").write_parquet(out / "positive-scores.parquet")
-    return {"hits": str(out / "hits.parquet"), "positive_scores": str(out / "positive-scores.parquet")}
+    Returns:
+        (query index, corpus row, score) of the kept pairs, by query, best first.
+    """
+    q, slot = np.nonzero(proposed >= 0)
+    rows = proposed[q, slot]
+    unique, where = np.unique(rows, return_inverse=True)
+    scores = pair_scores(queries[q], np.asarray(corpus[unique], dtype=np.float32)[where])
+    order = np.lexsort((rows, -scores, q))
+    q, rows, scores = q[order], rows[order], scores[order]
+    starts = np.flatnonzero(np.r_[True, q[1:] != q[:-1]]) if len(q) else np.zeros(0, np.int64)
+    rank = np.arange(len(q)) - np.repeat(starts, np.diff(np.r_[starts, len(q)]))
+    keep = rank < depth
+    return q[keep], rows[keep], scores[keep]

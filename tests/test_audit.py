@@ -14,13 +14,13 @@ def test_audit_counts_judged_relevant_negatives_overall_and_per_reason(tmp_path)
     candidates = {q: [(d, 0.9 - d / 100) for d in range(1, 9)] for q in range(3)}
     positives = {q: [(0, 0.95, True)] for q in range(3)}
     hits, pos, scores, ids = _case(candidates, positives)
-    mined = mine(hits, pos, scores, ids, MineConfig(num_negatives=2, relative_margin=None, max_score=0.885), 10)
+    mined = mine(hits, pos, scores, MineConfig(num_negatives=2, relative_margin=None, max_score=0.885), 10)
     # kept per query: docs 2 and 3 (doc 1 scores 0.89 > max_score); judged relevant: q0 docs 1 and 2, q1 doc 3
     qrels = tmp_path / "heldout.tsv"
     qrels.write_text("query-id\tcorpus-id\tscore\nq0\td1\t1\nq0\td2\t1\nq1\td3\t1\nq1\td4\t0\nunknown\td2\t1\n")
     doc_ids = pl.DataFrame({"row": range(9), "id": [f"d{i}" for i in range(9)]},
                            schema={"row": pl.UInt32, "id": pl.String})
-    report = audit(mined, ids, doc_ids, str(qrels), "auto", 2)
+    report = audit(mined, pos, doc_ids, str(qrels), "auto", 2)
     assert report["n_queries"] == 2  # q2 has no held-out judgements; "unknown" is not a training query
     assert report["negatives"] == 4 and report["false_negative_rate"] == 0.5
     assert 0 <= report["ci95"][0] <= 0.5 <= report["ci95"][1] <= 1

@@ -10,6 +10,7 @@ import numpy as np
 import polars as pl
 import pytest
 
+from negforge.schemas.stages import VectorFile
 from negforge.tasks.corpus_dedup import choose_kept, near_duplicate_pairs
 from tests.conftest import DEMO, beir_subset, run_cli
 from tests.test_near_duplicates import _edit
@@ -22,12 +23,14 @@ def _unit(angle_degrees: float) -> list[float]:
 def test_chains_are_not_merged_and_positives_stay(tmp_path):
     # rows 0..3 at 0, 6, 12, 50 degrees: 0~6 and 6~12 are within cosine 0.99, 0~12 is not; row 3 is alone
     vectors = np.array([_unit(a) for a in (0, 6, 12, 50)], dtype=np.float32)
-    np.save(tmp_path / "c0.npy", vectors[:2])
-    np.save(tmp_path / "c1.npy", vectors[2:])
-    shards = [str(tmp_path / "c0.npy"), str(tmp_path / "c1.npy")]
-    pairs = [near_duplicate_pairs(i, shards, 2, 0.99, str(tmp_path / f"p{i}.parquet")) for i in range(2)]
+    np.save(tmp_path / "corpus.npy", vectors)
+    corpus = VectorFile(str(tmp_path / "corpus.npy"), 4, vectors.shape[1])
+    pairs = [near_duplicate_pairs(a, b, corpus, block, 0.99, str(tmp_path / f"p{a}-{block}.parquet"))
+             for a, b, block in ((0, 2, 2), (2, 4, 2))]
     found = pl.concat([pl.read_parquet(p) for p in pairs]).sort("doc_row")
     assert found.select("doc_row", "other_row").rows() == [(1, 0), (2, 1)]
+    whole = pl.read_parquet(near_duplicate_pairs(0, 4, corpus, 1, 0.99, str(tmp_path / "whole.parquet")))
+    assert whole.sort("doc_row").equals(found)  # the same pairs and cosines for any cut
     text = pl.DataFrame({"row": range(4), "id": ["a", "b", "c", "d"], "text": ["x"] * 4},
                         schema={"row": pl.UInt32, "id": pl.String, "text": pl.String})
     text.write_parquet(tmp_path / "corpus.parquet")

@@ -32,7 +32,7 @@ def _case(candidates: dict[int, list[tuple[int, float]]], positives: dict[int, l
 def _run(candidates, positives, range_max=10, **options) -> pl.DataFrame:
     hits, pos, scores, ids = _case(candidates, positives)
     options.setdefault("relative_margin", None)
-    return mine(hits, pos, scores, ids, MineConfig(**options), range_max)
+    return mine(hits, pos, scores, MineConfig(**options), range_max)
 
 
 def _kept(result: pl.DataFrame, query: int = 0) -> list[int]:
@@ -145,9 +145,9 @@ def test_random_sampling_does_not_depend_on_which_queries_are_mined_together():
     pos = {q: [(0, 0.99, True)] for q in range(4)}
     hits, positives, scores, ids = _case(cands, pos)
     cfg = MineConfig(num_negatives=4, sampling_strategy="random", relative_margin=None)
-    whole = mine(hits, positives, scores, ids, cfg, 30)
+    whole = mine(hits, positives, scores, cfg, 30)
     part = mine(hits.filter(pl.col("query_row") == 2), positives.filter(pl.col("query_row") == 2),
-                scores.filter(pl.col("query_row") == 2), ids, cfg, 30)
+                scores.filter(pl.col("query_row") == 2), cfg, 30)
     assert _kept(whole, 2) == _kept(part, 2)
 
 

@@ -42,11 +42,11 @@ def _paraphrase(doc: dict) -> str:
 def test_in_row_near_duplicates_keep_the_better_one_and_never_chain():
     hits, pos, scores, ids = _case({0: [(d, 0.9 - d / 100) for d in range(1, 8)]}, {0: [(0, 0.95, True)]})
     pairs = frame(NEAR_PAIRS, {"query_row": [0, 0], "doc_row": [3, 4], "other_row": [2, 3], "cosine": [0.99, 0.99]})
-    result = mine(hits, pos, scores, ids, MineConfig(num_negatives=3, relative_margin=None), 10, pairs, 0.02)
+    result = mine(hits, pos, scores, MineConfig(num_negatives=3, relative_margin=None), 10, pairs, 0.02)
     # 3 is a near-copy of kept 2 and goes; 4 is a near-copy of 3 only, which was not kept: 4 stays (no chaining)
     assert _reason(result, 3) == "near_duplicate_negative"
     assert _kept(result) == [1, 2, 4]
-    loose = mine(hits, pos, scores, ids, MineConfig(num_negatives=3, relative_margin=None), 10, pairs, 0.005)
+    loose = mine(hits, pos, scores, MineConfig(num_negatives=3, relative_margin=None), 10, pairs, 0.005)
     assert _kept(loose) == [1, 2, 3]  # below 1 - eps the pair is not a near-duplicate
 
 
@@ -54,9 +54,9 @@ def test_positive_similarity_rules_and_their_order():
     hits, pos, scores, ids = _case({0: [(d, 0.9 - d / 100) for d in range(1, 6)]}, {0: [(0, 0.95, True)]})
     hits = hits.with_columns(pl.Series("pos_sim", [0.995, 0.93, 0.5, 0.4, 0.3], dtype=pl.Float32))
     cfg = MineConfig(num_negatives=2, relative_margin=None, max_positive_similarity=0.9)
-    result = mine(hits, pos, scores, ids, cfg, 10, None, 0.02)
+    result = mine(hits, pos, scores, cfg, 10, None, 0.02)
     assert [_reason(result, d) for d in (1, 2)] == ["too_similar_to_positive", "too_similar_to_positive"]
-    only_dedup = mine(hits, pos, scores, ids,
+    only_dedup = mine(hits, pos, scores,
                       MineConfig(num_negatives=2, relative_margin=None, max_positive_similarity=None), 10, None, 0.02)
     assert _reason(only_dedup, 1) == "near_duplicate_of_positive" and _kept(only_dedup) == [2, 3]
 
@@ -73,25 +73,22 @@ def test_real_near_copies_pair_up_at_the_default_eps_and_similar_documents_do_no
     texts = [f"{docs[i]['title']} {docs[i]['text']}" for i in chosen]
     texts += [_edit(t, how) for t in texts[:6] for how in ("change", "add")]  # rows 12..23: copies of rows 0..5
     texts += [f"{docs[i]['title']} {docs[i]['text']}" for pair in SIMILAR_BUT_DISTINCT for i in pair]  # rows 24..27
-    np.save(tmp_path / "corpus-00000.npy", encode(encoder, texts))
+    vectors = encode(encoder, texts)
     n = len(texts)
     hits = pl.DataFrame({"query_row": [0] * n, "doc_row": range(n), "score": np.linspace(0.9, 0.1, n),
                          "rank": range(n)}, schema={"query_row": pl.UInt32, "doc_row": pl.UInt32,
                                                     "score": pl.Float32, "rank": pl.UInt32})
-    hits.write_parquet(tmp_path / "hits.parquet")
-    pl.DataFrame({"query_row": [0], "doc_row": [0]}, schema={"query_row": pl.UInt32, "doc_row": pl.UInt32}) \
-        .write_parquet(tmp_path / "positives.parquet")
-    out = candidate_similarity(str(tmp_path / "hits.parquet"), str(tmp_path / "positives.parquet"),
-                               [str(tmp_path / "corpus-00000.npy")], 1000, str(tmp_path))
+    positives = pl.DataFrame({"query_row": [0], "doc_row": [0]}, schema={"query_row": pl.UInt32, "doc_row": pl.UInt32})
+    with_sim, pairs = candidate_similarity(hits, positives, vectors)
     eps = DedupConfig().eps
-    pairs = pl.read_parquet(out["near_pairs"]).filter(pl.col("cosine") >= 1 - eps)
+    pairs = pairs.filter(pl.col("cosine") >= 1 - eps)
     found = {(b, a) for a, b in pairs.select("doc_row", "other_row").iter_rows()}
     injected = {(row, 12 + 2 * row + k) for row in range(6) for k in (0, 1)}
     assert len(injected & found) >= 11  # one-word edits: found at the default eps (measured: 97% of 80 on SciFact)
     assert not found & {(24, 25), (26, 27)}  # distinct but similar documents (cosine ~0.88) never merge
     twins = {(12 + 2 * row, 13 + 2 * row) for row in range(6)}  # the two edits of one document
     assert found <= injected | twins  # and nothing else pairs up
-    pos_sim = pl.read_parquet(out["hits"]).sort("doc_row")["pos_sim"].to_list()
+    pos_sim = with_sim.sort("doc_row")["pos_sim"].to_list()
     assert pos_sim[12] >= 1 - eps and pos_sim[0] == pytest.approx(1, abs=1e-5)
 
 

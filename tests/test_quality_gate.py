@@ -8,6 +8,7 @@ import polars as pl
 import pytest
 
 from negforge.schemas.config import load_config
+from negforge.schemas.stages import Mined, ScoreStats
 from negforge.schemas.tables import IDS
 from negforge.tasks.ingest import ingest
 from negforge.tasks.quality_gate import check_candidate, check_inputs
@@ -15,7 +16,9 @@ from negforge.tasks.registry import Registry
 from negforge.tasks.validate import ValidationFailed, drift
 from tests.conftest import DEMO_CONFIG, run_cli
 
-MINED = {"short_queries": [], "positive_scores": {"mean": 0.6}, "negative_scores": {"mean": 0.4}}
+MINED = Mined(ids="", candidates="", positive_scores="", reasons={}, reasons_per_query={}, short_queries=(),
+              dropped_eval_queries=(), audit=None, positive_score_stats=ScoreStats(count=1, mean=0.6),
+              negative_score_stats=ScoreStats(count=1, mean=0.4))
 
 
 @pytest.fixture

@@ -34,7 +34,7 @@ def _rescored(rescores: list[float], positive_rescore: float):
 ])
 def test_rescorer_rules_drop_what_the_second_model_finds_relevant(rule, dropped):
     hits, pos, scores, ids = _rescored([0.85, 0.75, 0.45, 0.2, 0.1], 0.8)
-    result = mine(hits, pos, scores, ids, MineConfig(num_negatives=2, relative_margin=None), 10, None, None,
+    result = mine(hits, pos, scores, MineConfig(num_negatives=2, relative_margin=None), 10, None, None,
                   RescoreConfig(model="m", **rule))
     assert [d for d in range(1, 6) if _reason(result, d) == "rescorer_relevant"] == dropped
     assert _kept(result) == [d for d in range(1, 6) if d not in dropped][:2]
@@ -44,11 +44,11 @@ def test_rescorer_rules_drop_what_the_second_model_finds_relevant(rule, dropped)
 def test_rescorer_runs_without_margins_and_after_them():
     hits, pos, scores, ids = _rescored([0.85, 0.75, 0.45, 0.2, 0.1], 0.8)
     ce = RescoreConfig(model="m", kind="cross-encoder", threshold=0.3)
-    with_margin = mine(hits, pos, scores, ids, MineConfig(num_negatives=1, relative_margin=None, max_score=0.485),
+    with_margin = mine(hits, pos, scores, MineConfig(num_negatives=1, relative_margin=None, max_score=0.485),
                        10, None, None, ce)
     # doc 1 (score 0.49) is removed by max_score first; docs 2 and 3 by the cross-encoder
     assert [_reason(with_margin, d) for d in (1, 2, 3)] == ["max_score", "rescorer_relevant", "rescorer_relevant"]
-    plain = mine(hits, pos, scores, ids, MineConfig(num_negatives=1, relative_margin=None), 10, None, None, None)
+    plain = mine(hits, pos, scores, MineConfig(num_negatives=1, relative_margin=None), 10, None, None, None)
     assert _kept(plain) == [1] and plain["rescore"].is_null().all()
 
 

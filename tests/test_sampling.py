@@ -21,7 +21,7 @@ def _picks(strategy: str, **options) -> np.ndarray:
     positives = {q: [(0, 0.8, True)] for q in range(N_QUERIES)}
     hits, pos, scores, ids = _case(candidates, positives)
     cfg = MineConfig(num_negatives=1, sampling_strategy=strategy, relative_margin=None, **options)
-    kept = mine(hits, pos, scores, ids, cfg, 20).filter(pl.col("reason").is_null())["doc_row"].to_numpy()
+    kept = mine(hits, pos, scores, cfg, 20).filter(pl.col("reason").is_null())["doc_row"].to_numpy()
     return np.bincount(kept - 1, minlength=len(SCORES))
 
 
@@ -54,7 +54,7 @@ def test_sampling_is_without_replacement_and_reproducible(strategy):
     positives = {q: [(0, 0.8, True)] for q in range(5)}
     hits, pos, scores, ids = _case(candidates, positives)
     cfg = MineConfig(num_negatives=4, sampling_strategy=strategy, relative_margin=None)
-    first, again = mine(hits, pos, scores, ids, cfg, 20), mine(hits, pos, scores, ids, cfg, 20)
+    first, again = mine(hits, pos, scores, cfg, 20), mine(hits, pos, scores, cfg, 20)
     for q in range(5):
         assert len(set(_kept(first, q))) == 4
         assert _kept(first, q) == _kept(again, q)
@@ -65,9 +65,9 @@ def test_hub_cap_is_honoured_in_query_order_and_deterministic():
     positives = {q: [(0, 0.95, True)] for q in range(3)}
     hits, pos, scores, ids = _case(candidates, positives)
     cfg = MineConfig(num_negatives=2, relative_margin=None, max_uses_per_negative=1)
-    result = mine(hits, pos, scores, ids, cfg, 10)
+    result = mine(hits, pos, scores, cfg, 10)
     assert [_kept(result, q) for q in range(3)] == [[1, 2], [3, 4], [5]]
     assert _reason(result, 1, query=1) == "over_used" and _reason(result, 3, query=2) == "over_used"
-    assert result.equals(mine(hits, pos, scores, ids, cfg, 10))
+    assert result.equals(mine(hits, pos, scores, cfg, 10))
     uses = result.filter(pl.col("reason").is_null()).group_by("doc_row").len()["len"]
     assert uses.max() == 1

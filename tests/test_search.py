@@ -1,13 +1,11 @@
-"""Sharded FAISS search merged across shards equals one exact search over the whole corpus."""
+"""Streaming search: exact top-k, bit-identical for any block size and query partitioning, ties by corpus row."""
 
 from __future__ import annotations
 
 import numpy as np
-import polars as pl
 import pytest
 
-from negforge.schemas.tables import POSITIVES, frame
-from negforge.tasks.search import merge_hits, search_shard
+from negforge.tasks.search import SLACK, propose, rank_exactly
 
 
 def _unit(rng: np.random.Generator, n: int, dim: int = 16) -> np.ndarray:
@@ -15,42 +13,46 @@ def _unit(rng: np.random.Generator, n: int, dim: int = 16) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-def _sharded_search(tmp_path, docs, queries, shard_size, depth, positives):
-    np.save(tmp_path / "q.npy", queries)
-    pos_path = tmp_path / "positives.parquet"
-    positives.write_parquet(pos_path)
-    out = tmp_path / f"out-{shard_size}"
-    out.mkdir()
-    results = []
-    for i, start in enumerate(range(0, len(docs), shard_size)):
-        path = tmp_path / f"corpus-{shard_size}-{i:05d}.npy"
-        np.save(path, docs[start:start + shard_size])
-        results.append(search_shard(str(path), start, [str(tmp_path / "q.npy")], str(pos_path), depth, 7, str(out)))
-    merged = merge_hits([r["hits"] for r in results], [r["positive_scores"] for r in results], depth, str(out))
-    return pl.read_parquet(merged["hits"]), pl.read_parquet(merged["positive_scores"])
+def _search(queries, docs, depth, rows_per_block, excluded=None):
+    proposed = propose(queries, docs, depth + SLACK, rows_per_block, excluded)
+    return rank_exactly(queries, docs, proposed, depth)
 
 
-@pytest.mark.parametrize("shard_size", [10, 33, 1000])
-def test_sharded_top_k_equals_exact_search(tmp_path, shard_size):
+@pytest.mark.parametrize("rows_per_block", [10, 33, 1000])
+def test_top_k_equals_brute_force(rows_per_block):
     rng = np.random.default_rng(0)
     docs, queries = _unit(rng, 120), _unit(rng, 25)
-    positives = frame(POSITIVES, {"query_row": [0, 3], "query_id": ["a", "b"], "doc_row": [5, 77],
-                                  "positive_id": ["x", "y"], "text_hash": ["h", "i"], "canonical": [True, True]})
-    hits, pos_scores = _sharded_search(tmp_path, docs, queries, shard_size, 9, positives)
+    q, rows, scores = _search(queries, docs, 9, rows_per_block)
     exact = queries @ docs.T
-    for q in range(len(queries)):
-        expected = np.argsort(-exact[q], kind="stable")[:9]
-        got = hits.filter(pl.col("query_row") == q).sort("rank")
-        assert got["doc_row"].to_list() == expected.tolist()
-        np.testing.assert_allclose(got["score"].to_numpy(), exact[q, expected], atol=1e-5)
-    assert pos_scores["doc_row"].to_list() == [5, 77]
-    np.testing.assert_allclose(pos_scores["score"].to_numpy(), [exact[0, 5], exact[3, 77]], atol=1e-6)
+    for query in range(len(queries)):
+        expected = np.argsort(-exact[query], kind="stable")[:9]
+        assert rows[q == query].tolist() == expected.tolist()
+        np.testing.assert_allclose(scores[q == query], exact[query, expected], atol=1e-6)
 
 
-def test_ties_across_shards_resolve_by_corpus_row(tmp_path):
+def test_results_are_bit_identical_for_any_block_size_and_partitioning():
+    rng = np.random.default_rng(3)
+    docs, queries = _unit(rng, 3000, 64), _unit(rng, 90, 64)
+    whole = _search(queries, docs, 20, 3000)
+    for rows_per_block in (7, 256, 1111):
+        for cut in ((0, 90), (0, 1, 2, 45, 90), tuple(range(0, 91, 10))):
+            parts = [_search(queries[a:b], docs, 20, rows_per_block) for a, b in zip(cut[:-1], cut[1:])]
+            q = np.concatenate([p[0] + a for p, a in zip(parts, cut[:-1])])
+            assert np.array_equal(q, whole[0])
+            assert np.array_equal(np.concatenate([p[1] for p in parts]), whole[1])
+            assert np.array_equal(np.concatenate([p[2] for p in parts]), whole[2])  # same bits
+
+
+def test_ties_resolve_by_corpus_row_across_blocks():
     docs = np.tile(_unit(np.random.default_rng(1), 1), (12, 1))  # twelve identical vectors: all scores tie
-    queries = docs[:2].copy()
-    positives = frame(POSITIVES, {"query_row": [0], "query_id": ["a"], "doc_row": [0], "positive_id": ["x"],
-                                  "text_hash": ["h"], "canonical": [True]})
-    by_five, _ = _sharded_search(tmp_path, docs, queries, 5, 4, positives)
-    assert by_five.filter(pl.col("query_row") == 1)["doc_row"].to_list() == [0, 1, 2, 3]
+    q, rows, _ = _search(docs[:2].copy(), docs, 4, 5)
+    assert rows[q == 1].tolist() == [0, 1, 2, 3]
+
+
+def test_excluded_rows_are_never_returned_and_short_corpora_pad_nothing():
+    rng = np.random.default_rng(2)
+    docs, queries = _unit(rng, 30), _unit(rng, 4)
+    excluded = np.array([0, 5, 6, 29])
+    q, rows, _ = _search(queries, docs, 40, 8, excluded)
+    assert not set(rows.tolist()) & set(excluded.tolist())
+    assert np.bincount(q).tolist() == [26] * 4  # every remaining document once per query, no -1 padding

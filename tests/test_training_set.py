@@ -12,7 +12,7 @@ from tests.test_mine import CANDS, _case
 
 def test_keep_candidates_lists_every_dropped_candidate_with_its_reason(tmp_path):
     hits, positives, scores, ids = _case(CANDS, {0: [(1, 0.85, True)]})
-    candidates = mine(hits, positives, scores, ids, MineConfig(num_negatives=2, max_score=0.75), 10)
+    candidates = mine(hits, positives, scores, MineConfig(num_negatives=2, max_score=0.75), 10)
     shard = tmp_path / "corpus-00000.parquet"
     frame(TEXT_SHARD, {"row": range(8), "text_hash": [f"h{i}" for i in range(8)], "id": [f"p{i}" for i in range(8)],
                        "text": [f"doc {i}" for i in range(8)]}).write_parquet(shard)

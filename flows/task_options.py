@@ -1,0 +1,20 @@
+"""How negforge declares its Prefect tasks: readable run names, no Prefect result caching (stages are idempotent
+through their own content-addressed outputs), and retries only where a second try can help."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+
+def _transient(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry only what a second try can fix: I/O, network and timeouts, not bad input or a failed check."""
+    return isinstance(state.result(raise_on_failure=False), (OSError, TimeoutError, ConnectionError))
+
+
+def negforge_task(fn: Any, name: str, retried: bool = False) -> Any:
+    """A task whose runs are named readably; `retried` ones (storage, models) retry transient errors with backoff."""
+    retry = {"retries": 2, "retry_delay_seconds": [2, 10], "retry_condition_fn": _transient} if retried else {}
+    return task(fn, name=name, task_run_name=name, cache_policy=NO_CACHE, **retry)

@@ -1,0 +1,72 @@
+"""The pass over all mined partitions, in query order: the hub cap, then the ids table and the run's summaries.
+
+Everything else about a query is decided inside its partition; only `mine.max_uses_per_negative` needs the queries
+before it (in the order their first positive appeared), so its sampling runs here, partition after partition, with
+one running count of uses.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+
+from negforge.schemas.config import BuildConfig
+from negforge.schemas.stages import Mined, MinedPartition, ScoreStats, Texts
+from negforge.tasks.audit import audit
+from negforge.tasks.mine import reason_counts, reasons_per_query, sample_window
+from negforge.tasks.quality_checks import contaminated_queries
+from negforge.tasks.training_set import ids_table
+
+
+def score_stats(scores: pl.Series) -> ScoreStats:
+    if scores.is_empty():
+        return ScoreStats(count=0)
+    return ScoreStats(count=scores.len(), mean=round(float(scores.mean()), 6), min=round(float(scores.min()), 6),
+                      median=round(float(scores.median()), 6), max=round(float(scores.max()), 6))
+
+
+def _with_hub_cap(parts: list[MinedPartition], positives: pl.DataFrame, config: BuildConfig) -> list[pl.DataFrame]:
+    """Each partition's candidates, sampled in query order with one count of uses across partitions."""
+    uses: dict[int, int] = {}
+    sampled = []
+    for part in parts:
+        candidates = pl.read_parquet(part.mined)
+        if config.mine.max_uses_per_negative is not None:
+            rows = pl.col("query_row").is_between(part.partition.first, part.partition.stop - 1)
+            candidates = sample_window(candidates, positives.filter(rows),
+                                       pl.read_parquet(part.candidates.positive_scores).filter(rows), config.mine,
+                                       uses)
+        sampled.append(candidates)
+    return sampled
+
+
+def combine(parts: list[MinedPartition], texts: Texts, config: BuildConfig, out_dir: str) -> Mined:
+    """Apply the hub cap, build the ids table, count reasons, audit; write ids and candidates under `out_dir`."""
+    parts = sorted(parts, key=lambda p: p.partition.first)
+    positives = pl.read_parquet(texts.positives)
+    candidates = pl.concat(_with_hub_cap(parts, positives, config))
+    positive_scores = pl.concat([pl.read_parquet(p.candidates.positive_scores) for p in parts]).filter(
+        pl.col("query_row").is_in(positives["query_row"].unique()))
+    ids, short = ids_table(candidates, positives, positive_scores, texts.corpus_files, config.output.format,
+                           config.mine.num_negatives, config.output.keep_candidates)
+    dropped = contaminated_queries(texts.query_files, config) if config.validate_.drop_eval_queries else []
+    ids = ids.filter(~pl.col("query_id").is_in(dropped))
+    report = None
+    if config.audit.qrels:
+        doc_ids = (pl.scan_parquet(texts.corpus_files).select("row", "id")
+                   .filter(pl.col("row").is_in(candidates["doc_row"].unique())).collect())
+        report = audit(candidates, positives, doc_ids, config.audit.qrels, config.input.format,
+                       config.mine.num_negatives)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files = {name: str(out / f"{name}.parquet") for name in ("ids", "candidates", "positive-scores")}
+    ids.write_parquet(files["ids"])
+    candidates.write_parquet(files["candidates"])
+    positive_scores.write_parquet(files["positive-scores"])
+    queries = positives["query_row"].n_unique()
+    return Mined(ids=files["ids"], candidates=files["candidates"], positive_scores=files["positive-scores"],
+                 reasons=reason_counts(candidates), reasons_per_query=reasons_per_query(candidates, queries),
+                 short_queries=tuple(short), dropped_eval_queries=tuple(dropped), audit=report,
+                 positive_score_stats=score_stats(positive_scores["score"]),
+                 negative_score_stats=score_stats(candidates.filter(pl.col("reason").is_null())["score"]))

@@ -1,0 +1,152 @@
+"""One partition of queries, searched and mined by one task on one worker.
+
+The task streams the corpus once for its queries (tasks/search.py), computes candidate similarities, searches its
+short queries deeper when `mine.max_depth` asks for it, rescores with a second model when one is set, and mines. It
+writes its candidates and their reasons to files; the flow only sees the small `MinedPartition`. Re-mining runs the
+mining half alone on stored candidates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from negforge.schemas.config import BuildConfig
+from negforge.schemas.stages import CandidateFiles, Deepened, MinedPartition, Partition, SearchJob, Texts
+from negforge.schemas.tables import HITS, POSITIVE_SCORES, frame
+from negforge.tasks.mine import mine
+from negforge.tasks.progress import TaskProgress
+from negforge.tasks.rescore import rescore_pairs, rescorer_spec
+from negforge.tasks.search import SLACK, open_vectors, pair_scores, propose, rank_exactly
+from negforge.tasks.similarity import candidate_similarity
+
+# Queries whose candidate vectors are gathered at once for exact scores and similarities (bounds memory).
+QUERY_CHUNK = 2048
+
+
+def _rows(table: str | tuple[str, ...], partition: Partition) -> pl.DataFrame:
+    """The rows of a table (by query_row) that belong to the partition, read with a pushed-down filter."""
+    return (pl.scan_parquet(table).filter(pl.col("query_row").is_between(partition.first, partition.stop - 1))
+            .collect())
+
+
+def _search(query_rows: np.ndarray, queries: np.ndarray, job: SearchJob, depth: int, excluded: np.ndarray | None,
+            progress: TaskProgress | None = None) -> pl.DataFrame:
+    """The best `depth` candidates of the given queries (global rows), ranked: HITS + rank."""
+    corpus = open_vectors(job.corpus)
+    proposed = propose(queries, corpus, depth + SLACK, job.rows_per_block, excluded,
+                       on_block=progress.advance if progress else None)
+    parts = []
+    for start in range(0, len(queries), QUERY_CHUNK):
+        stop = start + QUERY_CHUNK
+        qi, rows, scores = rank_exactly(queries[start:stop], corpus, proposed[start:stop], depth)
+        parts.append(frame(HITS, {"query_row": query_rows[start:stop][qi], "doc_row": rows, "score": scores}))
+    hits = pl.concat(parts)
+    return hits.with_columns(pl.int_range(pl.len(), dtype=pl.UInt32).over("query_row").alias("rank"))
+
+
+def _positive_scores(positives: pl.DataFrame, first: int, queries: np.ndarray, job: SearchJob) -> pl.DataFrame:
+    pairs = positives.select("query_row", "doc_row").unique().sort("query_row", "doc_row")
+    q, d = pairs["query_row"].to_numpy(), pairs["doc_row"].to_numpy()
+    corpus = open_vectors(job.corpus)
+    scores = pair_scores(queries[q - first], np.asarray(corpus[d], dtype=np.float32)) if len(q) else []
+    return frame(POSITIVE_SCORES, {"query_row": q, "doc_row": d, "score": scores})
+
+
+def _similarity(hits: pl.DataFrame, positives: pl.DataFrame, job: SearchJob) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """candidate_similarity over chunks of queries, so only a chunk's candidate vectors are in memory."""
+    corpus = open_vectors(job.corpus)
+    rows = hits["query_row"].unique().sort()
+    with_sim, pairs = [], []
+    for start in range(0, len(rows), QUERY_CHUNK):
+        chunk = rows[start:start + QUERY_CHUNK]
+        part, near = candidate_similarity(hits.filter(pl.col("query_row").is_in(chunk)),
+                                          positives.filter(pl.col("query_row").is_in(chunk)), corpus)
+        with_sim.append(part)
+        pairs.append(near)
+    return pl.concat(with_sim), pl.concat(pairs)
+
+
+def _short(hits: pl.DataFrame, positives: pl.DataFrame, positive_scores: pl.DataFrame, near: pl.DataFrame,
+           config: BuildConfig, range_max: int) -> list[int]:
+    """Query rows whose window holds fewer than num_negatives candidates (decided before rescoring and the hub
+    cap, which need the model and all partitions)."""
+    candidates = mine(hits, positives, positive_scores, config.mine, range_max, near, config.dedup.eps,
+                      defer_sampling=True)
+    counts = candidates.filter(pl.col("reason").is_null()).group_by("query_row").len()
+    full = set(counts.filter(pl.col("len") >= config.mine.num_negatives)["query_row"].to_list())
+    return [row for row in positives["query_row"].unique().sort().to_list() if row not in full]
+
+
+def _deepen(hits: pl.DataFrame, near: pl.DataFrame, positives: pl.DataFrame, positive_scores: pl.DataFrame,
+            queries: np.ndarray, first: int, job: SearchJob, config: BuildConfig,
+            excluded: np.ndarray | None) -> tuple[pl.DataFrame, pl.DataFrame, Deepened]:
+    """Search queries left short of negatives deeper, doubling the depth up to mine.max_depth, until they fill."""
+    short = _short(hits, positives, positive_scores, near, config, job.range_max)
+    report = Deepened(queries_short=len(short), still_short=len(short), depth=job.depth)
+    depth = job.depth
+    while short and depth < config.mine.max_depth:
+        depth = min(config.mine.max_depth, depth * 2)
+        rows = np.array(short, dtype=np.int64)
+        deeper, deeper_near = _similarity(_search(rows, queries[rows - first], job, depth, excluded),
+                                          positives.filter(pl.col("query_row").is_in(short)), job)
+        keep = ~pl.col("query_row").is_in(short)
+        hits = pl.concat([hits.filter(keep), deeper]).sort("query_row", "rank")
+        near = pl.concat([near.filter(keep), deeper_near]).sort("query_row", "doc_row")
+        short = _short(hits, positives, positive_scores, near, config, job.range_max)
+        report = replace(report, queries_deepened=report.queries_short, still_short=len(short), depth=depth)
+    return hits, near, report
+
+
+def _rescore(hits: pl.DataFrame, positive_scores: pl.DataFrame, texts: Texts,
+             config: BuildConfig) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Add the rescorer's score of every candidate and positive (`rescore` columns)."""
+    spec = rescorer_spec(config.rescore, config.runtime.device)
+    scores = rescore_pairs(pl.concat([hits.select("query_row", "doc_row"),
+                                      positive_scores.select("query_row", "doc_row")]),
+                           spec, texts.query_files, texts.corpus_files)
+    return tuple(table.join(scores, on=["query_row", "doc_row"], how="left", maintain_order="left")
+                 for table in (hits, positive_scores))
+
+
+def search_and_mine(partition: Partition, job: SearchJob, config: BuildConfig) -> MinedPartition:
+    """Search, deepen, rescore and mine one partition of queries; write its candidates and their reasons."""
+    queries = np.ascontiguousarray(open_vectors(job.queries)[partition.first:partition.stop], dtype=np.float32)
+    positives = _rows(job.texts.positives, partition)
+    excluded = (pl.read_parquet(job.excluded_docs)["dropped_row"].to_numpy() if job.excluded_docs else None)
+    progress = TaskProgress(job.progress_dir, f"partition-{partition.number:05d}",
+                            len(queries) * job.corpus.rows)
+    rows = np.arange(partition.first, partition.stop)
+    hits = _search(rows, queries, job, job.depth, excluded, progress)
+    positive_scores = _positive_scores(positives, partition.first, queries, job)
+    hits, near = _similarity(hits, positives, job)
+    deepened = Deepened(depth=job.depth)
+    if config.mine.max_depth and config.mine.max_depth > job.depth:
+        hits, near, deepened = _deepen(hits, near, positives, positive_scores, queries, partition.first, job,
+                                       config, excluded)
+    if config.rescore.model:
+        hits, positive_scores = _rescore(hits, positive_scores, job.texts, config)
+    out = Path(job.out_dir) / f"partition-{partition.number:05d}"
+    out.mkdir(parents=True, exist_ok=True)
+    files = CandidateFiles(hits=str(out / "hits.parquet"), positive_scores=str(out / "positive-scores.parquet"),
+                           near_pairs=str(out / "near-pairs.parquet"))
+    hits.write_parquet(files.hits)
+    positive_scores.write_parquet(files.positive_scores)
+    near.write_parquet(files.near_pairs)
+    return replace(mine_partition(partition, files, job.texts, config, job.range_max, deepened.depth, str(out)),
+                   deepened=deepened)
+
+
+def mine_partition(partition: Partition, files: CandidateFiles, texts: Texts, config: BuildConfig, range_max: int,
+                   depth: int, out_dir: str) -> MinedPartition:
+    """Mine a partition's candidates to `depth`; with a hub cap, sampling waits for the pass over all partitions."""
+    hits = _rows(files.hits, partition).filter(pl.col("rank") < depth).sort("query_row", "rank")
+    candidates = mine(hits, _rows(texts.positives, partition), _rows(files.positive_scores, partition),
+                      config.mine, range_max, _rows(files.near_pairs, partition), config.dedup.eps, config.rescore,
+                      defer_sampling=config.mine.max_uses_per_negative is not None)
+    path = Path(out_dir) / f"mined-{partition.number:05d}.parquet"
+    candidates.write_parquet(path)
+    return MinedPartition(partition=partition, candidates=files, mined=str(path), deepened=Deepened(depth=depth))
