@@ -35,10 +35,13 @@ from negforge.schemas.stages import Mined, MinedPartition, Texts
 from negforge.tasks.candidate_store import save_candidates
 from negforge.tasks.dataset_card import dataset_card
 from negforge.tasks.ingest import ingest
-from negforge.tasks.model import resolve_model
+from negforge.tasks.ann_index import check_index_settings
+from negforge.tasks.model import embedding_dimension, resolve_model
+from negforge.tasks.sizing import check_budget
 from negforge.tasks.quality_gate import check_candidate, check_inputs
 from negforge.tasks.registry import Registry
 from negforge.tasks.training_set import write_training_set
+from negforge.tasks.up_to_date import side_inputs, unchanged_version, up_to_date_result
 
 ingest_task = negforge_task(ingest, "ingest", retried=True)
 validate_inputs_task = negforge_task(check_inputs, "validate inputs")
@@ -88,6 +91,12 @@ def build_training_set(config: BuildConfig) -> dict[str, Any]:
         The version folder, whether it was newly published, and the manifest's counts.
     """
     with tags("negforge", config.publish.dataset):  # on every task run, so the UI filters a dataset's work
+        unchanged = unchanged_version(config, code_version())
+        if unchanged:
+            get_run_logger().info("up to date: %s (inputs, config, model and code unchanged)", unchanged)
+            result = up_to_date_result(unchanged)
+            publish_artifacts(result["manifest"], str(unchanged), published=False)
+            return result
         runner = current_task_runner()
         starter = runner.start_in_background() if runner else None
         try:
@@ -108,12 +117,17 @@ def _build(config: BuildConfig, worker_count: Any) -> dict[str, Any]:
     texts, counts = ingested.texts, ingested.counts
     logger.info("ingested %d documents (%d unique texts), %d queries with positives, %d rows rejected",
                 counts.documents, counts.unique_texts, counts.queries_used, counts.rows_rejected)
+    check_index_settings(config.search, counts.unique_texts)
+    dimension = embedding_dimension(resolve_model(config.embed.model))
+    if dimension:
+        check_budget(config.runtime, worker_count(), dimension)
     with _timed(timings, "validate_inputs"):
         validate_inputs_task(ingested, str(run_dir / "validation" / "inputs"))
 
     with _timed(timings, "embed"):
         embedded = embed_stage(texts, config, run_dir, worker_count())
     logger.info("embedded %d texts, %d from the store", embedded.texts_embedded, embedded.texts_cached)
+    check_budget(config.runtime, worker_count(), embedded.corpus.dim)
 
     corpus_dedup = None
     if config.dedup.corpus:
@@ -124,16 +138,22 @@ def _build(config: BuildConfig, worker_count: Any) -> dict[str, Any]:
     range_max = config.mine.effective_range_max(texts.max_positives)
     depth = config.search.depth or range_max + texts.max_positives
     with _timed(timings, "search_and_mine"):
-        parts, deepened = search_and_mine_all(texts, embedded, config, depth, range_max,
+        parts, deepened, probe = search_and_mine_all(texts, embedded, config, depth, range_max,
                                               corpus_dedup["excluded_docs"] if corpus_dedup else None, run_dir,
                                               worker_count())
+    if probe:
+        (logger.info if probe.met_target else logger.warning)(
+            "%s index: %s=%d, probe recall %.4f on %d queries (target %s%s), mined negatives changed: %s",
+            probe.kind, "nprobe" if probe.kind == "ivf" else "efSearch", probe.knob, probe.recall, probe.queries,
+            config.search.target_recall, "" if probe.met_target else ", NOT met", probe.negatives_changed)
     base = {
         "created_at": started.isoformat(), "inputs": list(ingested.inputs),
         "model": {"name": config.embed.model, "weights_sha256": resolve_model(config.embed.model).weights_sha256,
                   "fingerprints": embedded.fingerprints},
         "embed": {"texts_embedded": embedded.texts_embedded, "texts_cached": embedded.texts_cached,
                   "store_repaired": list(embedded.store_repaired)},
-        "search": {"depth": depth, "range_max": range_max},
+        "search": {"depth": depth, "range_max": range_max, "index": config.search.index,
+                   "probe": asdict(probe) if probe else None},
         "counts": counts.as_dict(),
         "rejects": {"path": ingested.rejects_path, "reasons": ingested.reject_reasons},
         "adaptive_depth": asdict(deepened) if config.mine.max_depth and config.mine.max_depth > depth else None,
@@ -189,6 +209,7 @@ def mine_and_publish(config: BuildConfig, texts: Texts, parts: list[MinedPartiti
         "reasons": mined.reasons, "reasons_per_query": mined.reasons_per_query,
         "short_queries": {"count": len(mined.short_queries), "ids": list(mined.short_queries)},
         "dropped_eval_queries": list(mined.dropped_eval_queries), "audit": mined.audit,
+        "side_inputs": side_inputs(config),
         "scores": {"positive": asdict(mined.positive_score_stats), "negative": asdict(mined.negative_score_stats)},
         "validation": validation,
         "files": written["files"] | {"bytes": written["bytes"]}, "timings": timings,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Callable
@@ -97,6 +98,24 @@ def _console_without_tracebacks() -> None:
     PrefectConsoleHandler.format = without_traceback
 
 
+class _NoTaskRunLines(logging.Filter):
+    """Drops the console's per-task-run INFO lines ("Finished in state Completed()"): stages show progress bars
+    instead. Warnings and errors pass; the Prefect UI still gets every line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.name != "prefect.task_runs" or record.levelno >= logging.WARNING
+
+
+def _quiet_task_runs() -> None:
+    """Without --debug: no per-task-run lines on this process's console, nor on local Dask workers' consoles."""
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    for handler in logging.getLogger("prefect").handlers + logging.getLogger().handlers:
+        if isinstance(handler, PrefectConsoleHandler):
+            handler.addFilter(_NoTaskRunLines())
+    os.environ["PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"] = "WARNING"  # read by local workers when they start
+
+
 def _print_result(result: dict) -> int:
     counts = result["counts"]
     print(f"{counts['rows']} training rows from {counts['queries_used']} queries; "
@@ -129,6 +148,7 @@ def _run_flow(args: argparse.Namespace, dataset: str, prepare: Callable[[], Call
         run = prepare()
         if not args.debug:
             _console_without_tracebacks()
+            _quiet_task_runs()
         api_ready()
         with tags("negforge", dataset):
             result = run()
@@ -162,7 +182,13 @@ def cmd_remine(args: argparse.Namespace) -> int:
 def cmd_build(args: argparse.Namespace) -> int:
     from negforge.schemas.config import load_config
 
+    from negforge.flows.versions_info import code_version
+    from negforge.tasks.up_to_date import unchanged_version, up_to_date_result
+
     config = load_config(args.config or default_config(), args.overrides)
+    unchanged = unchanged_version(config, code_version())
+    if unchanged:  # before any Prefect server or Dask cluster starts: the UI shows no run for this
+        return _print_result(up_to_date_result(unchanged))
 
     def prepare() -> Callable[[], dict]:
         from negforge.flows.build import build_training_set
@@ -216,13 +242,16 @@ def main(argv: list[str] | None = None) -> int:
     from negforge.tasks.candidate_store import RemineError
     from negforge.tasks.model import ModelError
     from negforge.tasks.readers import InputError
+    from negforge.tasks.ann_index import IndexSettingError
+    from negforge.tasks.sizing import BudgetError
     from negforge.tasks.validate import ValidationFailed
 
     try:
         commands = {"build": cmd_build, "remine": cmd_remine, "versions": cmd_versions, "gc": cmd_gc,
                     "serve": cmd_serve, "trigger": cmd_trigger, "deployments": cmd_deployments}
         return commands[args.command](args)
-    except (ConfigError, InputError, ModelError, ValidationFailed, RemineError, KeyError, NoPrefectAPI) as error:
+    except (ConfigError, InputError, ModelError, ValidationFailed, RemineError, KeyError, NoPrefectAPI,
+            IndexSettingError, BudgetError) as error:
         if args.debug:
             raise
         message = error.args[0] if isinstance(error, KeyError) else error

@@ -29,9 +29,12 @@ def local_cluster_kwargs(runtime: RuntimeConfig) -> dict:
     import dask
 
     threads = str(runtime.threads_per_worker)
+    environment = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads}
+    console_level = os.environ.get("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL")
+    if console_level:  # the CLI quiets per-task-run lines on workers' consoles too (flows/cli.py)
+        environment["PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"] = console_level
     dask.config.set({"distributed.worker.profile.enabled": False,
-                     "distributed.nanny.pre-spawn-environ": {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
-                                                             "OPENBLAS_NUM_THREADS": threads}})
+                     "distributed.nanny.pre-spawn-environ": environment})
     workers = runtime.n_workers or max(1, (os.cpu_count() or 1) // runtime.threads_per_worker)
     return {"n_workers": workers, "threads_per_worker": runtime.threads_per_worker, "processes": True,
             "dashboard_address": None}

@@ -79,6 +79,27 @@ class SearchConfig(_Section):
     depth: int | None = Field(
         None, gt=0, description="Candidates retrieved per query (null: range_max + the most positives of any query)."
     )
+    index: Literal["flat", "ivf", "hnsw"] = Field(
+        "flat", description="flat: exact search (the reference for correctness); ivf or hnsw: FAISS approximate "
+                            "indexes (8-bit vectors) that propose candidates, scored exactly, measured every run.")
+    nlist: int | None = Field(None, gt=0, description="ivf: inverted lists (null: about 4 sqrt(documents)).")
+    nprobe: int | None = Field(None, gt=0, description="ivf: lists searched per query (null: tuned to target_recall).")
+    hnsw_m: int = Field(32, gt=1, description="hnsw: graph neighbours per node.")
+    ef_search: int | None = Field(None, gt=0, description="hnsw: search breadth (null: tuned to target_recall).")
+    target_recall: float | None = Field(
+        0.98, gt=0, le=1, description="ivf/hnsw: the recall probe's target for the candidate window; nprobe or "
+                                      "ef_search grows until it is met (null: use them as set).")
+    probe_queries: int = Field(200, gt=0, description="ivf/hnsw: queries (seeded sample) searched exactly to measure "
+                                                      "the index every run.")
+    seed: int = Field(0, description="Seed of the index's training sample, its k-means and the probe's queries.")
+
+    @model_validator(mode="after")
+    def _tunable(self) -> SearchConfig:
+        knob = {"ivf": self.nprobe, "hnsw": self.ef_search}.get(self.index, 0)
+        if knob is None and self.target_recall is None:
+            raise ValueError(f"search.index={self.index} needs search.target_recall or a fixed "
+                             f"search.{'nprobe' if self.index == 'ivf' else 'ef_search'}")
+        return self
 
 
 class MineConfig(_Section):

@@ -114,6 +114,15 @@ class MinedPartition:
 
 
 @dataclass(frozen=True)
+class ApproximateSearch:
+    """An approximate index (tasks/ann_index.py) and its search setting: nprobe (ivf) or efSearch (hnsw)."""
+
+    index: str
+    kind: str
+    knob: int
+
+
+@dataclass(frozen=True)
 class SearchJob:
     """What every partition task of a build shares: the texts and vectors, the depths, and where to write."""
 
@@ -126,7 +135,7 @@ class SearchJob:
     out_dir: str
     progress_dir: str
     excluded_docs: str | None = None
-    index: str | None = None
+    approximate: ApproximateSearch | None = None
 
 
 @dataclass(frozen=True)

@@ -121,3 +121,15 @@ def encode(spec: EncoderSpec, texts: list[str]):
     vectors = model.encode(texts, batch_size=spec.batch_size, prompt=spec.prompt or None,
                            normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
     return np.ascontiguousarray(vectors, dtype=np.float32)
+
+
+def embedding_dimension(ref: ModelRef) -> int | None:
+    """The model's output dimension from its sentence-transformers module configs, without loading it: the last
+    Dense layer's out_features, else the Pooling layer's word_embedding_dimension (None when neither says)."""
+    modules = Path(ref.path) / "modules.json"
+    dimension = None
+    for module in json.loads(modules.read_text()) if modules.exists() else []:
+        config = Path(ref.path) / module.get("path", "") / "config.json"
+        settings = json.loads(config.read_text()) if module.get("path") and config.exists() else {}
+        dimension = settings.get("out_features") or settings.get("word_embedding_dimension") or dimension
+    return dimension

@@ -9,14 +9,17 @@ mining half alone on stored candidates.
 from __future__ import annotations
 
 from dataclasses import replace
+from functools import lru_cache
 from pathlib import Path
 
+import faiss
 import numpy as np
 import polars as pl
 
 from negforge.schemas.config import BuildConfig
 from negforge.schemas.stages import CandidateFiles, Deepened, MinedPartition, Partition, SearchJob, Texts
 from negforge.schemas.tables import HITS, POSITIVE_SCORES, frame
+from negforge.tasks.ann_index import propose_approximately
 from negforge.tasks.mine import mine
 from negforge.tasks.progress import TaskProgress
 from negforge.tasks.rescore import rescore_pairs, rescorer_spec
@@ -33,12 +36,25 @@ def _rows(table: str | tuple[str, ...], partition: Partition) -> pl.DataFrame:
             .collect())
 
 
+@lru_cache(maxsize=1)
+def _index(path: str) -> faiss.Index:
+    """An approximate index, read once per worker process."""
+    return faiss.read_index(path)
+
+
 def _search(query_rows: np.ndarray, queries: np.ndarray, job: SearchJob, depth: int, excluded: np.ndarray | None,
             progress: TaskProgress | None = None) -> pl.DataFrame:
     """The best `depth` candidates of the given queries (global rows), ranked: HITS + rank."""
     corpus = open_vectors(job.corpus)
-    proposed = propose(queries, corpus, depth + SLACK, job.rows_per_block, excluded,
-                       on_block=progress.advance if progress else None)
+    if job.approximate:
+        approx = job.approximate
+        proposed = propose_approximately(_index(approx.index), approx.kind, approx.knob, queries,
+                                         depth + max(SLACK, depth // 4))
+        if progress:
+            progress.advance(len(queries) * job.corpus.rows)
+    else:
+        proposed = propose(queries, corpus, depth + SLACK, job.rows_per_block, excluded,
+                           on_block=progress.advance if progress else None)
     parts = []
     for start in range(0, len(queries), QUERY_CHUNK):
         stop = start + QUERY_CHUNK
@@ -48,12 +64,23 @@ def _search(query_rows: np.ndarray, queries: np.ndarray, job: SearchJob, depth: 
     return hits.with_columns(pl.int_range(pl.len(), dtype=pl.UInt32).over("query_row").alias("rank"))
 
 
-def _positive_scores(positives: pl.DataFrame, first: int, queries: np.ndarray, job: SearchJob) -> pl.DataFrame:
+def _positive_scores(positives: pl.DataFrame, rows: np.ndarray, queries: np.ndarray, job: SearchJob) -> pl.DataFrame:
+    """Scores of the positives of the queries `rows` (sorted global rows; `queries` their vectors)."""
     pairs = positives.select("query_row", "doc_row").unique().sort("query_row", "doc_row")
     q, d = pairs["query_row"].to_numpy(), pairs["doc_row"].to_numpy()
     corpus = open_vectors(job.corpus)
-    scores = pair_scores(queries[q - first], np.asarray(corpus[d], dtype=np.float32)) if len(q) else []
+    scores = pair_scores(queries[np.searchsorted(rows, q)], np.asarray(corpus[d], dtype=np.float32)) if len(q) else []
     return frame(POSITIVE_SCORES, {"query_row": q, "doc_row": d, "score": scores})
+
+
+def searched(rows: np.ndarray, queries: np.ndarray, positives: pl.DataFrame, job: SearchJob,
+             excluded: np.ndarray | None,
+             progress: TaskProgress | None = None) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """Search the queries `rows` (sorted global rows) to the job's depth: ranked hits with `pos_sim`, their
+    near-duplicate pairs, and the positives' scores."""
+    hits = _search(rows, queries, job, job.depth, excluded, progress)
+    hits, near = _similarity(hits, positives, job)
+    return hits, near, _positive_scores(positives, rows, queries, job)
 
 
 def _similarity(hits: pl.DataFrame, positives: pl.DataFrame, job: SearchJob) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -82,7 +109,7 @@ def _short(hits: pl.DataFrame, positives: pl.DataFrame, positive_scores: pl.Data
 
 
 def _deepen(hits: pl.DataFrame, near: pl.DataFrame, positives: pl.DataFrame, positive_scores: pl.DataFrame,
-            queries: np.ndarray, first: int, job: SearchJob, config: BuildConfig,
+            queries: np.ndarray, rows: np.ndarray, job: SearchJob, config: BuildConfig,
             excluded: np.ndarray | None) -> tuple[pl.DataFrame, pl.DataFrame, Deepened]:
     """Search queries left short of negatives deeper, doubling the depth up to mine.max_depth, until they fill."""
     short = _short(hits, positives, positive_scores, near, config, job.range_max)
@@ -90,9 +117,9 @@ def _deepen(hits: pl.DataFrame, near: pl.DataFrame, positives: pl.DataFrame, pos
     depth = job.depth
     while short and depth < config.mine.max_depth:
         depth = min(config.mine.max_depth, depth * 2)
-        rows = np.array(short, dtype=np.int64)
-        deeper, deeper_near = _similarity(_search(rows, queries[rows - first], job, depth, excluded),
-                                          positives.filter(pl.col("query_row").is_in(short)), job)
+        subset = np.array(short, dtype=np.int64)
+        deeper = _search(subset, queries[np.searchsorted(rows, subset)], job, depth, excluded)
+        deeper, deeper_near = _similarity(deeper, positives.filter(pl.col("query_row").is_in(short)), job)
         keep = ~pl.col("query_row").is_in(short)
         hits = pl.concat([hits.filter(keep), deeper]).sort("query_row", "rank")
         near = pl.concat([near.filter(keep), deeper_near]).sort("query_row", "doc_row")
@@ -120,13 +147,10 @@ def search_and_mine(partition: Partition, job: SearchJob, config: BuildConfig) -
     progress = TaskProgress(job.progress_dir, f"partition-{partition.number:05d}",
                             len(queries) * job.corpus.rows)
     rows = np.arange(partition.first, partition.stop)
-    hits = _search(rows, queries, job, job.depth, excluded, progress)
-    positive_scores = _positive_scores(positives, partition.first, queries, job)
-    hits, near = _similarity(hits, positives, job)
+    hits, near, positive_scores = searched(rows, queries, positives, job, excluded, progress)
     deepened = Deepened(depth=job.depth)
     if config.mine.max_depth and config.mine.max_depth > job.depth:
-        hits, near, deepened = _deepen(hits, near, positives, positive_scores, queries, partition.first, job,
-                                       config, excluded)
+        hits, near, deepened = _deepen(hits, near, positives, positive_scores, queries, rows, job, config, excluded)
     if config.rescore.model:
         hits, positive_scores = _rescore(hits, positive_scores, job.texts, config)
     out = Path(job.out_dir) / f"partition-{partition.number:05d}"

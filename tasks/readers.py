@@ -52,6 +52,11 @@ class FileRows:
     accepted: int = 0  # counted by the consumer of `records` as it takes each one
 
 
+def input_files(cfg: Any) -> list[str]:
+    """Every file a build reads rows from (input.corpus, queries, qrels, pairs), as the manifest's inputs name them."""
+    return [path for path in (cfg.corpus, *(cfg.pairs or [cfg.queries, cfg.qrels])) if path]
+
+
 def detect_format(path: str, configured: str) -> str:
     """The configured format, or the one the file's suffix names."""
     if configured != "auto":

@@ -75,6 +75,12 @@ class Registry:
             raise KeyError(f"{self.folder}: no version {version} (have: {', '.join(self.versions()) or 'none'})")
         return json.loads(path.read_text())
 
+    def intact(self, version: str) -> bool:
+        """Whether the version's data files are all there with their recorded sizes (cheap: no hashing)."""
+        folder = self.folder / version
+        files = self.manifest(version).get("files", {})
+        return all((folder / config / name).is_file() for config in ("data", "ids") for name in files.get(config, []))
+
     def staging(self) -> Path:
         """A fresh hidden folder on the registry's filesystem, for building a candidate version."""
         path = self.folder / f".staging-{uuid.uuid4().hex}"

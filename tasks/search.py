@@ -15,6 +15,7 @@ import faiss
 import numpy as np
 
 from negforge.schemas.stages import VectorFile
+from negforge.tasks.sizing import BLOCK_COPIES
 
 # Candidates proposed beyond the depth asked, so that FAISS's rounding cannot push a true top-k member out.
 SLACK = 8
@@ -31,8 +32,9 @@ def pair_scores(queries: np.ndarray, docs: np.ndarray) -> np.ndarray:
 
 
 def block_rows(dim: int, budget_bytes: int, corpus_rows: int) -> int:
-    """Corpus rows per block: a quarter of the memory budget (the block is copied once into a FAISS index)."""
-    return int(max(1024, min(corpus_rows, budget_bytes // (4 * dim * 4))))
+    """Corpus rows per block: a quarter of the memory budget (the block is copied once into a FAISS index, and
+    FAISS's own buffers come on top); tasks/sizing.py `check_budget` refuses budgets below MIN_BLOCK_ROWS."""
+    return int(max(1, min(corpus_rows, budget_bytes // (BLOCK_COPIES * dim * 4))))
 
 
 def _selector(excluded: np.ndarray | None, start: int, stop: int) -> faiss.SearchParameters | None:

@@ -35,3 +35,21 @@ def ranges(items: int, count: int) -> list[tuple[int, int]]:
     """`count` contiguous, near-equal [start, stop) ranges covering `items`."""
     bounds = [round(i * items / count) for i in range(count + 1)] if count else [0]
     return [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+
+
+# The smallest corpus block worth a FAISS call; a task holds about four copies of a block (tasks/search.py).
+MIN_BLOCK_ROWS = 1024
+BLOCK_COPIES = 4
+
+
+class BudgetError(ValueError):
+    """runtime.memory_budget_mb is too small for the work; names the smallest value that works."""
+
+
+def check_budget(runtime: RuntimeConfig, workers: int, dim: int) -> None:
+    """Refuse, before the work starts, a memory budget that cannot hold one block of `dim`-dimensional vectors."""
+    needed = MIN_BLOCK_ROWS * dim * 4 * BLOCK_COPIES
+    if memory_budget_bytes(runtime, workers) < needed:
+        raise BudgetError(f"runtime.memory_budget_mb={runtime.memory_budget_mb} cannot hold one block of "
+                          f"{MIN_BLOCK_ROWS} vectors of dimension {dim}; the smallest that works is "
+                          f"{math.ceil(needed / MIB)}")
