@@ -133,13 +133,12 @@ def _build(config: BuildConfig, worker_count: Any) -> dict[str, Any]:
     if config.dedup.corpus:
         with _timed(timings, "dedup_corpus"):
             corpus_dedup = dedup_corpus(texts, embedded.corpus, config, run_dir / "corpus-dedup", worker_count())
-        logger.info("corpus deduplication dropped %d near-duplicate documents", corpus_dedup["dropped"])
+        logger.info("corpus deduplication dropped %d near-duplicate documents", corpus_dedup.dropped)
 
-    range_max = config.mine.effective_range_max(texts.max_positives)
-    depth = config.search.depth or range_max + texts.max_positives
+    range_max, depth = config.window_and_depth(texts.max_positives)
     with _timed(timings, "search_and_mine"):
         parts, deepened, probe = search_and_mine_all(texts, embedded, config, depth, range_max,
-                                              corpus_dedup["excluded_docs"] if corpus_dedup else None, run_dir,
+                                              corpus_dedup.excluded_docs if corpus_dedup else None, run_dir,
                                               worker_count())
     if probe:
         (logger.info if probe.met_target else logger.warning)(
@@ -158,12 +157,14 @@ def _build(config: BuildConfig, worker_count: Any) -> dict[str, Any]:
         "rejects": {"path": ingested.rejects_path, "reasons": ingested.reject_reasons},
         "adaptive_depth": asdict(deepened) if config.mine.max_depth and config.mine.max_depth > depth else None,
         "run_dir": str(run_dir),
-        "corpus_dedup": {"dropped": corpus_dedup["dropped"], "record": "candidates/corpus-duplicates.parquet"}
+        "task_runs": {"embed": embedded.task_runs, "dedup_corpus": corpus_dedup.task_runs if corpus_dedup else 0,
+                      "approximate_index": 2 if probe else 0, "search_and_mine": len(parts)},
+        "corpus_dedup": {"dropped": corpus_dedup.dropped, "record": "candidates/corpus-duplicates.parquet"}
         if corpus_dedup else None,
     }
     return mine_and_publish(config, texts, parts, deepened.depth, range_max, run_dir, timings, base,
                             stored_depth=depth,
-                            corpus_duplicates=corpus_dedup["corpus_duplicates"] if corpus_dedup else None)
+                            corpus_duplicates=corpus_dedup.corpus_duplicates if corpus_dedup else None)
 
 
 def mine_and_publish(config: BuildConfig, texts: Texts, parts: list[MinedPartition], depth: int, range_max: int,

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
-
 from negforge.flows.task_options import negforge_task
 from negforge.schemas.config import BuildConfig
-from negforge.schemas.stages import Texts, VectorFile
+from negforge.schemas.stages import CorpusDeduplicated, Texts, VectorFile
 from negforge.tasks.corpus_dedup import choose_kept, near_duplicate_pairs
 from negforge.tasks.search import block_rows
 from negforge.tasks.sizing import memory_budget_bytes, ranges, task_count
@@ -16,7 +14,8 @@ pairs_task = negforge_task(near_duplicate_pairs, "corpus near-duplicates", retri
 choose_kept_task = negforge_task(choose_kept, "choose kept documents")
 
 
-def dedup_corpus(texts: Texts, corpus: VectorFile, config: BuildConfig, out_dir: Path, workers: int) -> dict[str, Any]:
+def dedup_corpus(texts: Texts, corpus: VectorFile, config: BuildConfig, out_dir: Path,
+                 workers: int) -> CorpusDeduplicated:
     """Find near-duplicate documents in parallel (each task: a range of rows against the rows before it), then
     choose which to drop before searching."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -26,4 +25,5 @@ def dedup_corpus(texts: Texts, corpus: VectorFile, config: BuildConfig, out_dir:
                .submit(first, stop, corpus, block_rows(corpus.dim, budget, corpus.rows), 1 - config.dedup.eps,
                        str(out_dir / f"pairs-{i:05d}.parquet"))
                for i, (first, stop) in enumerate(cuts)]
-    return choose_kept_task([f.result() for f in futures], texts.positives, texts.corpus_files, str(out_dir))
+    return choose_kept_task([f.result() for f in futures], texts.positives, texts.corpus_files, str(out_dir),
+                            task_runs=len(futures) + 1)

@@ -30,11 +30,12 @@ def embed_stage(texts: Texts, config: BuildConfig, run_dir: Path, workers: int) 
     (run_dir / "fingerprints.json").write_text(json.dumps(sorted({s.fingerprint for s in specs.values()})))
     store = str(Path(config.runtime.workdir) / "embeddings")
     files = {"query": texts.query_files, "corpus": texts.corpus_files}
-    out, embedded, cached = {}, 0, 0
+    out, embedded, cached, task_runs = {}, 0, 0, 0
     for kind in ("query", "corpus"):
         futures = [embed_task.submit(path, specs[kind], store, str(run_dir / "vectors" / f"{Path(path).stem}.npy"))
                    for path in files[kind]]
         results = [f.result() for f in futures]
+        task_runs += len(futures)
         matrix = np.concatenate([np.load(r["vectors"]) for r in results])
         path = run_dir / "vectors" / f"{kind}.npy"
         np.save(path, matrix)
@@ -42,4 +43,4 @@ def embed_stage(texts: Texts, config: BuildConfig, run_dir: Path, workers: int) 
         embedded += sum(r["embedded"] for r in results)
         cached += sum(r["cached"] for r in results)
     return Embedded(queries=out["query"], corpus=out["corpus"], texts_embedded=embedded, texts_cached=cached,
-                    fingerprints={kind: spec.fingerprint for kind, spec in specs.items()})
+                    fingerprints={kind: spec.fingerprint for kind, spec in specs.items()}, task_runs=task_runs)

@@ -35,8 +35,7 @@ def _remine(source: str, config: BuildConfig) -> dict[str, Any]:
     check_remine(parent["config"], config, stored.depth, stored.texts.max_positives)
     started = datetime.now(timezone.utc)
     run_dir = new_run_dir(config, started)
-    range_max = config.mine.effective_range_max(stored.texts.max_positives)
-    mine_depth = config.search.depth or range_max + stored.texts.max_positives
+    range_max, mine_depth = config.window_and_depth(stored.texts.max_positives)
     base = {
         "created_at": started.isoformat(), "inputs": parent["inputs"], "model": parent["model"],
         "embed": {"texts_embedded": 0, "texts_cached": 0}, "search": {"depth": mine_depth, "range_max": range_max},
@@ -47,5 +46,6 @@ def _remine(source: str, config: BuildConfig) -> dict[str, Any]:
     queries = pl.scan_parquet(stored.texts.query_files).select(pl.len()).collect().item()
     parts = mine_stored_all(stored.texts, stored.files, queries, config, range_max, mine_depth, run_dir,
                             workers=os.cpu_count() or 1)
+    base["task_runs"] = {"mine": len(parts)}
     return mine_and_publish(config, stored.texts, parts, mine_depth, range_max, run_dir, {}, base, parent=source,
                             stored_depth=stored.depth, corpus_duplicates=stored.corpus_duplicates)

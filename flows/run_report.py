@@ -29,6 +29,18 @@ def _table(header: tuple[str, ...], rows: list[tuple]) -> str:
     return "\n".join(lines + ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows])
 
 
+def _search_line(search: dict[str, Any]) -> str:
+    """The search settings, and the recall probe of an approximate index."""
+    line = f"Depth {search['depth']}, window {search['range_max']}, index `{search.get('index', 'flat')}`."
+    probe = search.get("probe")
+    if probe:
+        knob = "nprobe" if probe["kind"] == "ivf" else "efSearch"
+        line += (f" Recall probe on {probe['queries']} queries: {knob} {probe['knob']}, candidate-window recall "
+                 f"{probe['recall']}{'' if probe['met_target'] else ' (target NOT met)'}, mined negatives changed "
+                 f"{probe['negatives_changed']}.")
+    return line
+
+
 def report_markdown(manifest: dict[str, Any], version_dir: str, published: bool) -> str:
     """The run report, from the manifest the run wrote."""
     counts, rejects = manifest["counts"], manifest["rejects"]
@@ -61,6 +73,11 @@ from the store.
 
 ## Stage timings
 {timings}
+
+Task runs per stage: {', '.join(f'{k} {v}' for k, v in manifest.get('task_runs', {}).items() if v) or 'none'}.
+
+## Search
+{_search_line(manifest['search'])}
 
 ## Candidates and why they were dropped
 {reasons}

@@ -331,6 +331,12 @@ class BuildConfig(_Section):
         default_factory=ScheduleConfig, description="When the dataset's deployment runs; never changes what is published."
     )
 
+    def window_and_depth(self, max_positives: int) -> tuple[int, int]:
+        """The mining window (range_max, derived as the reference does when unset) and the search depth: search.depth,
+        else range_max + the most positives of any query (positives are removed from the candidates first)."""
+        range_max = self.mine.effective_range_max(max_positives)
+        return range_max, self.search.depth or range_max + max_positives
+
     def content_dict(self) -> dict[str, Any]:
         """The settings that determine the published data (everything but `runtime` and `schedule`)."""
         return self.model_dump(mode="json", by_alias=True, exclude={"runtime", "schedule"})

@@ -70,6 +70,17 @@ class Embedded:
     texts_cached: int
     fingerprints: dict[str, str]
     store_repaired: tuple[str, ...] = ()
+    task_runs: int = 0
+
+
+@dataclass(frozen=True)
+class CorpusDeduplicated:
+    """Corpus deduplication's result: the dropped rows (for search), the record of groups, and counts."""
+
+    excluded_docs: str
+    corpus_duplicates: str
+    dropped: int
+    task_runs: int
 
 
 @dataclass(frozen=True)

@@ -69,7 +69,7 @@ def check_remine(parent_config: dict[str, Any], config: Any, stored_depth: int, 
     if changed:
         raise RemineError(f"re-mining reuses the stored candidates, so {', '.join(changed)} cannot change; "
                           f"use negforge build for that")
-    needed = config.search.depth or config.mine.effective_range_max(max_positives) + max_positives
+    needed = config.window_and_depth(max_positives)[1]
     if needed > stored_depth:
         raise RemineError(f"these options need the top {needed} candidates per query, but the version stored "
                           f"{stored_depth} (its search depth); run negforge build with search.depth >= {needed}")

@@ -14,7 +14,7 @@ import faiss
 import numpy as np
 import polars as pl
 
-from negforge.schemas.stages import VectorFile
+from negforge.schemas.stages import CorpusDeduplicated, VectorFile
 from negforge.tasks.search import open_vectors, pair_scores
 from negforge.tasks.training_set import shard_rows
 
@@ -50,7 +50,8 @@ def near_duplicate_pairs(first: int, stop: int, corpus: VectorFile, rows_per_blo
     return out_path
 
 
-def choose_kept(pair_paths: list[str], positives_path: str, corpus_shards: list[str], out_dir: str) -> dict:
+def choose_kept(pair_paths: list[str], positives_path: str, corpus_shards: list[str], out_dir: str,
+                task_runs: int = 1) -> CorpusDeduplicated:
     """Decide which documents to drop; write the dropped rows (for search) and the groups with ids (the record)."""
     pairs = pl.concat([pl.read_parquet(p) for p in pair_paths])
     both_ways = pl.concat([pairs, pairs.select(pl.col("other_row").alias("doc_row"),
@@ -78,5 +79,6 @@ def choose_kept(pair_paths: list[str], positives_path: str, corpus_shards: list[
     out.mkdir(parents=True, exist_ok=True)
     table.select("dropped_row").write_parquet(out / "excluded-rows.parquet")
     record.write_parquet(out / "corpus-duplicates.parquet")
-    return {"excluded_docs": str(out / "excluded-rows.parquet"),
-            "corpus_duplicates": str(out / "corpus-duplicates.parquet"), "dropped": table.height}
+    return CorpusDeduplicated(excluded_docs=str(out / "excluded-rows.parquet"),
+                              corpus_duplicates=str(out / "corpus-duplicates.parquet"), dropped=table.height,
+                              task_runs=task_runs)

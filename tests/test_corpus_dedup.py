@@ -38,7 +38,7 @@ def test_chains_are_not_merged_and_positives_stay(tmp_path):
     def dropped(positive_rows: list[int]) -> list[tuple[str, str]]:
         pl.DataFrame({"doc_row": positive_rows}, schema={"doc_row": pl.UInt32}).write_parquet(tmp_path / "pos.parquet")
         out = choose_kept(pairs, str(tmp_path / "pos.parquet"), [str(tmp_path / "corpus.parquet")], str(tmp_path))
-        return pl.read_parquet(out["corpus_duplicates"]).select("dropped_id", "kept_id").rows()
+        return pl.read_parquet(out.corpus_duplicates).select("dropped_id", "kept_id").rows()
 
     assert dropped([]) == [("b", "a")]  # c was near b only, and b was dropped: c stays (no chaining)
     assert dropped([1]) == [("a", "b"), ("c", "b")]  # the positive b is visited first and kept
