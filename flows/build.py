@@ -37,6 +37,7 @@ from negforge.tasks.embed import embed_shard
 from negforge.tasks.ingest import ingest
 from negforge.tasks.mine import mine, reason_counts, reasons_per_query
 from negforge.tasks.model import EncoderSpec, ModelRef, named_prompt, resolve_model
+from negforge.tasks.preflight import permanent, preflight, store_shortfall
 from negforge.tasks.quality_checks import contaminated_queries
 from negforge.tasks.quality_gate import check_candidate, check_inputs
 from negforge.tasks.registry import Registry
@@ -49,8 +50,10 @@ PACKAGES = ("negforge", "prefect", "prefect-dask", "distributed", "polars", "fai
             "transformers", "torch", "datasets", "numpy", "great-expectations", "pydantic")
 
 def _transient(task: Any, task_run: Any, state: Any) -> bool:
-    """Retry only what a second try can fix: I/O, network and timeouts, not bad input or a failed check."""
-    return isinstance(state.result(raise_on_failure=False), (OSError, TimeoutError, ConnectionError))
+    """Retry only what a second try can fix: I/O, network and timeouts, not bad input, a failed check or a permanent
+    OS error (not a folder, read-only, no permission, no space)."""
+    error = state.result(raise_on_failure=False)
+    return isinstance(error, (OSError, TimeoutError, ConnectionError)) and not permanent(error)
 
 
 def _task(fn: Any, name: str, retried: bool = False) -> Any:
@@ -123,13 +126,7 @@ def write_task(mined: dict[str, Any], texts: Texts, config: BuildConfig, staging
 def publish_task(staging: str, config: BuildConfig, manifest: dict[str, Any], parent: str | None) -> dict[str, Any]:
     """Number the staged version and move it into the registry, unless it equals the newest one."""
     registry = Registry(config.publish.registry, config.publish.dataset)
-
-    def finish(folder: Path, version: str, latest: str | None, digest: str) -> None:
-        manifest.update(version=version, parent=parent or latest, data_hash=digest)
-        (folder / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=False))
-        (folder / "README.md").write_text(dataset_card(manifest))
-
-    version_dir, published = registry.publish(Path(staging), finish)
+    version_dir, published = registry.publish(Path(staging), manifest | {"parent": parent}, dataset_card)
     return {"version_dir": str(version_dir), "published": published, "version": version_dir.name}
 
 
@@ -243,6 +240,7 @@ def _build(config: BuildConfig) -> dict[str, Any]:
     started = datetime.now(timezone.utc)
     run_dir = Path(config.runtime.workdir) / "runs" / f"{started:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
     store = str(Path(config.runtime.workdir) / "embeddings")
+    preflight(config)
 
     with _timed(timings, "ingest"):
         ingested = ingest_task(config.input, str(run_dir / "ingest"), config.runtime.shard_size)
@@ -254,6 +252,9 @@ def _build(config: BuildConfig) -> dict[str, Any]:
 
     with _timed(timings, "embed"):
         ref = resolve_model(config.embed.model)
+        shortfall = store_shortfall(config.runtime.workdir, counts.unique_texts, ref.path)
+        if shortfall:
+            logger.warning(shortfall)
         specs = {"query": _encoder(ref, config, config.embed.query_prompt, config.embed.query_prompt_name),
                  "corpus": _encoder(ref, config, config.embed.corpus_prompt, config.embed.corpus_prompt_name)}
         (run_dir / "fingerprints.json").write_text(json.dumps(sorted({s.fingerprint for s in specs.values()})))
@@ -326,7 +327,7 @@ def mine_and_publish(config: BuildConfig, texts: Texts, search: dict[str, str], 
                                                  registry.manifest(latest) if latest else None,
                                                  str(run_dir / "validation" / "candidate"))
     except Exception:
-        shutil.rmtree(staging, ignore_errors=True)  # a refused candidate was already moved to quarantine
+        registry.discard(staging)  # a refused candidate was already moved to quarantine
         raise
     for warning in validation["warnings"]:
         logger.warning("drift: %s", warning)
