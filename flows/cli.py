@@ -35,7 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     remine.add_argument("--registry", default=None, help="registry folder (default: the demo config's)")
     remine.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                         help="override a mine/output/validate/publish field of the source's config (repeatable)")
-    versions = commands.add_parser("versions", help="list, show, compare or roll back published versions")
+    versions = commands.add_parser("versions", help="list, show, verify, compare or roll back published versions")
     actions = versions.add_subparsers(dest="action", required=True)
     for name, extra, text in (("list", [], "versions of a dataset"), ("show", ["version"], "one version's manifest"),
                               ("diff", ["a", "b"], "what changed between two versions"),
