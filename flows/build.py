@@ -124,7 +124,7 @@ def write_task(mined: dict[str, Any], texts: Texts, config: BuildConfig, staging
 
 @task(name="publish", task_run_name="publish", cache_policy=NO_CACHE)
 def publish_task(staging: str, config: BuildConfig, manifest: dict[str, Any], parent: str | None) -> dict[str, Any]:
-    """Number the staged version and move it into the registry, unless it equals the newest one."""
+    """Number the staged version and move it into the registry, unless it equals the newest one and that is whole."""
     registry = Registry(config.publish.registry, config.publish.dataset)
     version_dir, published = registry.publish(Path(staging), manifest | {"parent": parent}, dataset_card)
     return {"version_dir": str(version_dir), "published": published, "version": version_dir.name}
