@@ -37,6 +37,7 @@ from negforge.tasks.dataset_card import dataset_card
 from negforge.tasks.ingest import ingest
 from negforge.tasks.ann_index import check_index_settings
 from negforge.tasks.model import embedding_dimension, resolve_model
+from negforge.tasks.preflight import preflight, store_shortfall
 from negforge.tasks.sizing import check_budget
 from negforge.tasks.quality_gate import check_candidate, check_inputs
 from negforge.tasks.registry import Registry
@@ -60,13 +61,7 @@ def write_task(mined: Mined, texts: Texts, config: BuildConfig, staging: str) ->
 def publish_task(staging: str, config: BuildConfig, manifest: dict[str, Any], parent: str | None) -> dict[str, Any]:
     """Number the staged version and move it into the registry, unless it equals the newest one."""
     registry = Registry(config.publish.registry, config.publish.dataset)
-
-    def finish(folder: Path, version: str, latest: str | None, digest: str) -> None:
-        manifest.update(version=version, parent=parent or latest, data_hash=digest)
-        (folder / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=False))
-        (folder / "README.md").write_text(dataset_card(manifest))
-
-    version_dir, published = registry.publish(Path(staging), finish)
+    version_dir, published = registry.publish(Path(staging), manifest | {"parent": parent}, dataset_card)
     return {"version_dir": str(version_dir), "published": published, "version": version_dir.name}
 
 
@@ -111,6 +106,7 @@ def _build(config: BuildConfig, worker_count: Any) -> dict[str, Any]:
     timings: dict[str, float] = {}
     started = datetime.now(timezone.utc)
     run_dir = new_run_dir(config, started)
+    preflight(config)
 
     with _timed(timings, "ingest"):
         ingested = ingest_task(config.input, str(run_dir / "ingest"), config.runtime.shard_size)
@@ -124,6 +120,9 @@ def _build(config: BuildConfig, worker_count: Any) -> dict[str, Any]:
     with _timed(timings, "validate_inputs"):
         validate_inputs_task(ingested, str(run_dir / "validation" / "inputs"))
 
+    shortfall = store_shortfall(config.runtime.workdir, counts.unique_texts, resolve_model(config.embed.model).path)
+    if shortfall:
+        logger.warning(shortfall)
     with _timed(timings, "embed"):
         embedded = embed_stage(texts, config, run_dir, worker_count())
     logger.info("embedded %d texts, %d from the store", embedded.texts_embedded, embedded.texts_cached)
@@ -197,7 +196,7 @@ def mine_and_publish(config: BuildConfig, texts: Texts, parts: list[MinedPartiti
                                                  registry.manifest(latest) if latest else None,
                                                  str(run_dir / "validation" / "candidate"))
     except Exception:
-        shutil.rmtree(staging, ignore_errors=True)  # a refused candidate was already moved to quarantine
+        registry.discard(staging)  # a refused candidate was already moved to quarantine
         raise
     for warning in validation["warnings"]:
         logger.warning("drift: %s", warning)

@@ -18,6 +18,7 @@ from negforge.flows.partition_stage import mine_stored_all
 from negforge.schemas.config import BuildConfig
 from negforge.schemas.stages import COUNT_KEYS
 from negforge.tasks.candidate_store import check_remine, load_candidates
+from negforge.tasks.preflight import preflight
 from negforge.tasks.registry import Registry
 
 
@@ -29,8 +30,9 @@ def remine_training_set(source: str, config: BuildConfig) -> dict[str, Any]:
 
 
 def _remine(source: str, config: BuildConfig) -> dict[str, Any]:
+    preflight(config)
     registry = Registry(config.publish.registry, config.publish.dataset)
-    parent = registry.manifest(source)
+    parent = registry.whole_manifest(source)
     stored = load_candidates(registry.folder / source / "candidates")
     check_remine(parent["config"], config, stored.depth, stored.texts.max_positives)
     started = datetime.now(timezone.utc)

@@ -18,7 +18,7 @@ import fsspec
 from negforge.schemas.config import BuildConfig
 from negforge.tasks.model import resolve_model
 from negforge.tasks.readers import input_files
-from negforge.tasks.registry import Registry
+from negforge.tasks.registry import NotFound, Registry
 
 CHUNK = 1 << 22
 
@@ -60,11 +60,11 @@ def unchanged_version(config: BuildConfig, code_version: str) -> Path | None:
     try:
         latest = registry.latest()
         manifest = registry.manifest(latest) if latest else None
-    except (KeyError, OSError, ValueError):
+    except (NotFound, OSError, ValueError):
         return None
     if not manifest or manifest.get("code_version") != code_version or not _same_config(config, manifest["config"]):
         return None
-    if not registry.intact(latest):
+    if registry.problems(latest):
         return None
     if manifest["model"]["weights_sha256"] != resolve_model(config.embed.model).weights_sha256:
         return None
