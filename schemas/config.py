@@ -289,7 +289,7 @@ class RuntimeConfig(_Section):
                                                       "task sizes follow memory_budget_mb and the workers).")
     memory_budget_mb: int | None = Field(
         None, gt=0, description="Memory one task may use, in MiB; work is cut into tasks no bigger than this (null: "
-                                "derived from the machine: available memory split over the workers, halved).")
+                                "derived from the machine: the smaller of 1 GiB and half the available memory per worker).")
     tasks_per_worker: int = Field(2, gt=0, description="Tasks per worker per stage, when the memory budget allows "
                                                       "fewer, larger ones (more: finer progress and retries).")
     workdir: str = Field("./.negforge", description="Run workspaces and the content-addressed embedding store.")

@@ -45,7 +45,6 @@ def _index(path: str) -> faiss.Index:
 def _search(query_rows: np.ndarray, queries: np.ndarray, job: SearchJob, depth: int, excluded: np.ndarray | None,
             progress: TaskProgress | None = None) -> pl.DataFrame:
     """The best `depth` candidates of the given queries (global rows), ranked: HITS + rank."""
-    corpus = open_vectors(job.corpus)
     if job.approximate:
         approx = job.approximate
         proposed = propose_approximately(_index(approx.index), approx.kind, approx.knob, queries,
@@ -53,12 +52,12 @@ def _search(query_rows: np.ndarray, queries: np.ndarray, job: SearchJob, depth: 
         if progress:
             progress.advance(len(queries) * job.corpus.rows)
     else:
-        proposed = propose(queries, corpus, depth + SLACK, job.rows_per_block, excluded,
+        proposed = propose(queries, job.corpus, depth + SLACK, job.rows_per_block, excluded,
                            on_block=progress.advance if progress else None)
     parts = []
     for start in range(0, len(queries), QUERY_CHUNK):
         stop = start + QUERY_CHUNK
-        qi, rows, scores = rank_exactly(queries[start:stop], corpus, proposed[start:stop], depth)
+        qi, rows, scores = rank_exactly(queries[start:stop], open_vectors(job.corpus), proposed[start:stop], depth)
         parts.append(frame(HITS, {"query_row": query_rows[start:stop][qi], "doc_row": rows, "score": scores}))
     hits = pl.concat(parts)
     return hits.with_columns(pl.int_range(pl.len(), dtype=pl.UInt32).over("query_row").alias("rank"))
@@ -85,13 +84,13 @@ def searched(rows: np.ndarray, queries: np.ndarray, positives: pl.DataFrame, job
 
 def _similarity(hits: pl.DataFrame, positives: pl.DataFrame, job: SearchJob) -> tuple[pl.DataFrame, pl.DataFrame]:
     """candidate_similarity over chunks of queries, so only a chunk's candidate vectors are in memory."""
-    corpus = open_vectors(job.corpus)
     rows = hits["query_row"].unique().sort()
     with_sim, pairs = [], []
     for start in range(0, len(rows), QUERY_CHUNK):
         chunk = rows[start:start + QUERY_CHUNK]
         part, near = candidate_similarity(hits.filter(pl.col("query_row").is_in(chunk)),
-                                          positives.filter(pl.col("query_row").is_in(chunk)), corpus)
+                                          positives.filter(pl.col("query_row").is_in(chunk)),
+                                          open_vectors(job.corpus))
         with_sim.append(part)
         pairs.append(near)
     return pl.concat(with_sim), pl.concat(pairs)

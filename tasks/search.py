@@ -22,8 +22,18 @@ SLACK = 8
 
 
 def open_vectors(vectors: VectorFile) -> np.ndarray:
-    """The matrix of a VectorFile, memory-mapped read-only."""
+    """The matrix of a VectorFile, memory-mapped read-only, for gathering scattered rows. Pages it touched stay
+    mapped (and counted in the process's memory) until the returned array is dropped: keep it short-lived."""
     return np.load(vectors.path, mmap_mode="r")
+
+
+def read_rows(vectors: VectorFile, start: int, stop: int) -> np.ndarray:
+    """Rows [start, stop) of a VectorFile, read into memory (not mapped: streaming the corpus leaves nothing
+    resident behind)."""
+    offset = open_vectors(vectors).offset
+    count = (stop - start) * vectors.dim
+    return np.fromfile(vectors.path, dtype=np.float32, count=count,
+                       offset=offset + start * vectors.dim * 4).reshape(stop - start, vectors.dim)
 
 
 def pair_scores(queries: np.ndarray, docs: np.ndarray) -> np.ndarray:
@@ -32,8 +42,9 @@ def pair_scores(queries: np.ndarray, docs: np.ndarray) -> np.ndarray:
 
 
 def block_rows(dim: int, budget_bytes: int, corpus_rows: int) -> int:
-    """Corpus rows per block: a quarter of the memory budget (the block is copied once into a FAISS index, and
-    FAISS's own buffers come on top); tasks/sizing.py `check_budget` refuses budgets below MIN_BLOCK_ROWS."""
+    """Corpus rows per block: a quarter of the memory budget (the block read, a copy in a FAISS index when some
+    rows are excluded, and FAISS's own buffers); tasks/sizing.py `check_budget` refuses budgets below
+    MIN_BLOCK_ROWS."""
     return int(max(1, min(corpus_rows, budget_bytes // (BLOCK_COPIES * dim * 4))))
 
 
@@ -45,7 +56,7 @@ def _selector(excluded: np.ndarray | None, start: int, stop: int) -> faiss.Searc
     return faiss.SearchParameters(sel=faiss.IDSelectorNot(faiss.IDSelectorBatch(local))) if len(local) else None
 
 
-def propose(queries: np.ndarray, corpus: np.ndarray, k: int, rows_per_block: int,
+def propose(queries: np.ndarray, corpus: VectorFile, k: int, rows_per_block: int,
             excluded: np.ndarray | None = None, on_block: Callable[[int], None] | None = None) -> np.ndarray:
     """Corpus rows of each query's best `k` candidates by FAISS (-1 where fewer exist), streaming corpus blocks.
 
@@ -53,11 +64,16 @@ def propose(queries: np.ndarray, corpus: np.ndarray, k: int, rows_per_block: int
     """
     heap = faiss.ResultHeap(len(queries), k, keep_max=True)
     queries = np.ascontiguousarray(queries, dtype=np.float32)
-    for start in range(0, corpus.shape[0], rows_per_block):
-        stop = min(start + rows_per_block, corpus.shape[0])
-        index = faiss.IndexFlatIP(corpus.shape[1])
-        index.add(np.ascontiguousarray(corpus[start:stop], dtype=np.float32))
-        scores, rows = index.search(queries, min(k, stop - start), params=_selector(excluded, start, stop))
+    for start in range(0, corpus.rows, rows_per_block):
+        stop = min(start + rows_per_block, corpus.rows)
+        block = read_rows(corpus, start, stop)
+        selector = _selector(excluded, start, stop)
+        if selector is None:
+            scores, rows = faiss.knn(queries, block, min(k, stop - start), metric=faiss.METRIC_INNER_PRODUCT)
+        else:
+            index = faiss.IndexFlatIP(corpus.dim)
+            index.add(block)
+            scores, rows = index.search(queries, min(k, stop - start), params=selector)
         heap.add_result(scores, np.where(rows >= 0, rows + start, -1))
         if on_block:
             on_block(len(queries) * (stop - start))

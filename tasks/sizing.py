@@ -15,11 +15,15 @@ from negforge.schemas.config import RuntimeConfig
 MIB = 1 << 20
 
 
+DEFAULT_BUDGET = 1024 * MIB
+
+
 def memory_budget_bytes(runtime: RuntimeConfig, workers: int) -> int:
-    """Bytes one task may use: the configured budget, else the available memory split over the workers, halved."""
+    """Bytes one task may use: the configured budget, else the smaller of 1 GiB and half the available memory per
+    worker (more buys nothing: blocks of that size already keep FAISS and the disk busy)."""
     if runtime.memory_budget_mb is not None:
         return runtime.memory_budget_mb * MIB
-    return max(256 * MIB, psutil.virtual_memory().available // (2 * max(1, workers)))
+    return max(256 * MIB, min(DEFAULT_BUDGET, psutil.virtual_memory().available // (2 * max(1, workers))))
 
 
 def task_count(items: int, bytes_per_item: float, workers: int, runtime: RuntimeConfig) -> int:

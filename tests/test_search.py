@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 import numpy as np
 import pytest
 
+from negforge.schemas.stages import VectorFile
 from negforge.tasks.search import SLACK, propose, rank_exactly
 
 
@@ -14,7 +18,9 @@ def _unit(rng: np.random.Generator, n: int, dim: int = 16) -> np.ndarray:
 
 
 def _search(queries, docs, depth, rows_per_block, excluded=None):
-    proposed = propose(queries, docs, depth + SLACK, rows_per_block, excluded)
+    path = Path(tempfile.mkdtemp()) / "corpus.npy"
+    np.save(path, docs)
+    proposed = propose(queries, VectorFile(str(path), *docs.shape), depth + SLACK, rows_per_block, excluded)
     return rank_exactly(queries, docs, proposed, depth)
 
 
