@@ -329,3 +329,30 @@ def test_date_like_and_integer_values_stay_as_written(tmp_path):
         read = readers.read_table(str(tmp_path / name), "auto", FIELDS).rows
         assert read.select("id", "text", "title").rows() == [
             (str(r["_id"]), r["text"], str(r.get("title", ""))) for r in rows]
+
+
+def test_a_folder_behind_an_fsspec_url_and_a_recursive_glob(tmp_path):
+    import fsspec
+
+    for i, part in enumerate((DOCS[:2], DOCS[2:])):
+        with fsspec.open(f"memory://negforge-inputs/corpus/{i:02d}/part.jsonl.gz", "wb", compression="gzip") as out:
+            out.write(_jsonl(part))
+    summary = _ingest(tmp_path, "memory://negforge-inputs/corpus")
+    assert _corpus_ids(summary) == [d["_id"] for d in DOCS]
+    assert [re.sub("^memory:/+", "", e["path"]) for e in summary.inputs[:2]] == [
+        f"negforge-inputs/corpus/{i:02d}/part.jsonl.gz" for i in range(2)]  # URLs as fsspec writes them
+    (tmp_path / "deep" / "a" / "b").mkdir(parents=True)
+    (tmp_path / "deep" / "a" / "b" / "docs.jsonl").write_bytes(_jsonl(DOCS))
+    assert _ingest(tmp_path, tmp_path / "deep" / "**" / "*.jsonl").counts.documents == len(DOCS)
+
+
+def test_parquet_fields_of_other_types_are_rejected_by_field(tmp_path):
+    rows = pl.DataFrame({"_id": ["d0", "d1", "d2", None, "d4"], "text": ["a", "b", "c", "d", "e"],
+                         "title": [1.5, None, None, None, None]})
+    rows.write_parquet(tmp_path / "corpus.parquet")
+    summary = _ingest(tmp_path, tmp_path / "corpus.parquet")
+    assert _rejects(summary)[:2] == [("corpus.parquet", 1, "title", "wrong_type"),
+                                     ("corpus.parquet", 4, "_id", "missing_field")]
+    (tmp_path / "corpus.parquet").write_bytes(b"PAR1 not really")
+    with pytest.raises(InputError, match=r"corpus\.parquet: not a readable parquet file"):
+        _ingest(tmp_path, tmp_path / "corpus.parquet")
