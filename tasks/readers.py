@@ -38,7 +38,7 @@ from negforge.tasks.text import WHITESPACE
 
 RAW_LIMIT = 200
 BATCH_BYTES = 32 << 20  # text read per batch
-PARQUET_BATCH_ROWS = 16_384
+ROWS_PER_BATCH = 16_384  # parquet rows, or csv rows parsed one by one, per batch
 BOM = b"\xef\xbb\xbf"
 
 
@@ -88,7 +88,7 @@ class _Parsed:
     record: Callable[[int], dict[str, Any]]  # row i as the file has it, for the raw text of a field reject
 
 
-def raw_text(value: Any) -> str:
+def _raw_text(value: Any) -> str:
     """A rejected value as the rejects table shows it: strings as they are, anything else as its repr, cut short."""
     return (value if isinstance(value, str) else repr(value))[:RAW_LIMIT]
 
@@ -452,7 +452,7 @@ def _delimited_one_by_one(batches: Iterator[bytes], first_line: int, header: lis
         else:
             records.append(dict(zip(header, values)))
             lines.append(number)
-        if len(records) + len(bad[0]) == PARQUET_BATCH_ROWS:
+        if len(records) + len(bad[0]) == ROWS_PER_BATCH:
             yield _Parsed(_from_records(records, lines, fields), _reject_frame(*bad), records.__getitem__)
             records, lines, bad = [], [], ([], [], [])
     yield _Parsed(_from_records(records, lines, fields), _reject_frame(*bad), records.__getitem__)
@@ -492,7 +492,7 @@ def _parquet_batches(file: InputFile, fields: dict[str, Field], seen: set[str]) 
             seen.update(parquet.schema_arrow.names)
             wanted = sorted({f.column for f in fields.values()} & set(parquet.schema_arrow.names))
             first = 1
-            for batch in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=wanted):
+            for batch in parquet.iter_batches(batch_size=ROWS_PER_BATCH, columns=wanted):
                 frame = pl.from_arrow(pa.Table.from_batches([batch]))
                 lines = pl.int_range(first, first + frame.height, dtype=pl.Int64, eager=True)
                 first += frame.height
@@ -534,9 +534,9 @@ def _field_rejects(parsed: _Parsed, fields: dict[str, Field]) -> tuple[pl.Series
 
 def _field_raw(parsed: _Parsed, index: int, column: str, reason: str, value: Any) -> str:
     if reason == "empty_text":
-        return raw_text(value)
+        return _raw_text(value)
     record = parsed.record(index)
-    return raw_text(record if reason == "missing_field" else record.get(column))
+    return _raw_text(record if reason == "missing_field" else record.get(column))
 
 
 def _checked(parsed: _Parsed, fields: dict[str, Field], file: InputFile, number: int) -> Checked:
