@@ -24,7 +24,7 @@ import polars as pl
 from prefect import flow, get_run_logger, tags, task
 from prefect.cache_policies import NO_CACHE
 
-from negforge.flows.run_report import ShardProgress, publish_artifacts
+from negforge.flows.run_report import ShardProgress, publish_artifacts, reject_lines
 from negforge.flows.task_runner import BuildTaskRunner
 from negforge.schemas.config import BuildConfig
 from negforge.schemas.stages import Texts
@@ -95,7 +95,7 @@ def mine_task(search: dict[str, str], texts: Texts, config: BuildConfig, range_m
         doc_ids = (pl.scan_parquet(texts.corpus_files).select("row", "id")
                    .filter(pl.col("row").is_in(candidates["doc_row"].unique())).collect())
         report = audit(candidates, query_ids, doc_ids, config.audit.qrels, config.input.format,
-                       config.mine.num_negatives)
+                       config.input.positive_threshold, config.mine.num_negatives)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     candidates.write_parquet(out / "candidates.parquet")
@@ -247,6 +247,8 @@ def _build(config: BuildConfig) -> dict[str, Any]:
     texts, counts = ingested.texts, ingested.counts
     logger.info("ingested %d documents (%d unique texts), %d queries with positives, %d rows rejected",
                 counts.documents, counts.unique_texts, counts.queries_used, counts.rows_rejected)
+    for line in reject_lines(ingested.reject_reasons, ingested.reject_samples):
+        logger.warning("rows rejected: %s", line)
     with _timed(timings, "validate_inputs"):
         validate_inputs_task(ingested, str(run_dir / "validation" / "inputs"))
 
@@ -290,7 +292,8 @@ def _build(config: BuildConfig) -> dict[str, Any]:
         "embed": {"texts_embedded": embedded["texts_embedded"], "texts_cached": embedded["texts_cached"]},
         "search": {"depth": depth, "range_max": range_max},
         "counts": counts.as_dict(),
-        "rejects": {"path": ingested.rejects_path, "reasons": ingested.reject_reasons},
+        "rejects": {"path": ingested.rejects_path, "reasons": ingested.reject_reasons,
+                    "samples": ingested.reject_samples},
         "adaptive_depth": deepened, "run_dir": str(run_dir),
         "corpus_dedup": {"dropped": corpus_dedup["dropped"], "record": "candidates/corpus-duplicates.parquet"}
         if corpus_dedup else None,
