@@ -26,7 +26,7 @@ from prefect.cache_policies import NO_CACHE
 from negforge.flows.corpus_dedup_stage import dedup_corpus
 from negforge.flows.embed_stage import embed_stage
 from negforge.flows.partition_stage import combine_all, search_and_mine_all
-from negforge.flows.run_report import publish_artifacts
+from negforge.flows.run_report import publish_artifacts, reject_lines
 from negforge.flows.task_options import negforge_task
 from negforge.flows.task_runner import BuildTaskRunner, current_task_runner
 from negforge.flows.versions_info import code_version, package_versions
@@ -113,6 +113,8 @@ def _build(config: BuildConfig, worker_count: Any) -> dict[str, Any]:
     texts, counts = ingested.texts, ingested.counts
     logger.info("ingested %d documents (%d unique texts), %d queries with positives, %d rows rejected",
                 counts.documents, counts.unique_texts, counts.queries_used, counts.rows_rejected)
+    for line in reject_lines(ingested.reject_reasons, ingested.reject_samples):
+        logger.warning("rows rejected: %s", line)
     check_index_settings(config.search, counts.unique_texts)
     dimension = embedding_dimension(resolve_model(config.embed.model))
     if dimension:
@@ -153,7 +155,8 @@ def _build(config: BuildConfig, worker_count: Any) -> dict[str, Any]:
         "search": {"depth": depth, "range_max": range_max, "index": config.search.index,
                    "probe": asdict(probe) if probe else None},
         "counts": counts.as_dict(),
-        "rejects": {"path": ingested.rejects_path, "reasons": ingested.reject_reasons},
+        "rejects": {"path": ingested.rejects_path, "reasons": ingested.reject_reasons,
+                    "samples": ingested.reject_samples},
         "adaptive_depth": asdict(deepened) if config.mine.max_depth and config.mine.max_depth > depth else None,
         "run_dir": str(run_dir),
         "task_runs": {"embed": embedded.task_runs, "dedup_corpus": corpus_dedup.task_runs if corpus_dedup else 0,

@@ -57,7 +57,7 @@ def combine(parts: list[MinedPartition], texts: Texts, config: BuildConfig, out_
         doc_ids = (pl.scan_parquet(texts.corpus_files).select("row", "id")
                    .filter(pl.col("row").is_in(candidates["doc_row"].unique())).collect())
         report = audit(candidates, positives, doc_ids, config.audit.qrels, config.input.format,
-                       config.mine.num_negatives)
+                       config.input.positive_threshold, config.mine.num_negatives)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     files = {name: str(out / f"{name}.parquet") for name in ("ids", "candidates", "positive-scores")}

@@ -17,7 +17,7 @@ import fsspec
 
 from negforge.schemas.config import BuildConfig
 from negforge.tasks.model import resolve_model
-from negforge.tasks.readers import input_files
+from negforge.tasks.readers import InputError, input_files
 from negforge.tasks.registry import NotFound, Registry
 
 CHUNK = 1 << 22
@@ -71,5 +71,10 @@ def unchanged_version(config: BuildConfig, code_version: str) -> Path | None:
     if manifest.get("side_inputs", []) != side_inputs(config):
         return None
     stored = {(entry["path"], entry["sha256"]) for entry in manifest["inputs"]}
-    current = {(path, sha256_of(path)) for path in input_files(config.input)}
+    specs = [config.input.corpus, *(config.input.pairs or [config.input.queries, config.input.qrels])]
+    try:
+        files = [file.path for spec in specs if spec for file in input_files(spec, config.input.format)]
+    except InputError:
+        return None
+    current = {(path, sha256_of(path)) for path in files}
     return registry.folder / latest if current == stored else None

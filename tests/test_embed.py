@@ -16,7 +16,8 @@ from negforge.tasks.text import text_hash
 def _shard(tmp_path, name, texts):
     path = tmp_path / f"{name}.parquet"
     frame(TEXT_SHARD, {"row": range(len(texts)), "text_hash": [text_hash(t) for t in texts],
-                       "id": [f"d{i}" for i in range(len(texts))], "text": texts}).write_parquet(path)
+                       "id": [f"d{i}" for i in range(len(texts))], "text": texts,
+                       "length": [len(t) for t in texts]}).write_parquet(path)
     return str(path)
 
 
