@@ -171,5 +171,6 @@ def mine_partition(partition: Partition, files: CandidateFiles, texts: Texts, co
                       config.mine, range_max, _rows(files.near_pairs, partition), config.dedup.eps, config.rescore,
                       defer_sampling=config.mine.max_uses_per_negative is not None)
     path = Path(out_dir) / f"mined-{partition.number:05d}.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
     candidates.write_parquet(path)
     return MinedPartition(partition=partition, candidates=files, mined=str(path), deepened=Deepened(depth=depth))
