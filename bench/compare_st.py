@@ -7,8 +7,9 @@ rebuild, and a build of a copy of the corpus with 1% new documents (synthetic, b
 memory is sampled over each process tree (Dask workers and the Prefect server included; PSS, RSS beside it). Prints
 one JSON line per round, then, as its last line, one JSON object of medians over the rounds: st_s,
 negforge_cold_s, negforge_warm_s, negforge_plus1_s, ratio (cold / reference), warm_ratio and plus1_ratio (over
-cold; each the median of the rounds' ratios), st_peak_mb, negforge_peak_mb (PSS; *_rss_mb beside), jaccard, stages
-(the median cold round's manifest timings) and spread ([min, max] of each).
+cold; each the median of the rounds' ratios), st_cpu_s and negforge_cold_cpu_s (CPU seconds of the process tree),
+st_peak_mb, negforge_peak_mb (PSS; *_rss_mb beside), jaccard, stages (the median cold round's manifest timings) and
+spread ([min, max] of each).
 
     .venv/bin/python bench/compare_st.py [--runs 3] [--data ../shared/data/scifact] [--work /tmp/negforge-bench]
 """
@@ -65,6 +66,7 @@ def one_round(data: Path, model: str, plus_one: Path, work: Path) -> dict[str, A
     version = published_version(cold.stdout)
     return {"st_s": round(st.seconds, 1), "negforge_cold_s": round(cold.seconds, 1),
             "negforge_warm_s": round(warm.seconds, 1), "negforge_plus1_s": round(plus.seconds, 1),
+            "st_cpu_s": round(st.cpu_seconds, 1), "negforge_cold_cpu_s": round(cold.cpu_seconds, 1),
             "ratio": round(cold.seconds / st.seconds, 3), "warm_ratio": round(warm.seconds / cold.seconds, 3),
             "plus1_ratio": round(plus.seconds / cold.seconds, 3),
             "st_peak_mb": round(st.peak_pss_mb), "st_peak_rss_mb": round(st.peak_rss_mb),

@@ -7,6 +7,7 @@ itself shows. Both are seeded and cached under --cache. For each size the refere
 (fresh registry and workdir) run in fresh processes, one after the other, with the options printed on the first line
 (negforge's quality gate is told to accept low coverage: static embeddings place documents close together, and the
 comparison is mining, not a gate refusal). Then one JSON line per size: docs, queries, st_s, negforge_s, ratio,
+st_cpu_s and negforge_cpu_s (CPU seconds of each process tree: the work, apart from waiting on a shared machine),
 st_peak_mb, negforge_peak_mb (PSS over the process tree; *_rss_mb beside), task_runs (the build's task runs, from
 the Prefect API), stages (the manifest's timings), jaccard (the mined negative sets, mean over queries), and with
 --ivf a build with `search.index: ivf` (its time, probe and jaccard) or "unsupported".
@@ -110,7 +111,7 @@ def negforge_build(data: Path, work: Path, dataset: str, settings: dict[str, Any
     work.mkdir(parents=True)
     build = run_measured(build_command(data, work, dataset, SCALE_SETTINGS | settings), work / f"{dataset}.log")
     version = published_version(build.stdout)
-    return {"seconds": build.seconds, "pss": build.peak_pss_mb, "rss": build.peak_rss_mb, "version": version,
+    return {"seconds": build.seconds, "cpu": build.cpu_seconds, "pss": build.peak_pss_mb, "rss": build.peak_rss_mb, "version": version,
             "task_runs": task_runs(f"build {dataset}"),
             "manifest": json.loads((version / "manifest.json").read_text())}
 
@@ -126,6 +127,7 @@ def measure(label: str, data: Path, model: Path, work: Path, ivf: bool) -> dict[
     counts = ours["manifest"]["counts"]
     row = {"docs": counts["documents"], "queries": counts["queries_used"], "st_s": round(st.seconds, 1),
            "negforge_s": round(ours["seconds"], 1), "ratio": round(ours["seconds"] / st.seconds, 3),
+           "st_cpu_s": round(st.cpu_seconds, 1), "negforge_cpu_s": round(ours["cpu"], 1),
            "st_peak_mb": round(st.peak_pss_mb), "negforge_peak_mb": round(ours["pss"]),
            "st_peak_rss_mb": round(st.peak_rss_mb), "negforge_peak_rss_mb": round(ours["rss"]),
            "task_runs": ours["task_runs"], "stages": ours["manifest"]["timings"],

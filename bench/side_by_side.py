@@ -10,6 +10,7 @@ once, and RSS beside it.
 from __future__ import annotations
 
 import json
+import resource
 import statistics
 import subprocess
 import sys
@@ -47,9 +48,11 @@ rows.to_parquet(out)
 
 @dataclass(frozen=True)
 class Measured:
-    """One command's wall seconds, peak memory of its process tree (PSS and RSS, MiB) and stdout."""
+    """One command's wall seconds, CPU seconds of its process tree (user + system), peak memory of the tree (PSS and
+    RSS, MiB) and stdout."""
 
     seconds: float
+    cpu_seconds: float
     peak_pss_mb: float
     peak_rss_mb: float
     stdout: str
@@ -67,8 +70,11 @@ def _tree_memory(root: psutil.Process) -> tuple[float, float]:
 
 
 def run_measured(args: list[str], log: Path) -> Measured:
-    """Run a command from the repository root, stderr to `log`; stop the benchmark if it fails."""
-    start = time.perf_counter()
+    """Run a command from the repository root, stderr to `log`; stop the benchmark if it fails.
+
+    CPU time counts every process of the tree that its parent waited for (all of negforge's and the reference's):
+    on a shared machine it shows the work apart from the wait for a core."""
+    start, used = time.perf_counter(), _children_cpu()
     with log.open("w") as errors:
         process = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=errors, text=True)
         root, peak_pss, peak_rss = psutil.Process(process.pid), 0.0, 0.0
@@ -81,10 +87,16 @@ def run_measured(args: list[str], log: Path) -> Measured:
             time.sleep(0.2)
         seconds = time.perf_counter() - start
         output = process.stdout.read()
+    cpu = _children_cpu() - used
     if process.returncode:
         tail = log.read_text()[-3000:]
         raise SystemExit(f"{' '.join(args[:4])} failed with exit code {process.returncode} (log: {log}):\n{tail}")
-    return Measured(seconds, peak_pss, peak_rss, output)
+    return Measured(seconds, cpu, peak_pss, peak_rss, output)
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def reference_command(data: Path, model: str, out: Path) -> list[str]:
