@@ -238,5 +238,5 @@ def ingest(cfg: InputConfig, out_dir: str | Path, shard_size: int) -> Ingested:
         rows_rejected=sum(len(f.rejects) for f in files))
     result = Ingested(texts=texts_table, counts=counts, inputs=tuple(inputs), rejects_path=str(rejects_path),
                       reject_reasons=dict(Counter(r.reason for f in files for r in f.rejects).most_common()))
-    (out / "summary.json").write_text(json.dumps(asdict(result), indent=2))
+    (out / "summary.json").write_text(json.dumps(asdict(result), indent=2, allow_nan=False))
     return result
