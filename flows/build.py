@@ -107,11 +107,10 @@ def mine_task(search: dict[str, str], texts: Texts, config: BuildConfig, range_m
             "negative_scores": _stats(candidates.filter(pl.col("reason").is_null())["score"])}
 
 
-def _stats(scores: pl.Series) -> dict[str, float | int]:
-    if scores.is_empty():
-        return {"count": 0}
-    return {"count": scores.len(), "mean": round(float(scores.mean()), 6), "min": round(float(scores.min()), 6),
-            "median": round(float(scores.median()), 6), "max": round(float(scores.max()), 6)}
+def _stats(scores: pl.Series) -> dict[str, float | int | None]:
+    """Count, mean, min, median and max of the scores; with no scores the statistics are undefined: null."""
+    values = {"mean": scores.mean(), "min": scores.min(), "median": scores.median(), "max": scores.max()}
+    return {"count": scores.len(), **{k: None if v is None else round(float(v), 6) for k, v in values.items()}}
 
 
 @task(name="write training set", task_run_name="write training set", cache_policy=NO_CACHE)
@@ -259,7 +258,8 @@ def _build(config: BuildConfig) -> dict[str, Any]:
             logger.warning(shortfall)
         specs = {"query": _encoder(ref, config, config.embed.query_prompt, config.embed.query_prompt_name),
                  "corpus": _encoder(ref, config, config.embed.corpus_prompt, config.embed.corpus_prompt_name)}
-        (run_dir / "fingerprints.json").write_text(json.dumps(sorted({s.fingerprint for s in specs.values()})))
+        fingerprints = sorted({spec.fingerprint for spec in specs.values()})
+        (run_dir / "fingerprints.json").write_text(json.dumps(fingerprints, allow_nan=False))
         embedded = _embed_all(texts, specs, store, run_dir, config.publish.dataset)
     logger.info("embedded %d texts, %d from the store", embedded["texts_embedded"], embedded["texts_cached"])
 

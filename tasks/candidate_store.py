@@ -36,7 +36,7 @@ def save_candidates(folder: Path, search: dict[str, str], texts: Texts, depth: i
     (pl.scan_parquet(texts.corpus_files).filter(pl.col("row").is_in(needed)).collect()
      .write_parquet(folder / "documents.parquet"))
     meta = {"depth": depth, "max_positives": texts.max_positives}
-    (folder / "meta.json").write_text(json.dumps(meta))
+    (folder / "meta.json").write_text(json.dumps(meta, allow_nan=False))
 
 
 def load_candidates(folder: Path) -> tuple[Texts, dict[str, str], int]:

@@ -14,10 +14,8 @@ import faiss
 import numpy as np
 import polars as pl
 
+from negforge.schemas.tables import CORPUS_DUPLICATES, CORPUS_PAIRS
 from negforge.tasks.training_set import shard_rows
-
-PAIRS = {"doc_row": pl.UInt32, "other_row": pl.UInt32, "cosine": pl.Float32}
-DUPLICATES = {"dropped_row": pl.UInt32, "kept_row": pl.UInt32, "cosine": pl.Float32}
 
 
 def near_duplicate_pairs(shard: int, corpus_vectors: list[str], shard_size: int, min_cosine: float,
@@ -34,7 +32,7 @@ def near_duplicate_pairs(shard: int, corpus_vectors: list[str], shard_size: int,
         theirs = rows + other * shard_size
         keep = (cosines >= np.float32(min_cosine)) & (theirs < mine)
         parts.append(pl.DataFrame({"doc_row": mine[keep], "other_row": theirs[keep], "cosine": cosines[keep]},
-                                  schema=PAIRS))
+                                  schema=CORPUS_PAIRS))
     pl.concat(parts).write_parquet(out_path)
     return out_path
 
@@ -58,7 +56,7 @@ def choose_kept(pair_paths: list[str], positives_path: str, corpus_shards: list[
         dropped["dropped_row"].append(doc)
         dropped["kept_row"].append(group[0])
         dropped["cosine"].append(group[1])
-    table = pl.DataFrame(dropped, schema=DUPLICATES)
+    table = pl.DataFrame(dropped, schema=CORPUS_DUPLICATES)
     ids = shard_rows(corpus_shards, pl.concat([table["dropped_row"], table["kept_row"]])).select("row", "id")
     record = (table.join(ids.rename({"row": "dropped_row", "id": "dropped_id"}), on="dropped_row", how="left")
               .join(ids.rename({"row": "kept_row", "id": "kept_id"}), on="kept_row", how="left")

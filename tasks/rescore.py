@@ -16,10 +16,9 @@ import numpy as np
 import polars as pl
 
 from negforge.schemas.config import RescoreConfig
+from negforge.schemas.tables import RESCORE_PAIRS
 from negforge.tasks.model import EncoderSpec, encode, resolve_model
 from negforge.tasks.training_set import shard_rows
-
-PAIRS = {"query_row": pl.UInt32, "doc_row": pl.UInt32}
 
 
 @dataclass(frozen=True)
@@ -57,9 +56,9 @@ def load_cross_encoder(path: str, weights_sha256: str, max_length: int | None, d
 
 def plan_batches(hits_path: str, positives_path: str, pairs_per_task: int, out_dir: str) -> list[str]:
     """Split the distinct (query, document) pairs of the hits and the positives into task-sized files."""
-    pairs = (pl.concat([pl.read_parquet(hits_path, columns=list(PAIRS)),
-                        pl.read_parquet(positives_path, columns=list(PAIRS))])
-             .unique().sort(list(PAIRS)))
+    pairs = (pl.concat([pl.read_parquet(hits_path, columns=list(RESCORE_PAIRS)),
+                        pl.read_parquet(positives_path, columns=list(RESCORE_PAIRS))])
+             .unique().sort(list(RESCORE_PAIRS)))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -87,7 +86,7 @@ def rescore_batch(batch_path: str, spec: RescorerSpec, query_shards: list[str], 
         model = load_cross_encoder(spec.path, spec.weights_sha256, spec.max_length, spec.device)
         scores = model.predict(list(zip(queries, docs)), batch_size=spec.batch_size, show_progress_bar=False,
                                convert_to_numpy=True)
-    pairs.select(*PAIRS).with_columns(pl.Series("rescore", np.asarray(scores, dtype=np.float32))).write_parquet(
+    pairs.select(*RESCORE_PAIRS).with_columns(pl.Series("rescore", np.asarray(scores, dtype=np.float32))).write_parquet(
         out_path)
     return out_path
 
@@ -109,6 +108,6 @@ def attach_rescores(search: dict[str, str], score_paths: list[str], out_dir: str
     for key in ("hits", "positive_scores"):
         path = out / f"{key}-rescored.parquet"
         table = pl.read_parquet(search[key])
-        table.join(scores, on=list(PAIRS), how="left", maintain_order="left").write_parquet(path)
+        table.join(scores, on=list(RESCORE_PAIRS), how="left", maintain_order="left").write_parquet(path)
         attached[key] = str(path)
     return search | attached
