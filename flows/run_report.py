@@ -59,9 +59,9 @@ def report_markdown(manifest: dict[str, Any], version_dir: str, published: bool)
     reasons = _table(("outcome", "candidates", "queries", "mean per query", "max per query"),
                      [(name, n, per_query.get(name, {}).get("queries", ""), per_query.get(name, {}).get("mean", ""),
                        per_query.get(name, {}).get("max", "")) for name, n in manifest["reasons"].items()])
-    scores = _table(("scores", "count", "mean", "min", "median", "max"),
-                    [(kind, *[stats.get(k, "") for k in ("count", "mean", "min", "median", "max")])
-                     for kind, stats in manifest["scores"].items()])
+    statistics = ("count", "mean", "min", "median", "max")
+    scores = _table(("scores", *statistics), [(kind, *["" if stats.get(k) is None else stats[k] for k in statistics])
+                                              for kind, stats in manifest["scores"].items()])
     short = manifest["short_queries"]
     validation = manifest["validation"]
     outcome = "published" if published else "up to date: equal to the latest version, nothing published"

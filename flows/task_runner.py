@@ -4,13 +4,19 @@ A flow's task runner is fixed when the flow is defined, but its cluster depends 
 deployment, a trigger with `--set runtime.n_workers=4`). prefect-dask connects on the first task submitted, when the
 run's parameters are known: that is when `BuildTaskRunner` reads `runtime` and either connects to
 `runtime.dask_address` or starts a local cluster.
+
+A local cluster belongs to the run: its workers leave the run's process group (a Ctrl-C reaches the whole group), and a
+run stopped by a signal kills them at once instead of waiting for the task each is running.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
+import logging
 import os
 import threading
+from typing import Any
 
 import distributed
 from prefect.context import FlowRunContext
@@ -37,7 +43,20 @@ def local_cluster_kwargs(runtime: RuntimeConfig) -> dict:
                      "distributed.nanny.pre-spawn-environ": environment})
     workers = runtime.n_workers or max(1, (os.cpu_count() or 1) // runtime.threads_per_worker)
     return {"n_workers": workers, "threads_per_worker": runtime.threads_per_worker, "processes": True,
-            "dashboard_address": None}
+            "dashboard_address": None, "preload": [__name__]}
+
+
+def dask_setup(worker: distributed.Worker) -> None:
+    """Run in each local worker process as it starts (the cluster's `preload`): move it out of the process group of
+    the run, so that a Ctrl-C or a SIGTERM to the group reaches the run only, and stopping the worker is left to its
+    nanny there. Otherwise each worker would print a KeyboardInterrupt traceback (polars hooks SIGINT itself), and
+    the nanny would restart the worker it lost. A worker whose parent dies exits on its own (distributed watches)."""
+    os.setsid()
+
+
+async def _kill_workers(cluster: distributed.LocalCluster) -> None:
+    """Close every worker process with a short grace: what it runs is abandoned."""
+    await asyncio.gather(*(worker.close(timeout=1) for worker in cluster.workers.values()))
 
 
 def _run_runtime() -> RuntimeConfig:
@@ -69,6 +88,15 @@ class BuildTaskRunner(DaskTaskRunner):
                 else:
                     self.cluster_class, self.cluster_kwargs = distributed.LocalCluster, local_cluster_kwargs(runtime)
             return DaskTaskRunner.client.fget(self)
+
+    def __exit__(self, exc_type: type[BaseException] | None, *rest: Any) -> None:
+        """A run stopped by a signal (a BaseException: KeyboardInterrupt, Prefect's TerminationSignal) kills its local
+        workers first: a worker busy in a model call would otherwise get 4 s to finish before being killed. Dask's
+        warnings about the lost work and the killed workers are expected then, and muted."""
+        if self.cluster_class and self._cluster and exc_type and not issubclass(exc_type, Exception):
+            logging.getLogger("distributed").setLevel(logging.ERROR)
+            self._cluster.sync(_kill_workers, self._cluster)
+        super().__exit__(exc_type, *rest)
 
     def start_in_background(self) -> threading.Thread:
         """Start (or connect to) the cluster in a thread that sees this flow run's context; join it to wait."""

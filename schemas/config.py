@@ -22,7 +22,9 @@ class ConfigError(ValueError):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+    # allow_inf_nan=False: no float setting takes NaN or infinity (`.nan`, `.inf` in YAML). Every comparison with NaN
+    # is false, so a NaN margin would silently switch its filter off; and neither is valid JSON in the manifest.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True, allow_inf_nan=False)
 
 
 class InputConfig(_Section):
@@ -65,7 +67,8 @@ class InputConfig(_Section):
 class EmbedConfig(_Section):
     model: str = Field(
         DEFAULT_MODEL,
-        description="sentence-transformers model name or path; the default is the offline copy shipped on PyPI.",
+        description="sentence-transformers model name or folder (a folder starting with ./ or ../ is relative to the "
+                    "YAML); the default is the offline copy shipped on PyPI.",
     )
     batch_size: int = Field(32, gt=0, description="Texts per encode batch.")
     max_seq_length: int | None = Field(None, gt=0, description="Truncate texts to this many tokens (null: model's).")
@@ -110,9 +113,12 @@ class MineConfig(_Section):
     )
     max_score: float | None = Field(None, description="Drop candidates scoring above this.")
     min_score: float | None = Field(None, description="Drop candidates scoring below this.")
-    absolute_margin: float | None = Field(None, description="Keep n only if s(q,n) <= s_p - margin (s_p: lowest positive).")
+    absolute_margin: float | None = Field(
+        None, ge=0, description="Keep n only if s(q,n) <= s_p - margin (s_p: lowest positive)."
+    )
     relative_margin: float | None = Field(
-        0.05, description="Keep n only if s(q,n) <= s_p - |s_p| * margin (0.05: at most 95% of the positive score)."
+        0.05, ge=0, lt=1,
+        description="Keep n only if s(q,n) <= s_p - |s_p| * margin (0.05: at most 95% of the positive score).",
     )
     sampling_strategy: Literal["top", "random", "softmax", "simans"] = Field(
         "top", description="top: hardest survivors; random: uniform; softmax: p ~ exp(s/t); simans: p ~ "
@@ -137,6 +143,12 @@ class MineConfig(_Section):
     include_positives: bool = Field(False, description="Let positives be candidates (for reranking evaluation sets).")
 
     @model_validator(mode="after")
+    def _score_bounds_ordered(self) -> MineConfig:
+        if self.min_score is not None and self.max_score is not None and self.min_score > self.max_score:
+            raise ValueError(f"min_score ({self.min_score}) must not be above max_score ({self.max_score})")
+        return self
+
+    @model_validator(mode="after")
     def _window_fits(self) -> MineConfig:
         if self.range_max is not None:
             if self.range_min >= self.range_max:
@@ -147,6 +159,23 @@ class MineConfig(_Section):
                     f"({self.range_min}..{self.range_max})"
                 )
         return self
+
+    def score_filters(self, score: Any, lowest_positive: Any, tolerance: float = 0.0) -> dict[str, Any]:
+        """The score filters that are set, in mining order: {reason: true where a candidate breaks it}.
+
+        The margins anchor on the query's lowest positive score; the quality gate passes its `tolerance`. Works on
+        numpy arrays (float32 stays float32) and polars expressions alike, so mining and the gate apply one rule.
+        """
+        rules = {}
+        if self.absolute_margin is not None:
+            rules["absolute_margin"] = score + self.absolute_margin > lowest_positive + tolerance
+        if self.relative_margin is not None:
+            rules["relative_margin"] = score > lowest_positive - abs(lowest_positive) * self.relative_margin + tolerance
+        if self.max_score is not None:
+            rules["max_score"] = score > self.max_score + tolerance
+        if self.min_score is not None:
+            rules["min_score"] = score < self.min_score - tolerance
+        return rules
 
     def effective_range_max(self, max_positives: int) -> int:
         """The window size, derived like sentence-transformers' mine_hard_negatives when range_max is unset."""
@@ -178,8 +207,8 @@ class DedupConfig(_Section):
 
 class RescoreConfig(_Section):
     model: str | None = Field(
-        None, description="A second model that rescores the candidates and positives (name or local path; "
-                          "null: no rescoring).",
+        None, description="A second model that rescores the candidates and positives (name or folder, relative to "
+                          "the YAML when it starts with ./ or ../; null: no rescoring).",
     )
     kind: Literal["guide", "cross-encoder"] = Field(
         "guide", description="guide: a sentence-transformers bi-encoder (GISTEmbed rule); cross-encoder: a "
@@ -356,11 +385,20 @@ _PATH_FIELDS = {("input", "corpus"), ("input", "queries"), ("input", "qrels"), (
                 ("runtime", "workdir"), ("validate", "eval_qrels"), ("validate", "eval_queries"), ("audit", "qrels")}
 
 
+# A model field names a hub model (org/name) or a folder: only ./, ../ or an absolute path make it a folder path.
+_MODEL_FIELDS = {("embed", "model"), ("rescore", "model")}
+
+
+def _is_model_folder(value: str) -> bool:
+    return value.startswith(("./", "../")) or Path(value).is_absolute()
+
+
 def map_paths(raw: dict[str, Any], convert: Callable[[str], str]) -> dict[str, Any]:
-    """Apply `convert` to every path of a raw config mapping (the path fields and each of input.pairs), in place."""
-    for section, field in _PATH_FIELDS:
+    """Apply `convert` to every path of a raw config mapping (the path fields, each of input.pairs, and the model
+    fields that name a folder), in place."""
+    for section, field in _PATH_FIELDS | _MODEL_FIELDS:
         value = (raw.get(section) or {}).get(field)
-        if isinstance(value, str):
+        if isinstance(value, str) and ((section, field) in _PATH_FIELDS or _is_model_folder(value)):
             raw[section][field] = convert(value)
     pairs = (raw.get("input") or {}).get("pairs")
     if isinstance(pairs, str):

@@ -25,6 +25,12 @@ IDS = {"query_id": pl.String, "positive_id": pl.String, "negative_ids": pl.List(
        "positive_score": pl.Float32, "negative_scores": pl.List(pl.Float32)}
 # Added to IDS when a rescorer is set: its scores of the positive and of each negative.
 RESCORE_COLUMNS = {"positive_rescore": pl.Float32, "negative_rescores": pl.List(pl.Float32)}
+# Near-duplicate documents of the corpus (dedup.corpus): pairs with cosine >= 1 - eps (other_row < doc_row), and
+# each dropped document with the kept one of its group.
+CORPUS_PAIRS = {"doc_row": pl.UInt32, "other_row": pl.UInt32, "cosine": pl.Float32}
+CORPUS_DUPLICATES = {"dropped_row": pl.UInt32, "kept_row": pl.UInt32, "cosine": pl.Float32}
+# The (query, document) pairs the rescorer scores: every candidate and every positive.
+RESCORE_PAIRS = {"query_row": pl.UInt32, "doc_row": pl.UInt32}
 # Added to IDS with output.keep_candidates: the query's dropped candidates in rank order, and why each was dropped.
 CANDIDATE_COLUMNS = {"candidate_ids": pl.List(pl.String), "candidate_scores": pl.List(pl.Float32),
                      "candidate_reasons": pl.List(pl.String)}

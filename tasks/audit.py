@@ -49,17 +49,16 @@ def audit(candidates: pl.DataFrame, positives: pl.DataFrame, doc_ids: pl.DataFra
         return {"n_queries": 0}
     kept = named.filter(pl.col("reason").is_null())
     per_query = kept.group_by("query_id").agg(pl.col("relevant").sum().alias("relevant"), pl.len().alias("total"))
-    rate, interval = _rate_with_interval(per_query) if per_query.height else (0.0, [0.0, 0.0])
+    rate, interval = _rate_with_interval(per_query) if per_query.height else (None, None)  # no negatives: undefined
     by_reason = (named.filter(pl.col("reason").is_not_null()).group_by("reason")
                  .agg(pl.col("relevant").mean().round(4).alias("judged_relevant"), pl.len().alias("candidates"))
                  .sort("reason"))
     scores = kept["score"]
+    score_stats = {"mean": scores.mean(), **{f"p{int(q * 100)}": scores.quantile(q) for q in (0.1, 0.5, 0.9)}}
     full = per_query.filter(pl.col("total") >= num_negatives).height
     return {
         "n_queries": audited, "negatives": kept.height, "false_negative_rate": rate, "ci95": interval,
         "coverage": round(full / audited, 4),
         "by_reason": {r: {"judged_relevant": f, "candidates": n} for r, f, n in by_reason.iter_rows()},
-        "negative_score": {"mean": round(float(scores.mean()), 4),
-                           **{f"p{int(q * 100)}": round(float(scores.quantile(q)), 4) for q in (0.1, 0.5, 0.9)}}
-        if kept.height else {},
+        "negative_score": {k: None if v is None else round(float(v), 4) for k, v in score_stats.items()},
     }

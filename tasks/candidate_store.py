@@ -37,7 +37,7 @@ def save_candidates(folder: Path, parts: list[CandidateFiles], texts: Texts, dep
                         pl.scan_parquet(texts.positives).select("doc_row")]).unique()
     (pl.scan_parquet(texts.corpus_files).join(needed, left_on="row", right_on="doc_row", how="semi")
      .sink_parquet(folder / "documents.parquet"))
-    (folder / "meta.json").write_text(json.dumps({"depth": depth, "max_positives": texts.max_positives}))
+    (folder / "meta.json").write_text(json.dumps({"depth": depth, "max_positives": texts.max_positives}, allow_nan=False))
 
 
 def load_candidates(folder: Path) -> StoredCandidates:

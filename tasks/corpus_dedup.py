@@ -16,10 +16,8 @@ import polars as pl
 
 from negforge.schemas.stages import CorpusDeduplicated, VectorFile
 from negforge.tasks.search import open_vectors, pair_scores
+from negforge.schemas.tables import CORPUS_DUPLICATES, CORPUS_PAIRS
 from negforge.tasks.training_set import shard_rows
-
-PAIRS = {"doc_row": pl.UInt32, "other_row": pl.UInt32, "cosine": pl.Float32}
-DUPLICATES = {"dropped_row": pl.UInt32, "kept_row": pl.UInt32, "cosine": pl.Float32}
 
 
 def near_duplicate_pairs(first: int, stop: int, corpus: VectorFile, rows_per_block: int, min_cosine: float,
@@ -45,7 +43,7 @@ def near_duplicate_pairs(first: int, stop: int, corpus: VectorFile, rows_per_blo
         cosines = pair_scores(queries[mine - first], np.asarray(vectors[theirs], dtype=np.float32))
         keep = cosines >= np.float32(min_cosine)
         parts.append(pl.DataFrame({"doc_row": mine[keep], "other_row": theirs[keep], "cosine": cosines[keep]},
-                                  schema=PAIRS))
+                                  schema=CORPUS_PAIRS))
     pl.concat(parts).write_parquet(out_path)
     return out_path
 
@@ -70,7 +68,7 @@ def choose_kept(pair_paths: list[str], positives_path: str, corpus_shards: list[
         dropped["dropped_row"].append(doc)
         dropped["kept_row"].append(group[0])
         dropped["cosine"].append(group[1])
-    table = pl.DataFrame(dropped, schema=DUPLICATES)
+    table = pl.DataFrame(dropped, schema=CORPUS_DUPLICATES)
     ids = shard_rows(corpus_shards, pl.concat([table["dropped_row"], table["kept_row"]])).select("row", "id")
     record = (table.join(ids.rename({"row": "dropped_row", "id": "dropped_id"}), on="dropped_row", how="left")
               .join(ids.rename({"row": "kept_row", "id": "kept_id"}), on="kept_row", how="left")

@@ -262,5 +262,5 @@ def _ingest(cfg: InputConfig, out: Path, staging: Path, shard_size: int) -> Inge
                           rows_rejected=rejects.height)
     result = Ingested(texts=texts_table, counts=counts, inputs=tuple(inputs), rejects_path=str(rejects_path),
                       reject_reasons=reasons, reject_samples=samples)
-    (out / "summary.json").write_text(json.dumps(asdict(result), indent=2))
+    (out / "summary.json").write_text(json.dumps(asdict(result), indent=2, allow_nan=False))
     return result

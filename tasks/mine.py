@@ -86,14 +86,8 @@ def mine(hits: pl.DataFrame, positives: pl.DataFrame, positive_scores: pl.DataFr
             _mark(reason, pos_sim >= np.float32(1 - eps), "near_duplicate_of_positive")
 
     s_p = _lowest_positive(q, positive_scores, "score")
-    if cfg.absolute_margin is not None:
-        _mark(reason, s + np.float32(cfg.absolute_margin) > s_p, "absolute_margin")
-    if cfg.relative_margin is not None:
-        _mark(reason, s > s_p - np.abs(s_p) * np.float32(cfg.relative_margin), "relative_margin")
-    if cfg.max_score is not None:
-        _mark(reason, s > np.float32(cfg.max_score), "max_score")
-    if cfg.min_score is not None:
-        _mark(reason, s < np.float32(cfg.min_score), "min_score")
+    for name, broken in cfg.score_filters(s, s_p).items():
+        _mark(reason, broken, name)
     rescored = rescore is not None and rescore.model is not None and "rescore" in hits.columns
     if rescored:
         bound = np.float32(rescore.bound(_lowest_positive(q, positive_scores, "rescore")))

@@ -30,7 +30,7 @@ class TaskProgress:
 
     def _write(self) -> None:
         tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps({"done": self.done, "total": self.total}))
+        tmp.write_text(json.dumps({"done": self.done, "total": self.total}, allow_nan=False))
         os.replace(tmp, self.path)
         self._written_at = time.monotonic()
 

@@ -29,17 +29,8 @@ def text_checks(data: pl.DataFrame) -> pl.DataFrame:
 
 def _filter_violation(score: pl.Expr, lowest: pl.Expr, cfg: BuildConfig) -> pl.Expr:
     """True where a kept negative's score breaks a margin or bound of the mining config (with tolerance)."""
-    mine, tol = cfg.mine, cfg.validate_.score_tolerance
-    broken = pl.lit(False)
-    if mine.absolute_margin is not None:
-        broken |= score + mine.absolute_margin > lowest + tol
-    if mine.relative_margin is not None:
-        broken |= score > lowest - lowest.abs() * mine.relative_margin + tol
-    if mine.max_score is not None:
-        broken |= score > mine.max_score + tol
-    if mine.min_score is not None:
-        broken |= score < mine.min_score - tol
-    return broken
+    broken = cfg.mine.score_filters(score, lowest, cfg.validate_.score_tolerance).values()
+    return pl.any_horizontal(pl.lit(False), *broken)
 
 
 def eval_query_hashes(cfg: BuildConfig) -> set[str]:

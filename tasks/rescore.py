@@ -16,10 +16,9 @@ import numpy as np
 import polars as pl
 
 from negforge.schemas.config import RescoreConfig
+from negforge.schemas.tables import RESCORE_PAIRS
 from negforge.tasks.model import EncoderSpec, encode, resolve_model
 from negforge.tasks.training_set import shard_rows
-
-PAIRS = {"query_row": pl.UInt32, "doc_row": pl.UInt32}
 
 
 @dataclass(frozen=True)
@@ -58,7 +57,7 @@ def load_cross_encoder(path: str, weights_sha256: str, max_length: int | None, d
 def rescore_pairs(pairs: pl.DataFrame, spec: RescorerSpec, query_files: Sequence[str],
                   corpus_files: Sequence[str]) -> pl.DataFrame:
     """Score distinct (query_row, doc_row) pairs with the rescorer: (query_row, doc_row, rescore)."""
-    pairs = pairs.select(*PAIRS).unique().sort(list(PAIRS))
+    pairs = pairs.select(*RESCORE_PAIRS).unique().sort(list(RESCORE_PAIRS))
     query_texts = shard_rows(query_files, pairs["query_row"]).select(pl.col("row").alias("query_row"),
                                                                     pl.col("text").alias("query"))
     doc_texts = shard_rows(corpus_files, pairs["doc_row"]).select(pl.col("row").alias("doc_row"),
@@ -72,7 +71,7 @@ def rescore_pairs(pairs: pl.DataFrame, spec: RescorerSpec, query_files: Sequence
         model = load_cross_encoder(spec.path, spec.weights_sha256, spec.max_length, spec.device)
         scores = model.predict(list(zip(queries, docs)), batch_size=spec.batch_size, show_progress_bar=False,
                                convert_to_numpy=True)
-    return pairs.select(*PAIRS).with_columns(pl.Series("rescore", np.asarray(scores, dtype=np.float32)))
+    return pairs.select(*RESCORE_PAIRS).with_columns(pl.Series("rescore", np.asarray(scores, dtype=np.float32)))
 
 
 def _guide_scores(spec: RescorerSpec, queries: list[str], docs: list[str]) -> np.ndarray:

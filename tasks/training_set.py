@@ -155,7 +155,7 @@ def write_flagembedding(base: pl.DataFrame, path: Path, with_scores: bool) -> in
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", encoding="utf-8") as handle:
         for row in grouped.select(columns).iter_rows(named=True):
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+            handle.write(json.dumps(row, ensure_ascii=False, allow_nan=False) + "\n")
     return grouped.height
 
 

@@ -60,7 +60,9 @@ def run_suites(root: str | Path, checks: list[tuple[str, Any, pl.DataFrame]]) ->
                     column = item.expectation_config.kwargs.get("column")
                     failures.append(_failure(table, item, column, frame))
     results_path = root / "validation.json"
-    results_path.write_text(json.dumps(results, indent=1, default=str))
+    # GX leaves numpy NaN and infinity in some results; standard JSON has no such numbers, so they become null
+    finite = json.loads(json.dumps(results, default=str), parse_constant=lambda _: None)
+    results_path.write_text(json.dumps(finite, indent=1, allow_nan=False))
     docs = root / "gx" / "uncommitted" / "data_docs" / "local_site" / "index.html"
     return {"success": not failures, "failures": failures, "results": str(results_path), "data_docs": str(docs),
             "expectations": sum(len(r["results"]) for r in results)}

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
+import numpy as np
+import polars as pl
 import pytest
 
 from negforge.flows.cli import main
@@ -93,3 +96,64 @@ def test_cli_prints_one_line_errors_without_traceback(tmp_path, capsys):
     assert code == 2
     assert "mine.range_min" in err and "Traceback" not in err
     assert len(err.strip().splitlines()) <= 2
+
+
+@pytest.mark.parametrize("override, field", [
+    ("mine.relative_margin=.nan", "mine.relative_margin"), ("mine.relative_margin=.inf", "mine.relative_margin"),
+    ("mine.relative_margin=-0.05", "mine.relative_margin"), ("mine.relative_margin=1", "mine.relative_margin"),
+    ("mine.absolute_margin=.nan", "mine.absolute_margin"), ("mine.absolute_margin=-0.01", "mine.absolute_margin"),
+    ("mine.max_score=.nan", "mine.max_score"), ("mine.min_score=-.inf", "mine.min_score"),
+    ("validate.score_tolerance=.nan", "validate.score_tolerance"),
+    ("input.positive_threshold=nan", "input.positive_threshold"),
+])
+def test_non_finite_and_out_of_range_numbers_are_refused(tmp_path, override, field):
+    with pytest.raises(ConfigError, match=re.escape(f"{field}: ")):
+        load_config(_yaml(tmp_path, BASE), [override])
+
+
+def test_min_score_above_max_score_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match=r"mine: .*min_score \(0\.5\) must not be above max_score \(0\.2\)"):
+        load_config(_yaml(tmp_path, BASE), ["mine.min_score=0.5", "mine.max_score=0.2"])
+    assert load_config(_yaml(tmp_path, BASE), ["mine.min_score=0.2", "mine.max_score=0.2"]).mine.max_score == 0.2
+
+
+def test_cli_refuses_a_nan_margin_before_any_work(tmp_path, capsys):
+    path = _yaml(tmp_path, BASE + "publish:\n  registry: reg\nruntime:\n  workdir: work\n")
+    code = main(["build", "--config", str(path), "--set", "mine.relative_margin=.nan"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert err.strip().splitlines() == [f"negforge: error: {path}: mine.relative_margin: Input should be a finite "
+                                        f"number (got nan)"]
+    assert not (path.parent / "reg").exists() and not (path.parent / "work").exists()
+
+
+@pytest.mark.parametrize("options", [{"absolute_margin": 0.05}, {"relative_margin": 0.1}, {"max_score": 0.3},
+                                     {"min_score": -0.2},
+                                     {"absolute_margin": 0.02, "relative_margin": 0.05, "max_score": 0.5,
+                                      "min_score": -0.5}])
+def test_mining_and_the_quality_gate_apply_one_score_rule(options):
+    """MineConfig.score_filters on numpy (mining) and on polars (the gate) marks the same rows, float32 alike."""
+    from negforge.tasks.quality_checks import _filter_violation
+
+    rng = np.random.default_rng(7)
+    score, lowest = rng.uniform(-1, 1, (2, 2000)).astype(np.float32)
+    config = BuildConfig.model_validate({"input": {"pairs": ["p.jsonl"]}, "mine": {"relative_margin": None, **options}})
+    mined = config.mine.score_filters(score, lowest, config.validate_.score_tolerance)
+    assert list(mined) == [name for name in ("absolute_margin", "relative_margin", "max_score", "min_score")
+                           if name in options]
+    gate = pl.DataFrame({"score": score, "lowest": lowest}).select(
+        _filter_violation(pl.col("score"), pl.col("lowest"), config)).to_series().to_numpy()
+    assert np.array_equal(np.logical_or.reduce(list(mined.values())), gate)
+    assert 0 < gate.sum() < len(gate)
+
+
+def test_model_folders_starting_with_dot_resolve_against_the_yaml_and_hub_names_stay(tmp_path):
+    config = load_config(_yaml(tmp_path, BASE + "embed:\n  model: ./models/encoder\nrescore:\n  model: ../guide\n"))
+    assert config.embed.model == str(tmp_path / "sub" / "models" / "encoder")
+    assert config.rescore.model == str(tmp_path / "guide")
+    config = load_config(_yaml(tmp_path, BASE + "embed:\n  model: BAAI/bge-small-en-v1.5\nrescore:\n"
+                                                "  model: cross-encoder/ms-marco-MiniLM-L6-v2\n"))
+    assert config.embed.model == "BAAI/bge-small-en-v1.5"
+    assert config.rescore.model == "cross-encoder/ms-marco-MiniLM-L6-v2"
+    assert load_config(_yaml(tmp_path, BASE + "embed:\n  model: /opt/models/encoder\n")).embed.model == \
+        "/opt/models/encoder"

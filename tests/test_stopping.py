@@ -1,0 +1,92 @@
+"""Stopping a CLI build: SIGINT (Ctrl-C) or SIGTERM, to the process or to its whole process group, ends it within
+10 s with one line and exit code 128 + the signal, stops the local Prefect API server and Dask cluster it started
+(no process of its tree is left), and publishes or stages nothing. A build killed outright leaves no process either."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import IO, Callable, Iterator
+
+import psutil
+import pytest
+
+from tests.conftest import DEMO, ROOT, write_config
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def prefect_home(tmp_path_factory) -> Path:
+    """One Prefect home for these builds' own temporary API servers (its database is migrated once)."""
+    return tmp_path_factory.mktemp("prefect-home")
+
+
+def _alive(process: psutil.Process) -> bool:
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _wait(condition: Callable[[], object], timeout: float, what: str) -> float:
+    """Poll `condition` until it holds; return the seconds it took, or fail naming `what`."""
+    start = time.monotonic()
+    while not condition():
+        assert time.monotonic() - start < timeout, f"{what} not within {timeout} s"
+        time.sleep(0.05)
+    return time.monotonic() - start
+
+
+@pytest.fixture
+def embedding(tmp_path, prefect_home) -> Iterator[tuple[subprocess.Popen, list[psutil.Process], IO[str]]]:
+    """A CLI build of the demo data with its own temporary API server and local cluster, in its own process group,
+    once embedding is under way (a store part exists): the process, its whole process tree then, its stderr."""
+    config = write_config(tmp_path / "build.yaml", DEMO, dataset="stopped")
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"} | {"PREFECT_HOME": str(prefect_home)}
+    with (tmp_path / "stderr.txt").open("w+") as stderr:
+        cli = subprocess.Popen([sys.executable, "-m", "negforge.flows.cli", "build", "--config", str(config)],
+                               cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
+        tree = [psutil.Process(cli.pid)]
+        try:
+            store = tmp_path / "work" / "embeddings"
+            _wait(lambda: list(store.glob("*/part-*.parquet")) or cli.poll() is not None, 600, "embedding")
+            assert cli.poll() is None, "the build ended before embedding was under way"
+            tree += psutil.Process(cli.pid).children(recursive=True)
+            commands = [" ".join(p.cmdline()) for p in tree]
+            assert any("uvicorn" in c for c in commands) and sum("spawn_main" in c for c in commands) >= 2, commands
+            yield cli, tree, stderr
+        finally:
+            for process in tree:  # leave no process of the test behind
+                if _alive(process):
+                    process.kill()
+
+
+@pytest.mark.parametrize("signum, to_group", [(signal.SIGINT, False), (signal.SIGTERM, False),
+                                              (signal.SIGTERM, True), (signal.SIGINT, True)],
+                         ids=["SIGINT", "SIGTERM", "SIGTERM-to-group", "Ctrl-C-to-group"])
+def test_a_signal_during_embedding_stops_the_build_and_everything_it_started(embedding, tmp_path, signum, to_group):
+    cli, tree, stderr = embedding
+    if to_group:
+        os.killpg(cli.pid, signum)
+    else:
+        cli.send_signal(signum)
+    took = _wait(lambda: not any(_alive(p) for p in tree), 10, "the whole process tree gone")
+    assert cli.wait() == 128 + signum, took
+    stderr.seek(0)
+    err = stderr.read()
+    assert "Traceback" not in err
+    assert [line for line in err.splitlines() if line.startswith("negforge:")] == \
+        [f"negforge: stopped by {signal.Signals(signum).name}; nothing was published"]
+    dataset = tmp_path / "registry" / "stopped"
+    assert not list(dataset.glob("v*")) and not list(dataset.glob(".staging-*")) and not (dataset / "LATEST").exists()
+
+
+def test_a_build_killed_outright_leaves_no_process(embedding):
+    cli, tree, _ = embedding
+    cli.kill()  # SIGKILL to the build alone: its server and workers, in their own sessions, stop by themselves
+    _wait(lambda: not any(_alive(p) for p in tree), 10, "the whole process tree gone")
