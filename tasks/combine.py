@@ -26,6 +26,15 @@ def score_stats(scores: pl.Series) -> ScoreStats:
                       median=round(float(scores.median()), 6), max=round(float(scores.max()), 6))
 
 
+def _own_rows(part: MinedPartition) -> pl.Expr:
+    return pl.col("query_row").is_between(part.partition.first, part.partition.stop - 1)
+
+
+def _positive_scores(part: MinedPartition) -> pl.DataFrame:
+    """The partition's positive scores (stored candidates hold every partition's in one file)."""
+    return pl.scan_parquet(part.candidates.positive_scores).filter(_own_rows(part)).collect()
+
+
 def _with_hub_cap(parts: list[MinedPartition], positives: pl.DataFrame, config: BuildConfig) -> list[pl.DataFrame]:
     """Each partition's candidates, sampled in query order with one count of uses across partitions."""
     uses: dict[int, int] = {}
@@ -33,10 +42,8 @@ def _with_hub_cap(parts: list[MinedPartition], positives: pl.DataFrame, config: 
     for part in parts:
         candidates = pl.read_parquet(part.mined)
         if config.mine.max_uses_per_negative is not None:
-            rows = pl.col("query_row").is_between(part.partition.first, part.partition.stop - 1)
-            candidates = sample_window(candidates, positives.filter(rows),
-                                       pl.read_parquet(part.candidates.positive_scores).filter(rows), config.mine,
-                                       uses)
+            candidates = sample_window(candidates, positives.filter(_own_rows(part)), _positive_scores(part),
+                                       config.mine, uses)
         sampled.append(candidates)
     return sampled
 
@@ -46,8 +53,7 @@ def combine(parts: list[MinedPartition], texts: Texts, config: BuildConfig, out_
     parts = sorted(parts, key=lambda p: p.partition.first)
     positives = pl.read_parquet(texts.positives)
     candidates = pl.concat(_with_hub_cap(parts, positives, config))
-    positive_scores = pl.concat([pl.read_parquet(p.candidates.positive_scores) for p in parts]).filter(
-        pl.col("query_row").is_in(positives["query_row"].unique()))
+    positive_scores = pl.concat([_positive_scores(p) for p in parts])
     ids, short = ids_table(candidates, positives, positive_scores, texts.corpus_files, config.output.format,
                            config.mine.num_negatives, config.output.keep_candidates)
     dropped = contaminated_queries(texts.query_files, config) if config.validate_.drop_eval_queries else []

@@ -68,7 +68,7 @@ def test_guide_rescoring_through_the_flow_keeps_both_scores(small_config, prefec
     version = _version(run_cli("build", "--config", str(small_config), "--set", f"rescore.model={MODEL}",
                                "--set", "mine.relative_margin=null", "--set", "output.scores=true").stdout)
     manifest = json.loads((version / "manifest.json").read_text())
-    assert manifest["reasons"].get("rescorer_relevant", 0) > 0 and "rescore" in manifest["timings"]
+    assert manifest["reasons"].get("rescorer_relevant", 0) > 0  # rescored inside the search-and-mine tasks
     data = pl.read_parquet(version / "data")
     assert {"scores", "rescores"} <= set(data.columns)
     for scores, rescores in zip(data["scores"], data["rescores"]):
