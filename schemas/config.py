@@ -136,11 +136,29 @@ class MineConfig(_Section):
         0.8, description="Drop a candidate whose cosine to any positive of its query is at least this (paraphrases; "
                          "0.8 chosen by bench/false_negatives.py)."
     )
-    max_depth: int | None = Field(
-        None, ge=1, description="Search queries left short of negatives deeper, doubling up to this depth (null: off)."
+    max_depth: int | Literal["auto"] | None = Field(
+        "auto", description="Search queries left short of negatives deeper, doubling the search depth up to this "
+                            "bound (auto: DEPTH_MULTIPLE x the search depth, at most the corpus size; null: off)."
     )
-    seed: int = Field(42, description="Seed of the per-query random streams.")
+    strategy: Literal["fixed", "auto"] = Field(
+        "auto", description="fixed: mine with these options as set; auto: calibrate on this dataset first (hide one "
+                            "positive of multi-positive queries, try the declared grid, keep the setting with the "
+                            "fewest false negatives at full coverage and hardness) and mine with its choice.",
+    )
+    calibration_folds: int = Field(3, ge=3, description="auto: seeded folds, each hiding one positive per query.")
+    promote_suspected: bool = Field(
+        False, description="Add suspected positives (ranked at or above the lowest positive by every signal that is "
+                           "on) as extra positives (RLHN's relabel), instead of only listing them.",
+    )
+    seed: int = Field(42, description="Seed of the per-query random streams (and of the calibration folds).")
     include_positives: bool = Field(False, description="Let positives be candidates (for reranking evaluation sets).")
+
+    @field_validator("max_depth", mode="before")
+    @classmethod
+    def _depth_is_a_number_or_auto(cls, value: Any) -> Any:
+        if isinstance(value, bool) or (isinstance(value, int) and value < 1):
+            raise ValueError(f"must be an integer of at least 1, auto, or null (got {value!r})")
+        return value
 
     @model_validator(mode="after")
     def _score_bounds_ordered(self) -> MineConfig:
@@ -183,6 +201,33 @@ class MineConfig(_Section):
             return self.range_max
         filtered = self.absolute_margin is not None or self.relative_margin is not None or self.max_score is not None
         return self.range_min + self.num_negatives * (10 if filtered else 1) + max_positives
+
+
+# mine.max_depth: auto searches short queries at most this many times as deep as the search depth (4 doublings).
+DEPTH_MULTIPLE = 16
+
+
+class LexicalConfig(_Section):
+    ratio: float | None = Field(
+        None, gt=0, description="Drop a candidate whose BM25 score is above ratio x the query's lowest positive BM25 "
+                                "score (null: off).",
+    )
+    fusion: Literal["rrf"] | None = Field(
+        None, description="rrf: drop a candidate whose reciprocal-rank fusion of its dense and BM25 ranks (among the "
+                          "query's candidates and positives) is ahead of the lowest positive's (null: off).",
+    )
+    rrf_k: int = Field(60, ge=1, description="rrf: the constant k of 1 / (k + rank).")
+    k1: float = Field(1.5, ge=0, description="BM25 term-frequency saturation.")
+    b: float = Field(0.75, ge=0, le=1, description="BM25 length normalization.")
+    stopwords: Literal["en"] | None = Field("en", description="Stopwords removed before BM25 (en: English; null: none).")
+
+    def rules_on(self) -> bool:
+        """Whether a lexical rule removes candidates."""
+        return self.ratio is not None or self.fusion is not None
+
+    def index_settings(self) -> dict[str, Any]:
+        """The settings that determine BM25 scores (the rules do not)."""
+        return self.model_dump(include={"k1", "b", "stopwords"})
 
 
 class DedupConfig(_Section):
@@ -253,8 +298,9 @@ class OutputConfig(_Section):
     )
     scores: bool = Field(False, description="Add the similarity scores (and the rescorer's, when set) to the training "
                                             "set, for distillation losses.")
-    exports: list[Literal["flagembedding"]] = Field(
-        default_factory=list, description="Extra formats written beside the dataset (flagembedding: hn_mine jsonl)."
+    exports: list[Literal["flagembedding", "tevatron"]] = Field(
+        default_factory=list, description="Extra formats written beside the dataset (flagembedding: hn_mine jsonl; "
+                                          "tevatron: query_id, query, positive_passages, negative_passages jsonl)."
     )
     rows_per_file: int = Field(100_000, gt=0, description="Training rows per parquet file.")
     keep_candidates: bool = Field(
@@ -272,7 +318,8 @@ class ValidateConfig(_Section):
     )
     min_rows: int = Field(1, ge=0, description="Fewest training rows a version may have.")
     min_coverage: float = Field(
-        0.5, ge=0, le=1, description="Least fraction of used queries that must get all their negatives."
+        0.9, ge=0, le=1, description="Least fraction of used queries that must get all their negatives (with adaptive "
+                                     "depth, short queries are searched deeper first)."
     )
     score_tolerance: float = Field(1e-5, ge=0, description="Slack on the [-1, 1] cosine range and on the filters.")
     max_row_change: float = Field(
@@ -348,6 +395,9 @@ class BuildConfig(_Section):
     rescore: RescoreConfig = Field(
         default_factory=RescoreConfig, description="Optional second model that removes candidates it finds relevant."
     )
+    lexical: LexicalConfig = Field(
+        default_factory=LexicalConfig, description="A lexical second opinion (BM25) that removes candidates it finds "
+                                                   "relevant; no model needed.")
     output: OutputConfig = Field(default_factory=OutputConfig, description="Layout of the published training set.")
     audit: AuditConfig = Field(default_factory=AuditConfig, description="False-negative audit of the negatives.")
     validate_: ValidateConfig = Field(default_factory=ValidateConfig, alias="validate",
@@ -365,6 +415,19 @@ class BuildConfig(_Section):
         else range_max + the most positives of any query (positives are removed from the candidates first)."""
         range_max = self.mine.effective_range_max(max_positives)
         return range_max, self.search.depth or range_max + max_positives
+
+    def depth_bound(self, max_positives: int, documents: int) -> int | None:
+        """How deep short queries are searched (mine.max_depth; auto: DEPTH_MULTIPLE x the search depth, at most
+        `documents`, the corpus size); None when adaptive depth is off."""
+        depth = self.window_and_depth(max_positives)[1]
+        bound = self.mine.max_depth
+        if bound == "auto":
+            bound = min(documents, DEPTH_MULTIPLE * depth)
+        return bound if bound is not None and bound > depth else None
+
+    def lexical_scores(self) -> bool:
+        """Whether candidates get BM25 scores: a lexical rule is set, or calibration may choose one."""
+        return self.lexical.rules_on() or self.mine.strategy == "auto"
 
     def content_dict(self) -> dict[str, Any]:
         """The settings that determine the published data (everything but `runtime` and `schedule`)."""

@@ -6,7 +6,7 @@ declared in schemas/tables.py.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 
@@ -106,13 +106,23 @@ class CandidateFiles:
 
 @dataclass(frozen=True)
 class Deepened:
-    """Adaptive depth: queries short of negatives at the options' depth, how many were searched deeper, how many
-    stayed short, and the deepest depth searched."""
+    """Adaptive depth: queries short of negatives at the options' depth, how many were mined deeper, how many
+    stayed short, the deepest depth mined, and the short queries whose stored hits end before the depth a build
+    would search (a remine cannot fill them)."""
 
     queries_short: int = 0
     queries_deepened: int = 0
     still_short: int = 0
     depth: int = 0
+    needs_deeper: int = 0
+
+    @staticmethod
+    def total(reports: list[Deepened]) -> Deepened:
+        """The reports of several partitions as one."""
+        return Deepened(*(sum(getattr(r, name) for r in reports) for name in
+                          ("queries_short", "queries_deepened", "still_short")),
+                        depth=max((r.depth for r in reports), default=0),
+                        needs_deeper=sum(r.needs_deeper for r in reports))
 
 
 @dataclass(frozen=True)
@@ -137,7 +147,8 @@ class ApproximateSearch:
 
 @dataclass(frozen=True)
 class SearchJob:
-    """What every partition task of a build shares: the texts and vectors, the depths, and where to write."""
+    """What every partition task of a build shares: the texts and vectors, the depths (the search depth and the
+    adaptive-depth bound), the documents a search can return, the BM25 index, and where to write."""
 
     texts: Texts
     queries: VectorFile
@@ -147,8 +158,11 @@ class SearchJob:
     rows_per_block: int
     out_dir: str
     progress_dir: str
+    searchable: int
+    bound: int | None = None
     excluded_docs: str | None = None
     approximate: ApproximateSearch | None = None
+    lexical_index: str | None = None
 
 
 @dataclass(frozen=True)
@@ -164,8 +178,8 @@ class ScoreStats:
 
 @dataclass(frozen=True)
 class Mined:
-    """All partitions mined: the ids table and every candidate with its reason (files), and what the manifest and
-    the quality gate need to know of them."""
+    """All partitions mined: the ids table and every candidate with its reason (files), the positives the rows use
+    (promoted suspected positives included), and what the manifest and the quality gate need to know of them."""
 
     ids: str
     candidates: str
@@ -177,14 +191,64 @@ class Mined:
     audit: dict[str, Any] | None
     positive_score_stats: ScoreStats
     negative_score_stats: ScoreStats
+    positives: str | None = None  # None: the ingested positives, unchanged
+    suspected: dict[str, int] = field(default_factory=dict)
+    negatives_missing: int = 0
+
+
+@dataclass(frozen=True)
+class StoreMeta:
+    """What stored candidates are: the search depth (short queries may go deeper), the most positives of a query,
+    the corpus size and how many documents a search could return, and whether they carry BM25 scores."""
+
+    depth: int
+    max_positives: int
+    documents: int
+    searchable: int
+    lexical: bool = False
 
 
 @dataclass(frozen=True)
 class StoredCandidates:
-    """The candidates kept inside a version, for re-mining: the texts they name, the candidates, the depth
-    searched, and the corpus deduplication record when there was one."""
+    """The candidates kept inside a version, for re-mining: the texts they name, the candidates, what they are,
+    the corpus deduplication record and the calibration's candidates when there were some."""
 
     texts: Texts
     files: CandidateFiles
-    depth: int
+    meta: StoreMeta
     corpus_duplicates: str | None = None
+    calibration: CalibrationFiles | None = None
+
+
+@dataclass(frozen=True)
+class CalibrationFiles:
+    """The calibration's candidates (tasks/calibration.py), in one folder: its multi-positive queries searched with
+    every positive known to `depth`, and the positive each of `folds` folds hides; the sizes its settings need."""
+
+    folder: str
+    queries: int
+    depth: int
+    folds: int
+    seed: int
+    max_positives: int
+    documents: int
+    searchable: int
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """What calibration chose and why (`outcome`: lowest_false_negative_rate, tied_and_harder, highest_coverage,
+    hardest_with_coverage, or fallback), the chosen setting's fields, and the whole table; `skipped` names the grid
+    settings that could not be applied, with the reason."""
+
+    outcome: str
+    choice: str | None
+    settings: dict[str, Any]
+    message: str
+    queries: int
+    folds: int
+    table: tuple[dict[str, Any], ...]
+    skipped: dict[str, str]
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self) | {"table": list(self.table)}

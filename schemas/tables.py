@@ -18,19 +18,27 @@ HITS = {"query_row": pl.UInt32, "doc_row": pl.UInt32, "score": pl.Float32}
 NEAR_PAIRS = {"query_row": pl.UInt32, "doc_row": pl.UInt32, "other_row": pl.UInt32, "cosine": pl.Float32}
 POSITIVE_SCORES = {"query_row": pl.UInt32, "doc_row": pl.UInt32, "score": pl.Float32}
 # Every candidate with the reason it was not kept (null: kept as a negative).
-# `rescore`: the rescorer's score (null without one).
+# `rescore`: the rescorer's score (null without one); `bm25`: its BM25 score (null without lexical scoring);
+# `suspected`: ranked at or above the query's lowest positive by every signal that is on (a suspected positive).
 CANDIDATES = {"query_row": pl.UInt32, "doc_row": pl.UInt32, "score": pl.Float32, "rank": pl.UInt32,
-              "reason": pl.String, "rescore": pl.Float32}
+              "reason": pl.String, "rescore": pl.Float32, "bm25": pl.Float32, "suspected": pl.Boolean}
 IDS = {"query_id": pl.String, "positive_id": pl.String, "negative_ids": pl.List(pl.String),
        "positive_score": pl.Float32, "negative_scores": pl.List(pl.Float32)}
 # Added to IDS when a rescorer is set: its scores of the positive and of each negative.
 RESCORE_COLUMNS = {"positive_rescore": pl.Float32, "negative_rescores": pl.List(pl.Float32)}
+# Added to IDS when candidates have BM25 scores (tasks/lexical.py).
+LEXICAL_COLUMNS = {"positive_bm25": pl.Float32, "negative_bm25s": pl.List(pl.Float32)}
+# Always added to IDS: the query's suspected positives (candidates at or above its lowest positive by every signal).
+SUSPECTED_COLUMNS = {"suspected_positive_ids": pl.List(pl.String)}
 # Near-duplicate documents of the corpus (dedup.corpus): pairs with cosine >= 1 - eps (other_row < doc_row), and
 # each dropped document with the kept one of its group.
 CORPUS_PAIRS = {"doc_row": pl.UInt32, "other_row": pl.UInt32, "cosine": pl.Float32}
 CORPUS_DUPLICATES = {"dropped_row": pl.UInt32, "kept_row": pl.UInt32, "cosine": pl.Float32}
-# The (query, document) pairs the rescorer scores: every candidate and every positive.
+# The (query, document) pairs the rescorer and BM25 score: every candidate and every positive.
 RESCORE_PAIRS = {"query_row": pl.UInt32, "doc_row": pl.UInt32}
+LEXICAL_PAIRS = RESCORE_PAIRS
+# The calibration's folds: the positive each fold hides from each multi-positive query.
+HIDDEN = {"fold": pl.UInt32, "query_row": pl.UInt32, "doc_row": pl.UInt32}
 # Added to IDS with output.keep_candidates: the query's dropped candidates in rank order, and why each was dropped.
 CANDIDATE_COLUMNS = {"candidate_ids": pl.List(pl.String), "candidate_scores": pl.List(pl.Float32),
                      "candidate_reasons": pl.List(pl.String)}

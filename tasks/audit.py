@@ -23,7 +23,7 @@ def _judged(path: str, fmt: str, positive_threshold: float) -> pl.DataFrame:
     return rows.filter(pl.col("score") > positive_threshold).select("query_id", "doc_id").unique()
 
 
-def _rate_with_interval(per_query: pl.DataFrame, seed: int = 0) -> tuple[float, list[float]]:
+def rate_with_interval(per_query: pl.DataFrame, seed: int = 0) -> tuple[float, list[float]]:
     """Ratio of sums (relevant / all) and its 95% percentile-bootstrap interval over queries."""
     relevant, total = per_query["relevant"].to_numpy(), per_query["total"].to_numpy()
     rate = float(relevant.sum() / total.sum())
@@ -49,7 +49,7 @@ def audit(candidates: pl.DataFrame, positives: pl.DataFrame, doc_ids: pl.DataFra
         return {"n_queries": 0}
     kept = named.filter(pl.col("reason").is_null())
     per_query = kept.group_by("query_id").agg(pl.col("relevant").sum().alias("relevant"), pl.len().alias("total"))
-    rate, interval = _rate_with_interval(per_query) if per_query.height else (None, None)  # no negatives: undefined
+    rate, interval = rate_with_interval(per_query) if per_query.height else (None, None)  # no negatives: undefined
     by_reason = (named.filter(pl.col("reason").is_not_null()).group_by("reason")
                  .agg(pl.col("relevant").mean().round(4).alias("judged_relevant"), pl.len().alias("candidates"))
                  .sort("reason"))

@@ -3,7 +3,10 @@
 Steps and meanings follow sentence-transformers' `mine_hard_negatives` (DESIGN.md section 3): remove positives (by id
 and by text), then absolute margin, relative margin, max_score, min_score (margins anchor on the query's lowest
 positive score), keep the best `range_max` survivors, skip the first `range_min`, sample `num_negatives`. The reason a
-candidate carries is the first step that removed it. Arithmetic is float32, as in the reference.
+candidate carries is the first step that removed it. Arithmetic is float32, as in the reference. A second model
+(`rescorer_relevant`) and BM25 (`lexical_relevant`) come after the margins and bounds. A candidate ranked at or above
+the lowest positive by every signal that is on is a suspected positive, listed, or with `mine.promote_suspected`
+promoted to a positive.
 """
 
 from __future__ import annotations
@@ -13,12 +16,13 @@ import hashlib
 import numpy as np
 import polars as pl
 
-from negforge.schemas.config import MineConfig, RescoreConfig
+from negforge.schemas.config import LexicalConfig, MineConfig, RescoreConfig
 from negforge.schemas.tables import CANDIDATES, frame
 
-REASONS = ("positive_id", "positive_text", "too_similar_to_positive", "near_duplicate_of_positive",
-           "absolute_margin", "relative_margin", "max_score", "min_score", "rescorer_relevant", "rank_window",
-           "near_duplicate_negative", "over_used", "not_sampled")
+REASONS = ("positive_id", "positive_text", "promoted_positive", "too_similar_to_positive",
+           "near_duplicate_of_positive", "absolute_margin", "relative_margin", "max_score", "min_score",
+           "rescorer_relevant", "lexical_relevant", "rank_window", "near_duplicate_negative", "over_used",
+           "not_sampled")
 _CODE = {name: code for code, name in enumerate(REASONS, start=1)}
 
 
@@ -52,7 +56,8 @@ def _position_among(q: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 def mine(hits: pl.DataFrame, positives: pl.DataFrame, positive_scores: pl.DataFrame, cfg: MineConfig,
          range_max: int, near_pairs: pl.DataFrame | None = None, eps: float | None = None,
-         rescore: RescoreConfig | None = None, defer_sampling: bool = False) -> pl.DataFrame:
+         rescore: RescoreConfig | None = None, defer_sampling: bool = False,
+         lexical: LexicalConfig | None = None) -> pl.DataFrame:
     """Every candidate of some queries with its reason (null: kept as a negative).
 
     Each query is decided from its own candidates and positives, so any set of whole queries (a partition) can be
@@ -69,6 +74,7 @@ def mine(hits: pl.DataFrame, positives: pl.DataFrame, positive_scores: pl.DataFr
         near_pairs: near-duplicate candidate pairs per query (tasks/similarity.py), for the in-row dedup.
         eps: near-duplicates have cosine >= 1 - eps (None: no near-duplicate rules).
         rescore: the rescorer's rule, applied when the hits and positive scores carry a `rescore` column.
+        lexical: the BM25 rules, applied when the hits and positive scores carry a `bm25` column.
     """
     q = hits["query_row"].to_numpy()
     d = hits["doc_row"].to_numpy()
@@ -78,6 +84,12 @@ def mine(hits: pl.DataFrame, positives: pl.DataFrame, positive_scores: pl.DataFr
         by_id, by_text = _positive_flags(q, d, positives)
         _mark(reason, by_id, "positive_id")
         _mark(reason, by_text, "positive_text")
+    s_p = _lowest_positive(q, positive_scores, "score")
+    rescored = rescore is not None and rescore.model is not None and "rescore" in hits.columns
+    lexical_on = lexical is not None and lexical.rules_on() and "bm25" in hits.columns
+    suspected = _suspected(hits, s, s_p, positive_scores, rescored, lexical_on) & (reason == 0)
+    if cfg.promote_suspected:
+        _mark(reason, suspected, "promoted_positive")
     if "pos_sim" in hits.columns:
         pos_sim = hits["pos_sim"].to_numpy()
         if cfg.max_positive_similarity is not None:
@@ -85,13 +97,13 @@ def mine(hits: pl.DataFrame, positives: pl.DataFrame, positive_scores: pl.DataFr
         if eps is not None and not cfg.include_positives:
             _mark(reason, pos_sim >= np.float32(1 - eps), "near_duplicate_of_positive")
 
-    s_p = _lowest_positive(q, positive_scores, "score")
     for name, broken in cfg.score_filters(s, s_p).items():
         _mark(reason, broken, name)
-    rescored = rescore is not None and rescore.model is not None and "rescore" in hits.columns
     if rescored:
         bound = np.float32(rescore.bound(_lowest_positive(q, positive_scores, "rescore")))
         _mark(reason, hits["rescore"].to_numpy().astype(np.float32) > bound, "rescorer_relevant")
+    if lexical_on:
+        _mark(reason, _lexically_relevant(hits, positive_scores, lexical), "lexical_relevant")
 
     survivor = reason == 0
     position = _position_among(q, survivor)
@@ -108,7 +120,50 @@ def mine(hits: pl.DataFrame, positives: pl.DataFrame, positive_scores: pl.DataFr
         _sample(reason, q, d, s, s_p, window, _query_ids(positives), cfg, {})
 
     return frame(CANDIDATES, {"query_row": q, "doc_row": d, "score": s, "rank": hits["rank"], "reason": _names(reason),
-                              "rescore": hits["rescore"] if rescored else [None] * len(q)})
+                              "rescore": hits["rescore"] if rescored else [None] * len(q),
+                              "bm25": hits["bm25"] if "bm25" in hits.columns else [None] * len(q),
+                              "suspected": suspected})
+
+
+def _suspected(hits: pl.DataFrame, s: np.ndarray, s_p: np.ndarray, positive_scores: pl.DataFrame, rescored: bool,
+               lexical_on: bool) -> np.ndarray:
+    """Candidates ranked at or above the query's lowest positive by every signal that is on: the embedding, the
+    rescorer when set, BM25 when a lexical rule is set (RLHN's relabel candidates)."""
+    q = hits["query_row"].to_numpy()
+    at_or_above = s >= s_p
+    for column, on in (("rescore", rescored), ("bm25", lexical_on)):
+        if on:
+            at_or_above &= hits[column].to_numpy() >= _lowest_positive(q, positive_scores, column)
+    return at_or_above
+
+
+def _lexically_relevant(hits: pl.DataFrame, positive_scores: pl.DataFrame, lexical: LexicalConfig) -> np.ndarray:
+    """Where a candidate breaks a lexical rule: its BM25 score above `ratio` x the query's lowest positive's, or
+    (`fusion: rrf`) its reciprocal-rank fusion of dense and BM25 ranks ahead of the lowest positive's."""
+    q = hits["query_row"].to_numpy()
+    bm25 = hits["bm25"].to_numpy().astype(np.float32)
+    broken = np.zeros(len(q), dtype=bool)
+    if lexical.ratio is not None:
+        broken |= bm25 > np.float32(lexical.ratio) * _lowest_positive(q, positive_scores, "bm25")
+    if lexical.fusion == "rrf":
+        broken |= _ahead_by_rrf(hits, positive_scores, lexical.rrf_k)
+    return broken
+
+
+def _ahead_by_rrf(hits: pl.DataFrame, positive_scores: pl.DataFrame, k: int) -> np.ndarray:
+    """Whether each candidate's RRF score, 1/(k + dense rank) + 1/(k + BM25 rank), ranks among the query's candidates
+    and positives (ties share the best rank), is above the lowest of its query's positives."""
+    key = ["query_row", "doc_row"]
+    columns = [*key, "score", "bm25"]
+    both = pl.concat([hits.select(columns), positive_scores.select(columns)]).unique(key, keep="first")
+    fused = both.with_columns(
+        (1 / (k + pl.col("score").rank("min", descending=True).over("query_row"))
+         + 1 / (k + pl.col("bm25").rank("min", descending=True).over("query_row"))).alias("rrf"))
+    lowest = (fused.join(positive_scores.select(key), on=key, how="semi").group_by("query_row")
+              .agg(pl.col("rrf").min().alias("lowest")))
+    ranked = (hits.select(key).join(fused.select(*key, "rrf"), on=key, how="left", maintain_order="left")
+              .join(lowest, on="query_row", how="left", maintain_order="left"))
+    return (ranked["rrf"] > ranked["lowest"]).fill_null(False).to_numpy()
 
 
 def _lowest_positive(q: np.ndarray, positive_scores: pl.DataFrame, column: str) -> np.ndarray:
