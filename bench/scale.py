@@ -4,7 +4,8 @@ The corpora recombine SciFact's titles and sentences (bench/synthetic.py: every 
 10k queries with one positive each, each query two fragments of its positive); the model is a static-embedding
 sentence-transformers model over the bundled MiniLM's token-embedding matrix, so embedding is cheap and the pipeline
 itself shows. Both are seeded and cached under --cache. For each size the reference and a cold `negforge build`
-(fresh registry and workdir) run in fresh processes, one after the other, with the options printed on the first line
+(fresh registry and workdir; `mine.strategy: fixed`, `mine.max_depth: null`, as the reference mines) run in fresh
+processes, one after the other, with the options printed on the first line
 (negforge's quality gate is told to accept low coverage: static embeddings place documents close together, and the
 comparison is mining, not a gate refusal). Then one JSON line per size: docs, queries, st_s, negforge_s, ratio,
 st_cpu_s and negforge_cpu_s (CPU seconds of each process tree: the work, apart from waiting on a shared machine),

@@ -26,8 +26,10 @@ from bench_args import DEMO_CONFIG, ROOT
 
 BATCH_SIZE = 32
 MINING = {"relative_margin": 0.05, "range_max": 50, "num_negatives": 5, "sampling_strategy": "top"}
+# mine.strategy fixed and no adaptive depth: the reference has neither, so the comparison stays like for like.
 NEGFORGE_SETTINGS = {"embed.batch_size": BATCH_SIZE, "output.exports": "[]", "dedup.eps": "null",
-                     "mine.max_positive_similarity": "null", **{f"mine.{k}": v for k, v in MINING.items()}}
+                     "mine.max_positive_similarity": "null", "mine.strategy": "fixed", "mine.max_depth": "null",
+                     **{f"mine.{k}": v for k, v in MINING.items()}}
 
 REFERENCE = """
 import json, sys

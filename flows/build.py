@@ -14,7 +14,7 @@ import shutil
 import time
 import uuid
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
@@ -25,13 +25,14 @@ from prefect.cache_policies import NO_CACHE
 
 from negforge.flows.corpus_dedup_stage import dedup_corpus
 from negforge.flows.embed_stage import embed_stage
-from negforge.flows.partition_stage import combine_all, search_and_mine_all
+from negforge.flows.calibration_stage import build_calibration, calibrated, lexical_index
+from negforge.flows.partition_stage import combine_all, search_and_mine_all, search_job
 from negforge.flows.run_report import publish_artifacts, reject_lines
 from negforge.flows.task_options import negforge_task
 from negforge.flows.task_runner import BuildTaskRunner, current_task_runner
 from negforge.flows.versions_info import code_version, package_versions
 from negforge.schemas.config import BuildConfig
-from negforge.schemas.stages import Mined, MinedPartition, Texts
+from negforge.schemas.stages import CalibrationFiles, Deepened, Mined, MinedPartition, StoreMeta, Texts
 from negforge.tasks.candidate_store import save_candidates
 from negforge.tasks.dataset_card import dataset_card
 from negforge.tasks.ingest import ingest
@@ -52,9 +53,9 @@ validate_candidate_task = negforge_task(check_candidate, "validate candidate")
 @task(name="write training set", task_run_name="write training set", cache_policy=NO_CACHE)
 def write_task(mined: Mined, texts: Texts, config: BuildConfig, staging: str) -> dict[str, Any]:
     """Join texts back and write data/, ids/ and exports into the staging folder."""
-    return write_training_set(pl.read_parquet(mined.ids), pl.read_parquet(texts.positives),
+    return write_training_set(pl.read_parquet(mined.ids), pl.read_parquet(mined.positives or texts.positives),
                               texts.query_files, texts.corpus_files, config.output,
-                              config.mine.num_negatives, staging)
+                              config.mine.num_negatives, staging, config.input)
 
 
 @task(name="publish", task_run_name="publish", cache_policy=NO_CACHE)
@@ -136,11 +137,19 @@ def _build(config: BuildConfig, worker_count: Any) -> dict[str, Any]:
             corpus_dedup = dedup_corpus(texts, embedded.corpus, config, run_dir / "corpus-dedup", worker_count())
         logger.info("corpus deduplication dropped %d near-duplicate documents", corpus_dedup.dropped)
 
-    range_max, depth = config.window_and_depth(texts.max_positives)
+    index = None
+    if config.lexical_scores():
+        with _timed(timings, "lexical_index"):
+            index = lexical_index(texts, config)
+    job = search_job(texts, embedded, config, corpus_dedup, index, run_dir, worker_count())
+    mining, calibration, calibration_files = config, None, None
+    if config.mine.strategy == "auto":
+        with _timed(timings, "calibrate"):
+            calibration_files = build_calibration(job, config, run_dir)
+            mining, calibration = calibrated(config, texts.positives, calibration_files)
+    job = replace(job, bound=mining.depth_bound(texts.max_positives, embedded.corpus.rows))
     with _timed(timings, "search_and_mine"):
-        parts, deepened, probe = search_and_mine_all(texts, embedded, config, depth, range_max,
-                                              corpus_dedup.excluded_docs if corpus_dedup else None, run_dir,
-                                              worker_count())
+        parts, probe = search_and_mine_all(job, mining, run_dir, worker_count())
     if probe:
         (logger.info if probe.met_target else logger.warning)(
             "%s index: %s=%d, probe recall %.4f on %d queries (target %s%s), mined negatives changed: %s",
@@ -152,50 +161,61 @@ def _build(config: BuildConfig, worker_count: Any) -> dict[str, Any]:
                   "fingerprints": embedded.fingerprints},
         "embed": {"texts_embedded": embedded.texts_embedded, "texts_cached": embedded.texts_cached,
                   "store_repaired": list(embedded.store_repaired)},
-        "search": {"depth": depth, "range_max": range_max, "index": config.search.index,
+        "search": {"depth": job.depth, "range_max": job.range_max, "index": config.search.index,
                    "probe": asdict(probe) if probe else None},
         "counts": counts.as_dict(),
         "rejects": {"path": ingested.rejects_path, "reasons": ingested.reject_reasons,
                     "samples": ingested.reject_samples},
-        "adaptive_depth": asdict(deepened) if config.mine.max_depth and config.mine.max_depth > depth else None,
+        "calibration": calibration.as_dict() if calibration else None,
         "run_dir": str(run_dir),
         "task_runs": {"embed": embedded.task_runs, "dedup_corpus": corpus_dedup.task_runs if corpus_dedup else 0,
                       "approximate_index": 2 if probe else 0, "search_and_mine": len(parts)},
         "corpus_dedup": {"dropped": corpus_dedup.dropped, "record": "candidates/corpus-duplicates.parquet"}
         if corpus_dedup else None,
     }
-    return mine_and_publish(config, texts, parts, deepened.depth, range_max, run_dir, timings, base,
-                            stored_depth=depth,
-                            corpus_duplicates=corpus_dedup.corpus_duplicates if corpus_dedup else None)
+    stored = StoreMeta(depth=job.depth, max_positives=texts.max_positives, documents=embedded.corpus.rows,
+                       searchable=job.searchable, lexical=job.lexical_index is not None)
+    return mine_and_publish(config, texts, parts, run_dir, timings, base, stored, mining=mining,
+                            corpus_duplicates=corpus_dedup.corpus_duplicates if corpus_dedup else None,
+                            calibration_files=calibration_files)
 
 
-def mine_and_publish(config: BuildConfig, texts: Texts, parts: list[MinedPartition], depth: int, range_max: int,
-                     run_dir: Path, timings: dict[str, float], base: dict[str, Any], parent: str | None = None,
-                     stored_depth: int | None = None, corpus_duplicates: str | None = None) -> dict[str, Any]:
+def mine_and_publish(config: BuildConfig, texts: Texts, parts: list[MinedPartition], run_dir: Path,
+                     timings: dict[str, float], base: dict[str, Any], stored: StoreMeta, parent: str | None = None,
+                     mining: BuildConfig | None = None, corpus_duplicates: str | None = None,
+                     calibration_files: CalibrationFiles | None = None) -> dict[str, Any]:
     """The tail shared by build and remine: combine the mined partitions, write (with the candidates), validate,
     publish.
 
     Args:
-        depth: how many candidates per query were mined (recorded for re-mining).
-        base: the manifest entries the caller knows (inputs, model, embedding counts, search, counts).
+        config: the config as given (the manifest's `config`).
+        base: the manifest entries the caller knows (inputs, model, embedding counts, search, counts, calibration).
+        stored: what the stored candidates are (their search depth, sizes, BM25 scores), for re-mining.
         parent: the version a remine started from (default: the registry's LATEST at publish time).
-        stored_depth: the depth of the candidates the partitions hold (default: depth).
+        mining: the config mined with (the calibration's choice applied; default: config).
         corpus_duplicates: the corpus deduplication record, kept with the candidates.
+        calibration_files: the calibration's candidates, kept with the candidates.
     """
     logger = get_run_logger()
+    mining = mining or config
     with _timed(timings, "combine"):
-        mined = combine_all(parts, texts, config, run_dir)
+        mined = combine_all(parts, texts, mining, run_dir)
+    deepened = Deepened.total([p.deepened for p in parts])
+    if deepened.needs_deeper:
+        logger.warning("%d queries stay short of negatives: a build would search them deeper than the stored "
+                       "candidates go (to depth %s); run negforge build for them", deepened.needs_deeper,
+                       mining.depth_bound(stored.max_positives, stored.documents))
 
     registry = Registry(config.publish.registry, config.publish.dataset)
     staging = registry.staging()
     try:
         with _timed(timings, "write"):
-            written = write_task(mined, texts, config, str(staging))
-            save_candidates(staging / "candidates", [p.candidates for p in parts], texts, stored_depth or depth,
-                            corpus_duplicates)
+            written = write_task(mined, texts, mining, str(staging))
+            save_candidates(staging / "candidates", [p.candidates for p in parts], texts, stored, corpus_duplicates,
+                            calibration_files.folder if calibration_files else None)
         latest = registry.latest()
         with _timed(timings, "validate"):
-            validation = validate_candidate_task(str(staging), mined, texts, config,
+            validation = validate_candidate_task(str(staging), mined, texts, mining,
                                                  registry.manifest(latest) if latest else None,
                                                  str(run_dir / "validation" / "candidate"))
     except Exception:
@@ -211,6 +231,8 @@ def mine_and_publish(config: BuildConfig, texts: Texts, parts: list[MinedPartiti
         "counts": base["counts"] | {"rows": written["rows"], "id_rows": written["id_rows"]},
         "reasons": mined.reasons, "reasons_per_query": mined.reasons_per_query,
         "short_queries": {"count": len(mined.short_queries), "ids": list(mined.short_queries)},
+        "adaptive_depth": {"bound": mining.depth_bound(stored.max_positives, stored.documents), **asdict(deepened)},
+        "suspected_positives": mined.suspected | {"promoted": mining.mine.promote_suspected},
         "dropped_eval_queries": list(mined.dropped_eval_queries), "audit": mined.audit,
         "side_inputs": side_inputs(config),
         "scores": {"positive": asdict(mined.positive_score_stats), "negative": asdict(mined.negative_score_stats)},

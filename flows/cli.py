@@ -39,6 +39,12 @@ def _parser() -> argparse.ArgumentParser:
     remine.add_argument("--registry", default=None, help="registry folder (default: the demo config's)")
     remine.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                         help="override a mine/output/validate/publish field of the source's config (repeatable)")
+    calibrate = commands.add_parser("calibrate", help="run mine.strategy auto's calibration alone on a version's "
+                                                      "stored calibration candidates and print its table and choice")
+    calibrate.add_argument("target", metavar="DATASET[@VERSION]", help="the dataset (default version: LATEST)")
+    calibrate.add_argument("--registry", default=None, help="registry folder (default: the demo config's)")
+    calibrate.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                           help="override a mining option of the version's config (repeatable)")
     versions = commands.add_parser("versions", help="list, show, verify, compare or roll back published versions")
     actions = versions.add_subparsers(dest="action", required=True)
     for name, extra, text in (("list", [], "versions of a dataset"), ("show", ["version"], "one version's manifest"),
@@ -223,7 +229,7 @@ def cmd_remine(args: argparse.Namespace) -> int:
         "registry": str(registry.folder.parent)}}, args.overrides)
     config = validate_config(raw, f"{args.source} config")
     stored = load_candidates(registry.folder / version / "candidates")
-    check_remine(parent["config"], config, stored.depth, stored.texts.max_positives)  # refuse before any run starts
+    check_remine(parent["config"], config, stored)  # refuse before any run starts
 
     def prepare() -> Callable[[], dict]:
         from negforge.flows.remine import remine_training_set
@@ -231,6 +237,13 @@ def cmd_remine(args: argparse.Namespace) -> int:
         return lambda: remine_training_set(version, config)
 
     return _run_flow(args, config.publish.dataset, prepare)
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from negforge.flows.calibrate import calibrate_version
+
+    print("\n".join(calibrate_version(_default_registry(args), args.target, args.overrides)))
+    return 0
 
 
 def cmd_build(args: argparse.Namespace) -> int:
@@ -293,7 +306,9 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from negforge.schemas.config import ConfigError
     from negforge.flows.deployments import NoPrefectAPI
+    from negforge.tasks.calibration import CalibrationError
     from negforge.tasks.candidate_store import RemineError
+    from negforge.tasks.lexical import LexicalError
     from negforge.tasks.model import ModelError
     from negforge.tasks.preflight import StorageError, describe, permanent
     from negforge.tasks.readers import InputError
@@ -303,11 +318,11 @@ def main(argv: list[str] | None = None) -> int:
     from negforge.tasks.validate import ValidationFailed
 
     try:
-        commands = {"build": cmd_build, "remine": cmd_remine, "versions": cmd_versions, "gc": cmd_gc,
-                    "serve": cmd_serve, "trigger": cmd_trigger, "deployments": cmd_deployments}
+        commands = {"build": cmd_build, "remine": cmd_remine, "calibrate": cmd_calibrate, "versions": cmd_versions,
+                    "gc": cmd_gc, "serve": cmd_serve, "trigger": cmd_trigger, "deployments": cmd_deployments}
         return commands[args.command](args)
     except (ConfigError, InputError, ModelError, ValidationFailed, RemineError, NotFound, StorageError,
-            NoPrefectAPI, IndexSettingError, BudgetError) as error:
+            NoPrefectAPI, IndexSettingError, BudgetError, CalibrationError, LexicalError) as error:
         if args.debug:
             raise
         print(f"negforge: error: {error}", file=sys.stderr)

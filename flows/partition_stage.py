@@ -14,7 +14,8 @@ from pathlib import Path
 from negforge.flows.stage_progress import StageProgress
 from negforge.flows.task_options import negforge_task
 from negforge.schemas.config import BuildConfig
-from negforge.schemas.stages import ApproximateSearch, CandidateFiles, Deepened, Embedded, Mined, MinedPartition, Partition, SearchJob, Texts
+from negforge.schemas.stages import (ApproximateSearch, CandidateFiles, CorpusDeduplicated, Embedded, Mined,
+                                     MinedPartition, Partition, SearchJob, Texts)
 from negforge.tasks.ann_index import Probe, build_index
 from negforge.tasks.combine import combine
 from negforge.tasks.recall_probe import probe
@@ -45,40 +46,42 @@ def _approximate_index(job: SearchJob, config: BuildConfig, budget: int, run_dir
     return probe_task.submit(job, path, config).result()
 
 
-def search_and_mine_all(texts: Texts, embedded: Embedded, config: BuildConfig, depth: int, range_max: int,
-                        excluded_docs: str | None, run_dir: Path,
-                        workers: int) -> tuple[list[MinedPartition], Deepened, Probe | None]:
-    """Search and mine every partition on the workers; also the adaptive-depth report of all of them and, with an
-    approximate index, its probe."""
-    budget = memory_budget_bytes(config.runtime, workers)
-    job = SearchJob(texts=texts, queries=embedded.queries, corpus=embedded.corpus, depth=depth, range_max=range_max,
-                    rows_per_block=block_rows(embedded.corpus.dim, budget, embedded.corpus.rows),
-                    out_dir=str(run_dir / "search"), progress_dir=str(run_dir / "progress" / "search"),
-                    excluded_docs=excluded_docs)
+def search_job(texts: Texts, embedded: Embedded, config: BuildConfig, excluded: CorpusDeduplicated | None,
+               lexical_index: str | None, run_dir: Path, workers: int) -> SearchJob:
+    """What every partition task of a build (and the calibration) shares."""
+    range_max, depth = config.window_and_depth(texts.max_positives)
+    searchable = embedded.corpus.rows - (excluded.dropped if excluded else 0)
+    return SearchJob(texts=texts, queries=embedded.queries, corpus=embedded.corpus, depth=depth, range_max=range_max,
+                     rows_per_block=block_rows(embedded.corpus.dim, memory_budget_bytes(config.runtime, workers),
+                                               embedded.corpus.rows),
+                     out_dir=str(run_dir / "search"), progress_dir=str(run_dir / "progress" / "search"),
+                     searchable=searchable, bound=config.depth_bound(texts.max_positives, embedded.corpus.rows),
+                     excluded_docs=excluded.excluded_docs if excluded else None, lexical_index=lexical_index)
+
+
+def search_and_mine_all(job: SearchJob, config: BuildConfig, run_dir: Path,
+                        workers: int) -> tuple[list[MinedPartition], Probe | None]:
+    """Search and mine every partition on the workers; with an approximate index, also its probe."""
     probe = None
     if config.search.index != "flat":
-        probe = _approximate_index(job, config, budget, run_dir)
+        probe = _approximate_index(job, config, memory_budget_bytes(config.runtime, workers), run_dir)
         job = replace(job, approximate=ApproximateSearch(probe.index, probe.kind, probe.knob))
-    partitions = plan_partitions(embedded.queries.rows, embedded.queries.dim * 4 + 64 * (depth + SLACK), workers,
-                                 config)
+    partitions = plan_partitions(job.queries.rows, job.queries.dim * 4 + 64 * (job.depth + SLACK), workers, config)
     futures = [_named(search_and_mine_task, "search and mine", p, len(partitions)).submit(p, job, config)
                for p in partitions]
-    progress = StageProgress(config.publish.dataset, "search", embedded.queries.rows * embedded.corpus.rows,
+    progress = StageProgress(config.publish.dataset, "search", job.queries.rows * job.corpus.rows,
                              job.progress_dir)
-    parts = progress.results(futures)
-    reports = [p.deepened for p in parts]
-    deepened = Deepened(queries_short=sum(r.queries_short for r in reports),
-                        queries_deepened=sum(r.queries_deepened for r in reports),
-                        still_short=sum(r.still_short for r in reports), depth=max(r.depth for r in reports))
-    return parts, deepened, probe
+    return progress.results(futures), probe
 
 
 def mine_stored_all(texts: Texts, stored: CandidateFiles, queries: int, config: BuildConfig, range_max: int,
-                    depth: int, run_dir: Path, workers: int) -> list[MinedPartition]:
-    """Mine stored candidates again, partition by partition (re-mining: nothing is searched)."""
-    partitions = plan_partitions(queries, 64 * depth, workers, config)
+                    levels: list[int], searchable: int, run_dir: Path, workers: int) -> list[MinedPartition]:
+    """Mine stored candidates again, partition by partition (re-mining: nothing is searched), each query to the
+    adaptive-depth level that fills it."""
+    partitions = plan_partitions(queries, 64 * levels[-1], workers, config)
     futures = [_named(mine_partition_task, "mine", p, len(partitions))
-               .submit(p, stored, texts, config, range_max, depth, str(run_dir / "mine")) for p in partitions]
+               .submit(p, stored, texts, config, range_max, levels, searchable, str(run_dir / "mine"))
+               for p in partitions]
     return [future.result() for future in futures]
 
 

@@ -1,7 +1,8 @@
 """The `remine-training-set` flow: a new version from the candidates stored in an earlier one, in seconds.
 
 Nothing is embedded or searched: the stored candidates (to the depth searched) are mined again with the new mining,
-output or validation options, then written, validated and published like a build, with the source as parent.
+output or validation options (with mine.strategy auto, after calibrating again on the stored calibration
+candidates), then written, validated and published like a build, with the source as parent.
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ import polars as pl
 from prefect import flow, tags
 
 from negforge.flows.build import mine_and_publish, new_run_dir
+from negforge.flows.calibration_stage import calibrated
 from negforge.flows.partition_stage import mine_stored_all
 from negforge.schemas.config import BuildConfig
 from negforge.schemas.stages import COUNT_KEYS
+from negforge.tasks.adaptive_depth import depth_levels
 from negforge.tasks.candidate_store import check_remine, load_candidates
 from negforge.tasks.preflight import preflight
 from negforge.tasks.registry import Registry
@@ -34,20 +37,24 @@ def _remine(source: str, config: BuildConfig) -> dict[str, Any]:
     registry = Registry(config.publish.registry, config.publish.dataset)
     parent = registry.whole_manifest(source)
     stored = load_candidates(registry.folder / source / "candidates")
-    check_remine(parent["config"], config, stored.depth, stored.texts.max_positives)
+    check_remine(parent["config"], config, stored)
     started = datetime.now(timezone.utc)
     run_dir = new_run_dir(config, started)
-    range_max, mine_depth = config.window_and_depth(stored.texts.max_positives)
+    timings: dict[str, float] = {}
+    mining, calibration = calibrated(config, stored.texts.positives, stored.calibration)
+    meta = stored.meta
+    range_max, mine_depth = mining.window_and_depth(meta.max_positives)
     base = {
         "created_at": started.isoformat(), "inputs": parent["inputs"], "model": parent["model"],
         "embed": {"texts_embedded": 0, "texts_cached": 0}, "search": {"depth": mine_depth, "range_max": range_max},
         "counts": {key: parent["counts"][key] for key in COUNT_KEYS}, "rejects": parent["rejects"],
         "remined_from": f"{config.publish.dataset}@{source}", "run_dir": str(run_dir),
-        "corpus_dedup": parent.get("corpus_dedup"),
+        "corpus_dedup": parent.get("corpus_dedup"), "calibration": calibration.as_dict() if calibration else None,
     }
     queries = pl.scan_parquet(stored.texts.query_files).select(pl.len()).collect().item()
-    parts = mine_stored_all(stored.texts, stored.files, queries, config, range_max, mine_depth, run_dir,
+    levels = depth_levels(mine_depth, mining.depth_bound(meta.max_positives, meta.documents))
+    parts = mine_stored_all(stored.texts, stored.files, queries, mining, range_max, levels, meta.searchable, run_dir,
                             workers=os.cpu_count() or 1)
     base["task_runs"] = {"mine": len(parts)}
-    return mine_and_publish(config, stored.texts, parts, mine_depth, range_max, run_dir, {}, base, parent=source,
-                            stored_depth=stored.depth, corpus_duplicates=stored.corpus_duplicates)
+    return mine_and_publish(config, stored.texts, parts, run_dir, timings, base, meta, parent=source, mining=mining,
+                            corpus_duplicates=stored.corpus_duplicates, calibration_files=stored.calibration)

@@ -47,6 +47,20 @@ def _search_line(search: dict[str, Any]) -> str:
     return line
 
 
+def _calibration_section(calibration: dict[str, Any] | None) -> str:
+    """The calibration's table and choice (mine.strategy auto), or a line saying mining used fixed options."""
+    if not calibration:
+        return "Fixed options (`mine.strategy: fixed`)."
+    if calibration["outcome"] == "fallback":
+        return f"Fixed options: {calibration['message']}."
+    table = _table(("setting", "false-negative rate", "95% interval", "coverage", "hardness"),
+                   [(row["setting"], row["false_negative_rate"], row["ci95"], row["coverage"], row["hardness"])
+                    for row in calibration["table"]])
+    skipped = "".join(f"\n- skipped {name}: {reason}" for name, reason in calibration["skipped"].items())
+    return (f"{calibration['queries']} queries with several positives, {calibration['folds']} folds, one positive "
+            f"hidden in each.\n\n{table}{skipped}\n\nChosen: **{calibration['choice']}**: {calibration['message']}.")
+
+
 def report_markdown(manifest: dict[str, Any], version_dir: str, published: bool) -> str:
     """The run report, from the manifest the run wrote."""
     counts, rejects = manifest["counts"], manifest["rejects"]
@@ -86,6 +100,9 @@ Task runs per stage: {', '.join(f'{k} {v}' for k, v in manifest.get('task_runs',
 
 ## Search
 {_search_line(manifest['search'])}
+
+## Calibration
+{_calibration_section(manifest.get('calibration'))}
 
 ## Candidates and why they were dropped
 {reasons}

@@ -1,43 +1,50 @@
 """The candidates kept inside each version (`candidates/`, outside its dataset configs), for re-mining.
 
-They hold every retrieved candidate with its score to the depth searched, the positives and their scores, the used
-queries, and the documents those name, with their original row numbers: enough to mine again with other options
-without embedding or searching.
+They hold every retrieved candidate with its score to the depth searched (deeper for queries adaptive depth searched
+deeper), its BM25 score and rescore when there were some, the positives and their scores, the used queries, the
+documents those name, with their original row numbers, and the calibration's candidates (`calibration/`): enough to
+mine (and calibrate) again with other options without embedding or searching.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
-from negforge.schemas.stages import CandidateFiles, StoredCandidates, Texts
+from negforge.schemas.stages import CandidateFiles, StoredCandidates, StoreMeta, Texts
+from negforge.tasks.calibration import MIN_QUERIES, calibration_rows, load_calibration
 
 
 class RemineError(ValueError):
     """The stored candidates cannot serve the requested options."""
 
 
-def save_candidates(folder: Path, parts: list[CandidateFiles], texts: Texts, depth: int,
-                    corpus_duplicates: str | None = None) -> None:
+def save_candidates(folder: Path, parts: list[CandidateFiles], texts: Texts, meta: StoreMeta,
+                    corpus_duplicates: str | None = None, calibration: str | None = None) -> None:
     """Write what re-mining needs into `folder`: the partitions' candidates, in query order, streamed into one file
-    each, and the texts they name."""
+    each, the texts they name, and the calibration's candidates."""
     folder.mkdir(parents=True)
     sources = list(dict.fromkeys(parts))  # a remine's partitions share one stored file
     for name, field in (("hits", "hits"), ("positive-scores", "positive_scores"), ("near-pairs", "near_pairs")):
         pl.scan_parquet([getattr(p, field) for p in sources]).sink_parquet(folder / f"{name}.parquet")
     if corpus_duplicates:
         shutil.copy(corpus_duplicates, folder / "corpus-duplicates.parquet")
+    if calibration:
+        shutil.copytree(calibration, folder / "calibration")
     shutil.copy(texts.positives, folder / "positives.parquet")
     pl.scan_parquet(texts.query_files).sink_parquet(folder / "queries.parquet")
     needed = pl.concat([pl.scan_parquet(folder / "hits.parquet").select("doc_row"),
-                        pl.scan_parquet(texts.positives).select("doc_row")]).unique()
+                        pl.scan_parquet(texts.positives).select("doc_row")]
+                       + ([pl.scan_parquet(folder / "calibration" / "hits.parquet").select("doc_row")]
+                          if calibration else [])).unique()
     (pl.scan_parquet(texts.corpus_files).join(needed, left_on="row", right_on="doc_row", how="semi")
      .sink_parquet(folder / "documents.parquet"))
-    (folder / "meta.json").write_text(json.dumps({"depth": depth, "max_positives": texts.max_positives}, allow_nan=False))
+    (folder / "meta.json").write_text(json.dumps(asdict(meta), allow_nan=False))
 
 
 def load_candidates(folder: Path) -> StoredCandidates:
@@ -50,14 +57,18 @@ def load_candidates(folder: Path) -> StoredCandidates:
     files = CandidateFiles(hits=str(folder / "hits.parquet"), positive_scores=str(folder / "positive-scores.parquet"),
                            near_pairs=str(folder / "near-pairs.parquet"))
     duplicates = folder / "corpus-duplicates.parquet"
-    return StoredCandidates(texts=texts, files=files, depth=meta["depth"],
-                            corpus_duplicates=str(duplicates) if duplicates.exists() else None)
+    # versions from before adaptive depth by default recorded only the depth and the most positives
+    sizes = {"documents": meta["depth"], "searchable": meta["depth"]} | meta
+    return StoredCandidates(texts=texts, files=files, meta=StoreMeta(**sizes),
+                            corpus_duplicates=str(duplicates) if duplicates.exists() else None,
+                            calibration=load_calibration(folder / "calibration"))
 
 
-def check_remine(parent_config: dict[str, Any], config: Any, stored_depth: int, max_positives: int) -> None:
-    """Refuse options the stored candidates cannot serve: other inputs, model, search, corpus deduplication or
-    rescoring model, or a deeper window. (The rescorer's margin and threshold may change: every candidate has its
-    rescore.)"""
+def check_remine(parent_config: dict[str, Any], config: Any, stored: StoredCandidates) -> None:
+    """Refuse options the stored candidates cannot serve: other inputs, model, search, corpus deduplication, rescoring
+    model or BM25 settings, a deeper window, a lexical rule without BM25 scores, or calibration without the
+    calibration's candidates. (The rescorer's margin and threshold and the lexical rules may change: every candidate
+    has its scores.)"""
     new = config.content_dict()
     changed = [section for section in ("input", "embed", "search") if new[section] != parent_config[section]]
     old_dedup, old_rescore = parent_config.get("dedup", {}), parent_config.get("rescore", {})
@@ -66,10 +77,21 @@ def check_remine(parent_config: dict[str, Any], config: Any, stored_depth: int, 
         changed.append("dedup.corpus (and its eps)")
     if config.rescore.scoring_settings() != {key: old_rescore.get(key) for key in config.rescore.scoring_settings()}:
         changed.append("the rescorer's model and inputs")
+    old_lexical = parent_config.get("lexical", {})
+    if stored.meta.lexical and config.lexical.index_settings() != {
+            key: old_lexical.get(key) for key in config.lexical.index_settings()}:
+        changed.append("the BM25 settings (lexical.k1, b, stopwords)")
     if changed:
         raise RemineError(f"re-mining reuses the stored candidates, so {', '.join(changed)} cannot change; "
                           f"use negforge build for that")
-    needed = config.window_and_depth(max_positives)[1]
-    if needed > stored_depth:
+    needed = config.window_and_depth(stored.meta.max_positives)[1]
+    if needed > stored.meta.depth:
         raise RemineError(f"these options need the top {needed} candidates per query, but the version stored "
-                          f"{stored_depth} (its search depth); run negforge build with search.depth >= {needed}")
+                          f"{stored.meta.depth} (its search depth); run negforge build with search.depth >= {needed}")
+    if config.lexical.rules_on() and not stored.meta.lexical:
+        raise RemineError("lexical.ratio and lexical.fusion need BM25 scores, which this version's candidates do not "
+                          "have (built with mine.strategy fixed and no lexical rule); run negforge build")
+    if config.mine.strategy == "auto" and stored.calibration is None and len(
+            calibration_rows(pl.read_parquet(stored.texts.positives))) >= MIN_QUERIES:
+        raise RemineError("mine.strategy auto needs the calibration's candidates, which this version does not hold "
+                          "(built with mine.strategy fixed); run negforge build, or remine with mine.strategy=fixed")

@@ -1,14 +1,13 @@
 """One partition of queries, searched and mined by one task on one worker.
 
-The task streams the corpus once for its queries (tasks/search.py), computes candidate similarities, searches its
-short queries deeper when `mine.max_depth` asks for it, rescores with a second model when one is set, and mines. It
-writes its candidates and their reasons to files; the flow only sees the small `MinedPartition`. Re-mining runs the
-mining half alone on stored candidates.
+The task streams the corpus once for its queries (tasks/search.py), computes candidate similarities and BM25 scores
+(when lexical scoring is on), searches its short queries deeper when `mine.max_depth` asks for it, rescores with a
+second model when one is set, and mines. It writes its candidates and their reasons to files; the flow only sees the
+small `MinedPartition`. Re-mining runs the mining half alone on stored candidates.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -19,8 +18,9 @@ import polars as pl
 from negforge.schemas.config import BuildConfig
 from negforge.schemas.stages import CandidateFiles, Deepened, MinedPartition, Partition, SearchJob, Texts
 from negforge.schemas.tables import HITS, POSITIVE_SCORES, frame
+from negforge.tasks.adaptive_depth import depth_levels, mine_adaptively, mine_options
 from negforge.tasks.ann_index import propose_approximately
-from negforge.tasks.mine import mine
+from negforge.tasks.lexical import with_bm25
 from negforge.tasks.progress import TaskProgress
 from negforge.tasks.rescore import rescore_pairs, rescorer_spec
 from negforge.tasks.search import SLACK, open_vectors, pair_scores, propose, rank_exactly
@@ -73,13 +73,21 @@ def _positive_scores(positives: pl.DataFrame, rows: np.ndarray, queries: np.ndar
 
 
 def searched(rows: np.ndarray, queries: np.ndarray, positives: pl.DataFrame, job: SearchJob,
-             excluded: np.ndarray | None,
-             progress: TaskProgress | None = None) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
-    """Search the queries `rows` (sorted global rows) to the job's depth: ranked hits with `pos_sim`, their
-    near-duplicate pairs, and the positives' scores."""
-    hits = _search(rows, queries, job, job.depth, excluded, progress)
+             excluded: np.ndarray | None, progress: TaskProgress | None = None,
+             depth: int | None = None) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """Search the queries `rows` (sorted global rows) to `depth` (default: the job's): ranked hits with `pos_sim`
+    (and `bm25` with a lexical index), their near-duplicate pairs, and the positives' scores."""
+    hits = _search(rows, queries, job, depth or job.depth, excluded, progress)
     hits, near = _similarity(hits, positives, job)
-    return hits, near, _positive_scores(positives, rows, queries, job)
+    hits, positive_scores = _lexical(job, hits, _positive_scores(positives, rows, queries, job))
+    return hits, near, positive_scores
+
+
+def _lexical(job: SearchJob, *tables: pl.DataFrame) -> list[pl.DataFrame]:
+    """The tables of (query_row, doc_row) pairs with their BM25 scores, when the job has a lexical index."""
+    if not job.lexical_index:
+        return list(tables)
+    return with_bm25(tables, job.lexical_index, job.texts.query_files)
 
 
 def _similarity(hits: pl.DataFrame, positives: pl.DataFrame, job: SearchJob) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -100,8 +108,8 @@ def _short(hits: pl.DataFrame, positives: pl.DataFrame, positive_scores: pl.Data
            config: BuildConfig, range_max: int) -> list[int]:
     """Query rows whose window holds fewer than num_negatives candidates (decided before rescoring and the hub
     cap, which need the model and all partitions)."""
-    candidates = mine(hits, positives, positive_scores, config.mine, range_max, near, config.dedup.eps,
-                      defer_sampling=True)
+    candidates = mine_options(hits, positives, positive_scores, near, config.model_copy(update={"rescore": None}),
+                              range_max, defer_sampling=True)
     counts = candidates.filter(pl.col("reason").is_null()).group_by("query_row").len()
     full = set(counts.filter(pl.col("len") >= config.mine.num_negatives)["query_row"].to_list())
     return [row for row in positives["query_row"].unique().sort().to_list() if row not in full]
@@ -109,25 +117,24 @@ def _short(hits: pl.DataFrame, positives: pl.DataFrame, positive_scores: pl.Data
 
 def _deepen(hits: pl.DataFrame, near: pl.DataFrame, positives: pl.DataFrame, positive_scores: pl.DataFrame,
             queries: np.ndarray, rows: np.ndarray, job: SearchJob, config: BuildConfig,
-            excluded: np.ndarray | None) -> tuple[pl.DataFrame, pl.DataFrame, Deepened]:
-    """Search queries left short of negatives deeper, doubling the depth up to mine.max_depth, until they fill."""
+            excluded: np.ndarray | None) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Search queries left short of negatives deeper, doubling the depth up to the job's bound, until they fill."""
     short = _short(hits, positives, positive_scores, near, config, job.range_max)
-    report = Deepened(queries_short=len(short), still_short=len(short), depth=job.depth)
-    depth = job.depth
-    while short and depth < config.mine.max_depth:
-        depth = min(config.mine.max_depth, depth * 2)
+    for depth in depth_levels(job.depth, job.bound)[1:]:
+        if not short:
+            break
         subset = np.array(short, dtype=np.int64)
         deeper = _search(subset, queries[np.searchsorted(rows, subset)], job, depth, excluded)
         deeper, deeper_near = _similarity(deeper, positives.filter(pl.col("query_row").is_in(short)), job)
+        deeper = _lexical(job, deeper)[0]
         keep = ~pl.col("query_row").is_in(short)
         hits = pl.concat([hits.filter(keep), deeper]).sort("query_row", "rank")
         near = pl.concat([near.filter(keep), deeper_near]).sort("query_row", "doc_row")
         short = _short(hits, positives, positive_scores, near, config, job.range_max)
-        report = replace(report, queries_deepened=report.queries_short, still_short=len(short), depth=depth)
-    return hits, near, report
+    return hits, near
 
 
-def _rescore(hits: pl.DataFrame, positive_scores: pl.DataFrame, texts: Texts,
+def rescored(hits: pl.DataFrame, positive_scores: pl.DataFrame, texts: Texts,
              config: BuildConfig) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Add the rescorer's score of every candidate and positive (`rescore` columns)."""
     spec = rescorer_spec(config.rescore, config.runtime.device)
@@ -147,30 +154,37 @@ def search_and_mine(partition: Partition, job: SearchJob, config: BuildConfig) -
                             len(queries) * job.corpus.rows)
     rows = np.arange(partition.first, partition.stop)
     hits, near, positive_scores = searched(rows, queries, positives, job, excluded, progress)
-    deepened = Deepened(depth=job.depth)
-    if config.mine.max_depth and config.mine.max_depth > job.depth:
-        hits, near, deepened = _deepen(hits, near, positives, positive_scores, queries, rows, job, config, excluded)
+    if job.bound:
+        hits, near = _deepen(hits, near, positives, positive_scores, queries, rows, job, config, excluded)
     if config.rescore.model:
-        hits, positive_scores = _rescore(hits, positive_scores, job.texts, config)
+        hits, positive_scores = rescored(hits, positive_scores, job.texts, config)
     out = Path(job.out_dir) / f"partition-{partition.number:05d}"
+    files = write_candidates(out, hits, positive_scores, near)
+    return mine_partition(partition, files, job.texts, config, job.range_max,
+                          depth_levels(job.depth, job.bound), job.searchable, str(out))
+
+
+def write_candidates(out: Path, hits: pl.DataFrame, positive_scores: pl.DataFrame, near: pl.DataFrame) -> CandidateFiles:
+    """Write searched candidates (hits, positive scores, near-duplicate pairs) into the folder `out`."""
     out.mkdir(parents=True, exist_ok=True)
     files = CandidateFiles(hits=str(out / "hits.parquet"), positive_scores=str(out / "positive-scores.parquet"),
                            near_pairs=str(out / "near-pairs.parquet"))
     hits.write_parquet(files.hits)
     positive_scores.write_parquet(files.positive_scores)
     near.write_parquet(files.near_pairs)
-    return replace(mine_partition(partition, files, job.texts, config, job.range_max, deepened.depth, str(out)),
-                   deepened=deepened)
+    return files
 
 
 def mine_partition(partition: Partition, files: CandidateFiles, texts: Texts, config: BuildConfig, range_max: int,
-                   depth: int, out_dir: str) -> MinedPartition:
-    """Mine a partition's candidates to `depth`; with a hub cap, sampling waits for the pass over all partitions."""
-    hits = _rows(files.hits, partition).filter(pl.col("rank") < depth).sort("query_row", "rank")
-    candidates = mine(hits, _rows(texts.positives, partition), _rows(files.positive_scores, partition),
-                      config.mine, range_max, _rows(files.near_pairs, partition), config.dedup.eps, config.rescore,
-                      defer_sampling=config.mine.max_uses_per_negative is not None)
+                   levels: list[int], searchable: int, out_dir: str) -> MinedPartition:
+    """Mine a partition's candidates, each query to the first of the adaptive-depth `levels` that fills it; with a
+    hub cap, sampling waits for the pass over all partitions."""
+    hits = _rows(files.hits, partition).filter(pl.col("rank") < levels[-1]).sort("query_row", "rank")
+    candidates, deepened = mine_adaptively(
+        hits, _rows(texts.positives, partition), _rows(files.positive_scores, partition),
+        _rows(files.near_pairs, partition), config, range_max, levels, searchable,
+        defer_sampling=config.mine.max_uses_per_negative is not None)
     path = Path(out_dir) / f"mined-{partition.number:05d}.parquet"
     path.parent.mkdir(parents=True, exist_ok=True)
     candidates.write_parquet(path)
-    return MinedPartition(partition=partition, candidates=files, mined=str(path), deepened=Deepened(depth=depth))
+    return MinedPartition(partition=partition, candidates=files, mined=str(path), deepened=deepened)

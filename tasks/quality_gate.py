@@ -36,6 +36,21 @@ def check_inputs(ingested: Ingested, out_dir: str) -> dict[str, Any]:
     return outcome
 
 
+def coverage_shortfall(queries: int, mined: Mined, config: BuildConfig) -> str:
+    """What the coverage expectation measured, what it lacks, and the settings that change it."""
+    short = len(mined.short_queries)
+    mine = config.mine
+    filters = {f"mine.{name}": getattr(mine, name) for name in
+               ("relative_margin", "absolute_margin", "max_score", "min_score", "max_positive_similarity")}
+    filters |= {f"lexical.{name}": getattr(config.lexical, name) for name in ("ratio", "fusion")}
+    on = ", ".join(f"{name}={value}" for name, value in filters.items() if value is not None) or "none"
+    return (f"  coverage: {queries - short} of {queries} queries got all {mine.num_negatives} negatives "
+            f"({(queries - short) / max(queries, 1):.4f} < validate.min_coverage {config.validate_.min_coverage}); "
+            f"{short} queries are short by {mined.negatives_missing} negatives in all. Settings that change it: "
+            f"mine.max_depth (now {mine.max_depth}; auto searches short queries deeper, up to the corpus), the "
+            f"filters that are on ({on}), mine.num_negatives, mine.range_max, or validate.min_coverage")
+
+
 def check_candidate(staged: str, mined: Mined, texts: Texts, config: BuildConfig,
                     previous: dict[str, Any] | None, out_dir: str) -> dict[str, Any]:
     """Run the output suites on the staged version; quarantine it and raise ValidationFailed when one fails."""
@@ -43,7 +58,7 @@ def check_candidate(staged: str, mined: Mined, texts: Texts, config: BuildConfig
 
     staged_path = Path(staged)
     ids = pl.read_parquet(staged_path / "ids")
-    positives = pl.read_parquet(texts.positives)
+    positives = pl.read_parquet(mined.positives or texts.positives)
     query_ids = pl.read_parquet(texts.query_files, columns=["id"])["id"].to_list()
     data = pl.read_parquet(staged_path / "data")
     checks = [("training_rows", text_suite(config.validate_), text_checks(data)),
@@ -58,6 +73,8 @@ def check_candidate(staged: str, mined: Mined, texts: Texts, config: BuildConfig
     if not outcome["success"]:
         place = quarantine(staged_path, staged_path.parent, Path(out_dir))
         lines = [describe_failures(outcome["failures"], MEANINGS)] if outcome["failures"] else []
+        if any(f["table"] == "queries" for f in outcome["failures"]):
+            lines.append(coverage_shortfall(len(query_ids), mined, config))
         if config.validate_.drift_fails:
             lines += [f"  drift: {w}" for w in warnings]
         raise ValidationFailed("\n".join([f"the candidate version failed validation; nothing was published. "

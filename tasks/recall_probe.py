@@ -16,15 +16,15 @@ import polars as pl
 from negforge.schemas.config import BuildConfig
 from negforge.schemas.stages import ApproximateSearch, SearchJob
 from negforge.tasks.ann_index import Probe, knobs, list_count, window_recall
-from negforge.tasks.mine import mine
+from negforge.tasks.adaptive_depth import mine_options
 from negforge.tasks.partition import searched
 from negforge.tasks.search import open_vectors
 
 
 def _kept(hits: pl.DataFrame, near: pl.DataFrame, positives: pl.DataFrame, positive_scores: pl.DataFrame,
           job: SearchJob, config: BuildConfig) -> pl.DataFrame:
-    mined = mine(hits, positives, positive_scores, config.mine, job.range_max, near, config.dedup.eps,
-                 defer_sampling=config.mine.max_uses_per_negative is not None)
+    mined = mine_options(hits, positives, positive_scores, near, config.model_copy(update={"rescore": None}),
+                         job.range_max, defer_sampling=config.mine.max_uses_per_negative is not None)
     return mined.filter(pl.col("reason").is_null()).select("query_row", "doc_row")
 
 

@@ -13,8 +13,10 @@ from typing import Any
 
 import polars as pl
 
-from negforge.schemas.config import OutputConfig
-from negforge.schemas.tables import CANDIDATE_COLUMNS, IDS, RESCORE_COLUMNS, check
+from negforge.schemas.config import InputConfig, OutputConfig
+from negforge.tasks.readers import Field, input_files, read_input
+from negforge.schemas.tables import (CANDIDATE_COLUMNS, IDS, LEXICAL_COLUMNS, RESCORE_COLUMNS, SUSPECTED_COLUMNS,
+                                     check)
 
 
 def shard_rows(shards: list[str], rows: pl.Series) -> pl.DataFrame:
@@ -38,32 +40,48 @@ def _dropped(candidates: pl.DataFrame, corpus_shards: list[str]) -> pl.DataFrame
                  pl.col("reason").alias("candidate_reasons")))
 
 
+def _suspected(candidates: pl.DataFrame, corpus_shards: list[str]) -> pl.DataFrame:
+    """Per query, the ids of its suspected positives (candidates at or above its lowest positive by every signal
+    that is on), in rank order."""
+    suspected = candidates.filter(pl.col("suspected")).sort(["query_row", "rank"])
+    doc_ids = shard_rows(corpus_shards, suspected["doc_row"]).select("row", "id")
+    return (suspected.join(doc_ids, left_on="doc_row", right_on="row", maintain_order="left")
+            .group_by("query_row", maintain_order=True).agg(pl.col("id").alias("suspected_positive_ids")))
+
+
 def ids_table(candidates: pl.DataFrame, positives: pl.DataFrame, positive_scores: pl.DataFrame,
               corpus_shards: list[str], fmt: str, num_negatives: int,
               keep_candidates: bool = False) -> tuple[pl.DataFrame, list[str]]:
     """One row per (query, positive) that has a training row, and the ids of the queries short of negatives.
 
-    When the positive scores carry the rescorer's (`rescore`), rows carry them too. With `keep_candidates`, each row
-    also lists the query's dropped candidates with their scores and reasons.
+    When the positive scores carry the rescorer's (`rescore`) or BM25's (`bm25`), rows carry them too. Every row lists
+    its query's suspected positives. With `keep_candidates`, each row also lists the query's dropped candidates with
+    their scores and reasons.
     """
-    rescored = "rescore" in positive_scores.columns
+    extra = {"rescore": RESCORE_COLUMNS, "bm25": LEXICAL_COLUMNS}
     kept = candidates.filter(pl.col("reason").is_null()).sort(["query_row", "score", "doc_row"],
                                                              descending=[False, True, False])
     doc_ids = shard_rows(corpus_shards, kept["doc_row"]).select("row", pl.col("id").alias("negative_id"))
     negatives = (kept.join(doc_ids, left_on="doc_row", right_on="row", maintain_order="left")
                  .group_by("query_row", maintain_order=True)
                  .agg(pl.col("negative_id").alias("negative_ids"), pl.col("score").alias("negative_scores"),
-                      pl.col("rescore").alias("negative_rescores")))
-    names = {"score": "positive_score", "rescore": "positive_rescore"}
+                      pl.col("rescore").alias("negative_rescores"), pl.col("bm25").alias("negative_bm25s")))
+    names = {"score": "positive_score", "rescore": "positive_rescore", "bm25": "positive_bm25"}
     renamed = positive_scores.rename({k: v for k, v in names.items() if k in positive_scores.columns})
     rows = (positives.join(renamed, on=["query_row", "doc_row"], how="left", maintain_order="left")
             .join(negatives, on="query_row", how="left", maintain_order="left")
-            .with_columns(pl.col("negative_ids").fill_null(pl.lit([], pl.List(pl.String))),
-                          pl.col("negative_scores", "negative_rescores").fill_null(pl.lit([], pl.List(pl.Float32)))))
+            .join(_suspected(candidates, corpus_shards), on="query_row", how="left", maintain_order="left")
+            .with_columns(pl.col("negative_ids", "suspected_positive_ids").fill_null(pl.lit([], pl.List(pl.String))),
+                          pl.col("negative_scores", "negative_rescores", "negative_bm25s")
+                          .fill_null(pl.lit([], pl.List(pl.Float32)))))
     found = rows["negative_ids"].list.len()
     short = rows.filter(found < num_negatives)["query_id"].unique(maintain_order=True).to_list()
     table = rows.filter(found >= _minimum_negatives(fmt, num_negatives))
-    schema = IDS | (RESCORE_COLUMNS if rescored else {}) | (CANDIDATE_COLUMNS if keep_candidates else {})
+    schema = IDS | SUSPECTED_COLUMNS
+    for column, columns in extra.items():
+        if column in positive_scores.columns:
+            schema |= columns
+    schema |= CANDIDATE_COLUMNS if keep_candidates else {}
     if keep_candidates:
         table = table.join(_dropped(candidates, corpus_shards), on="query_row", how="left", maintain_order="left")
     return check(schema, table.select(list(schema)), "ids table"), short
@@ -88,11 +106,13 @@ def joined_texts(ids: pl.DataFrame, positives: pl.DataFrame, query_shards: list[
 
 
 def _score_columns(base: pl.DataFrame, cfg: OutputConfig) -> list[tuple[str, str, str]]:
-    """(output name, positive column, negatives column) of each score the output carries."""
+    """(output name, positive column, negatives column) of each score the output carries: the embedding's, then
+    the rescorer's and BM25's when the ids have them."""
     if not cfg.scores:
         return []
-    rescored = [("rescore", "positive_rescore", "negative_rescores")] if "positive_rescore" in base.columns else []
-    return [("score", "positive_score", "negative_scores"), *rescored]
+    kinds = [("score", "positive_score", "negative_scores"), ("rescore", "positive_rescore", "negative_rescores"),
+             ("bm25", "positive_bm25", "negative_bm25s")]
+    return [kind for kind in kinds if kind[1] in base.columns]
 
 
 def training_rows(base: pl.DataFrame, cfg: OutputConfig, n: int) -> pl.DataFrame:
@@ -159,10 +179,45 @@ def write_flagembedding(base: pl.DataFrame, path: Path, with_scores: bool) -> in
     return grouped.height
 
 
+def _title_and_text(ids: pl.Series, texts: pl.DataFrame, source: InputConfig) -> pl.DataFrame:
+    """(id, title, text) of documents: from the corpus file's own title and text columns when the input has a corpus
+    with titles (streamed, keeping only the wanted ids), else an empty title and the document's text."""
+    wanted = ids.unique()
+    if not (source.corpus and source.doc_title_field and source.pairs is None):
+        return texts.filter(pl.col("id").is_in(wanted.implode())).select("id", pl.lit("").alias("title"), "text")
+    fields = {"id": Field(source.doc_id_field), "title": Field(source.doc_title_field, required=False),
+              "text": Field(source.doc_text_field)}
+    found = [batch.rows.filter(pl.col("id").is_in(wanted.implode())).select("id", "title", "text")
+             for batch in read_input(input_files(source.corpus, source.format), fields)]
+    return pl.concat(found).unique("id", keep="first").with_columns(pl.col("title").fill_null(""))
+
+
+def write_tevatron(ids: pl.DataFrame, base: pl.DataFrame, corpus_shards: list[str], source: InputConfig,
+                   path: Path) -> int:
+    """Tevatron's training jsonl: per query, query_id, query, positive_passages and negative_passages, each passage
+    {docid, title, text}. With input.pairs the ids are negforge's (made from the text hash) and titles are empty."""
+    doc_ids = pl.concat([ids["positive_id"], ids["negative_ids"].explode().drop_nulls()])
+    shard_texts = pl.scan_parquet(corpus_shards).select("id", "text").filter(pl.col("id").is_in(doc_ids.unique())).collect()
+    passages = {docid: {"docid": docid, "title": title, "text": text}
+                for docid, title, text in _title_and_text(doc_ids, shard_texts, source).iter_rows()}
+    grouped = (base.group_by("query_id", maintain_order=True)
+               .agg(pl.col("anchor").first().alias("query"), pl.col("positive_id").alias("positives"),
+                    pl.col("negative_ids").first().alias("negatives")))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as handle:
+        for query_id, query, positive_ids, negative_ids in grouped.iter_rows():
+            row = {"query_id": query_id, "query": query,
+                   "positive_passages": [passages[d] for d in positive_ids],
+                   "negative_passages": [passages[d] for d in negative_ids]}
+            handle.write(json.dumps(row, ensure_ascii=False, allow_nan=False) + "\n")
+    return grouped.height
+
+
 def write_training_set(ids: pl.DataFrame, positives: pl.DataFrame, query_shards: list[str],
                        corpus_shards: list[str], cfg: OutputConfig, num_negatives: int,
-                       out_dir: str | Path) -> dict[str, Any]:
-    """Write `data/`, `ids/` and the configured exports under `out_dir`."""
+                       out_dir: str | Path, source: InputConfig | None = None) -> dict[str, Any]:
+    """Write `data/`, `ids/` and the configured exports under `out_dir` (`source`, the input section, gives the
+    Tevatron export its titles)."""
     out = Path(out_dir)
     base = joined_texts(ids, positives, query_shards, corpus_shards)
     training = training_rows(base, cfg, num_negatives)
@@ -171,6 +226,9 @@ def write_training_set(ids: pl.DataFrame, positives: pl.DataFrame, query_shards:
     if "flagembedding" in cfg.exports:
         write_flagembedding(base, out / "exports" / "flagembedding.jsonl", cfg.scores)
         files["exports"] = ["flagembedding.jsonl"]
+    if "tevatron" in cfg.exports:
+        write_tevatron(ids, base, corpus_shards, source or InputConfig(pairs=[]), out / "exports" / "tevatron.jsonl")
+        files["exports"] = [*files.get("exports", []), "tevatron.jsonl"]
     sizes = {config: sum((out / config / name).stat().st_size for name in files[config]) for config in ("data", "ids")}
     return {"rows": training.height, "id_rows": ids.height, "columns": training.columns, "files": files,
             "bytes": sizes}

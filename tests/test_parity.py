@@ -73,7 +73,10 @@ def _negforge_rows(sample: Path, tmp: Path, options: dict, *extra: str) -> pl.Da
 
     from negforge.flows.build import build_training_set
 
-    overrides = [f"mine.{k}={v}" for k, v in options.items()] + ["dedup.eps=null", "mine.max_positive_similarity=null"] + list(extra)
+    # fixed strategy, no adaptive depth, no extra filters: what the reference does
+    overrides = [f"mine.{k}={v}" for k, v in options.items()] + [
+        "dedup.eps=null", "mine.max_positive_similarity=null", "mine.strategy=fixed", "mine.max_depth=null",
+        *extra]
     if "relative_margin" not in options:
         overrides.append("mine.relative_margin=null")
     config = load_config(DEMO_CONFIG, [f"input.corpus={sample / 'corpus.jsonl'}",

@@ -1,0 +1,253 @@
+"""Calibration (`mine.strategy: auto`): which mining setting gives negatives that are hard and not false, measured
+on the user's own data.
+
+Among the queries with two or more positives, each of `mine.calibration_folds` seeded folds hides one positive per
+query. Hiding a positive only changes which candidates count as positives, so one search with every positive known,
+to the grid's largest depth, serves every fold: in a fold the hidden positive is an ordinary candidate, the query's
+lowest positive score and its candidates' similarity to the positives are those of the positives it still has. Each
+setting of the declared GRID is then a remine of these candidates (mined to the adaptive depth the setting would
+search) and is measured against the hidden positives: the false-negative rate (kept negatives that are the hidden
+positive) with a 95% bootstrap interval over queries, the coverage (queries that got all their negatives) and the
+hardness (mean kept negative score over plain top-k's, in the same folds).
+
+The choice: the lowest false-negative rate among settings with coverage >= MIN_COVERAGE and hardness >=
+MIN_HARDNESS; settings whose intervals overlap its interval are tied and the hardest of them wins. If no setting
+reaches the coverage, the highest coverage wins; if some reach it but none the hardness, the hardest of those wins.
+Fewer than MIN_QUERIES multi-positive queries: the configured (fixed) options, with a warning.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from negforge.schemas.config import BuildConfig
+from negforge.schemas.stages import Calibration, CalibrationFiles
+from negforge.schemas.tables import HIDDEN, frame
+from negforge.tasks.adaptive_depth import depth_levels, mine_adaptively
+from negforge.tasks.audit import rate_with_interval
+from negforge.tasks.mine import query_rng
+from negforge.tasks.similarity import candidate_similarity
+
+MIN_QUERIES = 20
+MIN_COVERAGE = 0.95
+MIN_HARDNESS = 0.7
+BASELINE = "plain top-k"
+# The fields every setting sets (section, field), at these values unless the setting names them.
+CALIBRATED = {("mine", "relative_margin"): None, ("mine", "absolute_margin"): None,
+              ("mine", "max_positive_similarity"): None, ("mine", "max_score"): None, ("mine", "max_depth"): "auto",
+              ("lexical", "ratio"): None, ("lexical", "fusion"): None}
+GRID: dict[str, dict[tuple[str, str], Any]] = {
+    BASELINE: {("mine", "max_depth"): None},
+    "relative_margin 0.05, max_positive_similarity 0.8 (the fixed default)": {
+        ("mine", "relative_margin"): 0.05, ("mine", "max_positive_similarity"): 0.8},
+    "relative_margin 0.05, max_positive_similarity 0.8, no adaptive depth": {
+        ("mine", "relative_margin"): 0.05, ("mine", "max_positive_similarity"): 0.8, ("mine", "max_depth"): None},
+    "relative_margin 0.02, max_positive_similarity 0.8": {
+        ("mine", "relative_margin"): 0.02, ("mine", "max_positive_similarity"): 0.8},
+    "relative_margin 0.1, max_positive_similarity 0.8": {
+        ("mine", "relative_margin"): 0.1, ("mine", "max_positive_similarity"): 0.8},
+    "absolute_margin 0.05, max_positive_similarity 0.8": {
+        ("mine", "absolute_margin"): 0.05, ("mine", "max_positive_similarity"): 0.8},
+    "max_positive_similarity 0.8": {("mine", "max_positive_similarity"): 0.8},
+    "lexical ratio 1, max_positive_similarity 0.8": {
+        ("lexical", "ratio"): 1.0, ("mine", "max_positive_similarity"): 0.8},
+    "lexical rrf, max_positive_similarity 0.8": {
+        ("lexical", "fusion"): "rrf", ("mine", "max_positive_similarity"): 0.8},
+    "relative_margin 0.02, lexical ratio 1, max_positive_similarity 0.8": {
+        ("mine", "relative_margin"): 0.02, ("lexical", "ratio"): 1.0, ("mine", "max_positive_similarity"): 0.8},
+    "relative_margin 0.02, lexical rrf, max_positive_similarity 0.8": {
+        ("mine", "relative_margin"): 0.02, ("lexical", "fusion"): "rrf", ("mine", "max_positive_similarity"): 0.8},
+}
+
+
+class CalibrationError(ValueError):
+    """Stored candidates that cannot be calibrated on."""
+
+
+def setting_fields(name: str) -> dict[str, Any]:
+    """A grid setting as dotted fields (`mine.relative_margin`: value), every calibrated field included."""
+    return {f"{section}.{field}": value for (section, field), value in (CALIBRATED | GRID[name]).items()}
+
+
+def applied(config: BuildConfig, fields: dict[str, Any]) -> BuildConfig:
+    """The config with a setting's dotted fields replaced (the other options stay as configured)."""
+    sections: dict[str, dict[str, Any]] = {}
+    for dotted, value in fields.items():
+        section, field = dotted.split(".")
+        sections.setdefault(section, {})[field] = value
+    return config.model_copy(update={section: getattr(config, section).model_copy(update=values)
+                                     for section, values in sections.items()})
+
+
+def _uses_lexical(name: str) -> bool:
+    return any(section == "lexical" and value is not None for (section, _), value in GRID[name].items())
+
+
+def calibration_rows(positives: pl.DataFrame) -> list[int]:
+    """The query rows with two or more positive documents (distinct corpus rows)."""
+    counts = positives.group_by("query_row").agg(pl.col("doc_row").n_unique().alias("n"))
+    return counts.filter(pl.col("n") >= 2)["query_row"].sort().to_list()
+
+
+def hidden_positives(positives: pl.DataFrame, rows: list[int], folds: int, seed: int) -> pl.DataFrame:
+    """The positive each fold hides from each query (uniform among its positive documents, from a stream seeded by
+    (seed, fold, query id), so folds do not depend on order or partitioning)."""
+    own = (positives.filter(pl.col("query_row").is_in(rows)).group_by("query_row", maintain_order=True)
+           .agg(pl.col("query_id").first(), pl.col("doc_row").unique().sort()))
+    picked: dict[str, list[int]] = {"fold": [], "query_row": [], "doc_row": []}
+    for query_row, query_id, docs in own.iter_rows():
+        for fold in range(folds):
+            picked["fold"].append(fold)
+            picked["query_row"].append(query_row)
+            picked["doc_row"].append(docs[int(query_rng(seed + fold, query_id).integers(len(docs)))])
+    return frame(HIDDEN, picked).sort("fold", "query_row")
+
+
+def fold_similarity(hits: pl.DataFrame, positives: pl.DataFrame, hidden: pl.DataFrame,
+                    corpus: np.ndarray) -> pl.DataFrame:
+    """Each fold's `pos_sim` of every candidate: its highest cosine to the positives the fold leaves the query."""
+    parts = []
+    for fold in hidden["fold"].unique().sort().to_list():
+        kept = positives.join(hidden.filter(pl.col("fold") == fold), on=["query_row", "doc_row"], how="anti")
+        with_sim, _ = candidate_similarity(hits.select("query_row", "doc_row"), kept, corpus)
+        parts.append(with_sim.with_columns(pl.lit(fold, pl.UInt32).alias("fold")))
+    return pl.concat(parts).select("fold", "query_row", "doc_row", "pos_sim")
+
+
+def grid_depth(config: BuildConfig, max_positives: int, documents: int) -> int:
+    """The deepest any grid setting searches: its adaptive-depth bound, or its search depth."""
+    depths = []
+    for name in GRID:
+        setting = applied(config, setting_fields(name))
+        depths.append(setting.depth_bound(max_positives, documents) or setting.window_and_depth(max_positives)[1])
+    return max(depths)
+
+
+def save_calibration(folder: Path, hits: pl.DataFrame, positive_scores: pl.DataFrame, near: pl.DataFrame,
+                     hidden: pl.DataFrame, similarity: pl.DataFrame, meta: dict[str, Any]) -> CalibrationFiles:
+    """Write the calibration's candidates into `folder` (a version keeps them in candidates/calibration/)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tables = {"hits": hits.drop("pos_sim"), "positive-scores": positive_scores, "near-pairs": near,
+              "hidden": hidden, "fold-similarity": similarity}
+    for name, table in tables.items():
+        table.write_parquet(folder / f"{name}.parquet")
+    (folder / "meta.json").write_text(json.dumps(meta, allow_nan=False))
+    return CalibrationFiles(folder=str(folder), queries=hidden["query_row"].n_unique(), **meta)
+
+
+def load_calibration(folder: Path) -> CalibrationFiles | None:
+    """The calibration candidates stored in `folder`, or None when there are none."""
+    if not (folder / "meta.json").exists():
+        return None
+    meta = json.loads((folder / "meta.json").read_text())
+    queries = pl.scan_parquet(folder / "hidden.parquet").select(pl.col("query_row").n_unique()).collect().item()
+    return CalibrationFiles(folder=str(folder), queries=queries, **meta)
+
+
+def _lexical_problem(hits: pl.DataFrame) -> str | None:
+    """Why lexical settings cannot be applied to these candidates, or None when they can."""
+    if "bm25" not in hits.columns:
+        return "the candidates have no BM25 scores (the corpus tokenizes to nothing, or lexical scoring was off)"
+    if not (hits["bm25"] > 0).any():
+        return "no query shares a word with its candidates (the texts tokenize to nothing in common)"
+    return None
+
+
+def _measure(candidates: pl.DataFrame, hidden: pl.DataFrame, queries: list[int], num_negatives: int) -> pl.DataFrame:
+    """Per query of one fold: kept negatives, how many are the hidden positive, their score sum, full or not."""
+    kept = candidates.filter(pl.col("reason").is_null()).join(
+        hidden.select("query_row", pl.col("doc_row").alias("hidden")), on="query_row", how="left")
+    per_query = kept.group_by("query_row").agg(pl.len().alias("total"),
+                                               (pl.col("doc_row") == pl.col("hidden")).sum().alias("relevant"),
+                                               pl.col("score").cast(pl.Float64).sum().alias("score_sum"))
+    every = pl.DataFrame({"query_row": queries}, schema={"query_row": pl.UInt32})
+    return (every.join(per_query, on="query_row", how="left").fill_null(0)
+            .with_columns((pl.col("total") >= num_negatives).alias("full")))
+
+
+def _row(name: str, measured: pl.DataFrame, baseline_mean: float | None) -> dict[str, Any]:
+    """One line of the table: a setting measured over all folds (rates pooled by query across folds)."""
+    per_query = measured.group_by("query_row").agg(pl.col("relevant").sum(), pl.col("total").sum())
+    negatives = int(measured["total"].sum())
+    rate, interval = rate_with_interval(per_query) if negatives else (None, None)
+    mean = float(measured["score_sum"].sum() / negatives) if negatives else None
+    hardness = round(mean / baseline_mean, 4) if mean is not None and baseline_mean else None
+    return {"setting": name, "false_negative_rate": rate, "ci95": interval,
+            "coverage": round(float(measured["full"].mean()), 4), "hardness": hardness,
+            "mean_negative_score": None if mean is None else round(mean, 4), "negatives": negatives}
+
+
+def choose(table: list[dict[str, Any]]) -> tuple[str, str, str]:
+    """The chosen setting's name, what decided it, and a sentence saying so."""
+    measured = [row for row in table if row.get("false_negative_rate") is not None]
+    covered = [row for row in measured if row["coverage"] >= MIN_COVERAGE]
+    if not covered:
+        best = max(measured, key=lambda row: (row["coverage"], -row["false_negative_rate"]))
+        return best["setting"], "highest_coverage", (
+            f"no setting reached coverage {MIN_COVERAGE}; the highest coverage ({best['coverage']}) wins")
+    eligible = [row for row in covered if (row["hardness"] or 0) >= MIN_HARDNESS]
+    if not eligible:
+        best = max(covered, key=lambda row: row["hardness"] or 0)
+        return best["setting"], "hardest_with_coverage", (
+            f"no setting with coverage >= {MIN_COVERAGE} reached hardness {MIN_HARDNESS}; the hardest of them "
+            f"({best['hardness']}) wins")
+    lowest = min(eligible, key=lambda row: (row["false_negative_rate"], -row["hardness"]))
+    tied = [row for row in eligible if row["ci95"][0] <= lowest["ci95"][1] and lowest["ci95"][0] <= row["ci95"][1]]
+    best = max(tied, key=lambda row: (row["hardness"], -row["false_negative_rate"]))
+    if best is lowest:
+        return best["setting"], "lowest_false_negative_rate", (
+            f"the lowest false-negative rate ({best['false_negative_rate']}) with coverage >= {MIN_COVERAGE} and "
+            f"hardness >= {MIN_HARDNESS}")
+    return best["setting"], "tied_and_harder", (
+        f"its interval overlaps that of the lowest false-negative rate ({lowest['setting']}: "
+        f"{lowest['false_negative_rate']}), and it is the hardest of the {len(tied)} tied settings "
+        f"(hardness {best['hardness']})")
+
+
+def calibrate(files: CalibrationFiles, positives_path: str, config: BuildConfig) -> Calibration:
+    """Mine the calibration candidates with every grid setting in every fold, measure, and choose; `positives_path`
+    is the positives table of the build (tables.POSITIVES)."""
+    folder = Path(files.folder)
+    hits = pl.read_parquet(folder / "hits.parquet")
+    positive_scores, near = (pl.read_parquet(folder / f"{name}.parquet") for name in ("positive-scores", "near-pairs"))
+    hidden, similarity = (pl.read_parquet(folder / f"{name}.parquet") for name in ("hidden", "fold-similarity"))
+    rows = hidden["query_row"].unique().sort().to_list()
+    positives = pl.read_parquet(positives_path).filter(pl.col("query_row").is_in(rows))
+    lexical_problem = _lexical_problem(hits)
+    names = [name for name in GRID if not (lexical_problem and _uses_lexical(name))]
+    measured: dict[str, list[pl.DataFrame]] = {name: [] for name in names}
+    key = ["query_row", "doc_row"]
+    for fold in range(files.folds):
+        hide = hidden.filter(pl.col("fold") == fold).select(key)
+        fold_hits = hits.join(similarity.filter(pl.col("fold") == fold).drop("fold"), on=key, how="left",
+                              maintain_order="left")
+        fold_positives = positives.join(hide, on=key, how="anti")
+        fold_scores = positive_scores.join(hide, on=key, how="anti")
+        for name in names:
+            setting = applied(config, setting_fields(name))
+            range_max, depth = setting.window_and_depth(files.max_positives)
+            levels = [level for level in depth_levels(depth, setting.depth_bound(files.max_positives, files.documents))
+                      if level <= files.depth] or [files.depth]
+            candidates, _ = mine_adaptively(fold_hits, fold_positives, fold_scores, near, setting, range_max, levels,
+                                            files.searchable)
+            measured[name].append(_measure(candidates, hide, rows, config.mine.num_negatives))
+    baseline = pl.concat(measured[BASELINE])
+    baseline_mean = float(baseline["score_sum"].sum() / baseline["total"].sum()) if baseline["total"].sum() else None
+    table = [_row(name, pl.concat(measured[name]), baseline_mean) for name in names]
+    skipped = {name: lexical_problem for name in GRID if name not in names}
+    choice, outcome, reason = choose(table)
+    return Calibration(outcome=outcome, choice=choice, settings=setting_fields(choice), message=reason,
+                       queries=len(rows), folds=files.folds, table=tuple(table), skipped=skipped)
+
+
+def fallback(queries: int, config: BuildConfig) -> Calibration:
+    """The calibration's answer when too few queries have several positives: the configured options."""
+    return Calibration(outcome="fallback", choice=None, settings={}, queries=queries, folds=config.mine.calibration_folds,
+                       message=f"only {queries} queries have two or more positives (calibration needs "
+                               f"{MIN_QUERIES}); mining with the configured options (mine.strategy: fixed)",
+                       table=(), skipped={})
