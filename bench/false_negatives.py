@@ -12,7 +12,7 @@ rate, its 95% interval's bounds, the coverage and the hardness (mean negative sc
 fold), the build seconds, and what auto chose.
 
     .venv/bin/python bench/false_negatives.py [--data ../shared/data/scifact] [--qrels qrels/train.tsv]
-        [--folds 3] [--settings "plain top-k,auto"] [--work /tmp/negforge-bench]
+        [--folds 3] [--settings "plain top-k,auto"] [--set mine.calibration_folds=5] [--work /tmp/negforge-bench]
 """
 
 from __future__ import annotations
@@ -77,6 +77,8 @@ def main() -> None:
                                                           "else qrels/test.tsv)")
     arguments.add_argument("--folds", type=int, default=3, help="outer folds, each hiding other positives")
     arguments.add_argument("--settings", default=",".join(SETTINGS), help="comma-separated, from: " + ", ".join(SETTINGS))
+    arguments.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                           help="a config override for every build (repeatable)")
     args = arguments.parse_args()
     names = [name.strip() for name in args.settings.split(",")]
     unknown = [name for name in names if name not in SETTINGS]
@@ -89,7 +91,8 @@ def main() -> None:
     for fold in range(args.folds):
         mining, hidden = hide_one(qrels, fold, args.work / "folds" / f"fold-{fold}")
         for number, name in enumerate(names):
-            manifest, seconds = build(args.data, mining, hidden, args.work, f"fold{fold}-{number}", SETTINGS[name])
+            manifest, seconds = build(args.data, mining, hidden, args.work, f"fold{fold}-{number}",
+                                      SETTINGS[name] + args.overrides)
             audit, calibration = manifest["audit"], manifest.get("calibration")
             row = {"setting": name, "fold": fold, "n_queries": audit["n_queries"],
                    "false_negative_rate": audit["false_negative_rate"], "ci95": audit["ci95"],

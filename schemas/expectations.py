@@ -23,7 +23,8 @@ OUTPUT_CHECKS = {
     "negative_not_any_positive": "a negative is a known positive of the query (by id or text)",
     "negatives_unique": "a negative repeats within the row",
     "scores_in_range": "a score is not finite or outside the score range",
-    "negatives_within_filters": "a kept negative breaks a configured margin, bound or the rescorer's rule",
+    "negatives_within_filters": "a kept negative breaks a configured margin, bound, the rescorer's rule or the "
+                                "lexical ratio",
     "anchor_not_eval_query": "the anchor is a query of the evaluation split",
 }
 

@@ -11,8 +11,12 @@ positive) with a 95% bootstrap interval over queries, the coverage (queries that
 hardness (mean kept negative score over plain top-k's, in the same folds).
 
 The choice: the lowest false-negative rate among settings with coverage >= MIN_COVERAGE and hardness >=
-MIN_HARDNESS; settings whose intervals overlap its interval are tied and the hardest of them wins. If no setting
-reaches the coverage, the highest coverage wins; if some reach it but none the hardness, the hardest of those wins.
+MIN_HARDNESS; settings tied with it win when harder (the hardest of the tied wins). Tied means the intervals overlap,
+measured where it can be told: on the same queries, so the interval is that of the difference of the two rates
+(a paired bootstrap over queries) and the settings tie when it holds 0. Two settings' own intervals, each as wide as
+the queries are few, overlap even when one setting keeps a hidden positive on query after query and the other never
+does. If no setting reaches the coverage, the highest coverage wins; if some reach it but none the hardness, the
+hardest of those wins.
 Fewer than MIN_QUERIES multi-positive queries: the configured (fixed) options, with a warning.
 """
 
@@ -20,7 +24,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import polars as pl
@@ -29,7 +33,7 @@ from negforge.schemas.config import BuildConfig
 from negforge.schemas.stages import Calibration, CalibrationFiles
 from negforge.schemas.tables import HIDDEN, frame
 from negforge.tasks.adaptive_depth import depth_levels, mine_adaptively
-from negforge.tasks.audit import rate_with_interval
+from negforge.tasks.audit import BOOTSTRAP_SAMPLES, rate_with_interval
 from negforge.tasks.mine import query_rng
 from negforge.tasks.similarity import candidate_similarity
 
@@ -41,27 +45,26 @@ BASELINE = "plain top-k"
 CALIBRATED = {("mine", "relative_margin"): None, ("mine", "absolute_margin"): None,
               ("mine", "max_positive_similarity"): None, ("mine", "max_score"): None, ("mine", "max_depth"): "auto",
               ("lexical", "ratio"): None, ("lexical", "fusion"): None}
+_REL, _ABS = ("mine", "relative_margin"), ("mine", "absolute_margin")
+_SIM, _DEPTH = ("mine", "max_positive_similarity"), ("mine", "max_depth")
+_RATIO, _FUSION = ("lexical", "ratio"), ("lexical", "fusion")
+# The declared grid: the baseline, the margins of NV-Retriever's study, BM25's two rules, and the two together.
 GRID: dict[str, dict[tuple[str, str], Any]] = {
-    BASELINE: {("mine", "max_depth"): None},
-    "relative_margin 0.05, max_positive_similarity 0.8 (the fixed default)": {
-        ("mine", "relative_margin"): 0.05, ("mine", "max_positive_similarity"): 0.8},
-    "relative_margin 0.05, max_positive_similarity 0.8, no adaptive depth": {
-        ("mine", "relative_margin"): 0.05, ("mine", "max_positive_similarity"): 0.8, ("mine", "max_depth"): None},
-    "relative_margin 0.02, max_positive_similarity 0.8": {
-        ("mine", "relative_margin"): 0.02, ("mine", "max_positive_similarity"): 0.8},
-    "relative_margin 0.1, max_positive_similarity 0.8": {
-        ("mine", "relative_margin"): 0.1, ("mine", "max_positive_similarity"): 0.8},
-    "absolute_margin 0.05, max_positive_similarity 0.8": {
-        ("mine", "absolute_margin"): 0.05, ("mine", "max_positive_similarity"): 0.8},
-    "max_positive_similarity 0.8": {("mine", "max_positive_similarity"): 0.8},
-    "lexical ratio 1, max_positive_similarity 0.8": {
-        ("lexical", "ratio"): 1.0, ("mine", "max_positive_similarity"): 0.8},
-    "lexical rrf, max_positive_similarity 0.8": {
-        ("lexical", "fusion"): "rrf", ("mine", "max_positive_similarity"): 0.8},
-    "relative_margin 0.02, lexical ratio 1, max_positive_similarity 0.8": {
-        ("mine", "relative_margin"): 0.02, ("lexical", "ratio"): 1.0, ("mine", "max_positive_similarity"): 0.8},
-    "relative_margin 0.02, lexical rrf, max_positive_similarity 0.8": {
-        ("mine", "relative_margin"): 0.02, ("lexical", "fusion"): "rrf", ("mine", "max_positive_similarity"): 0.8},
+    BASELINE: {_DEPTH: None},
+    "max_positive_similarity 0.8": {_SIM: 0.8},
+    "relative_margin 0.05, max_positive_similarity 0.8 (the fixed default)": {_REL: 0.05, _SIM: 0.8},
+    "relative_margin 0.05, max_positive_similarity 0.8, no adaptive depth (the old default)": {
+        _REL: 0.05, _SIM: 0.8, _DEPTH: None},
+    "relative_margin 0.02, max_positive_similarity 0.8": {_REL: 0.02, _SIM: 0.8},
+    "relative_margin 0.1, max_positive_similarity 0.8": {_REL: 0.1, _SIM: 0.8},
+    "absolute_margin 0.05, max_positive_similarity 0.8": {_ABS: 0.05, _SIM: 0.8},
+    "lexical ratio 1, max_positive_similarity 0.8": {_RATIO: 1.0, _SIM: 0.8},
+    "lexical ratio 1, max_positive_similarity 0.7": {_RATIO: 1.0, _SIM: 0.7},
+    "lexical rrf, max_positive_similarity 0.8": {_FUSION: "rrf", _SIM: 0.8},
+    "relative_margin 0.01, lexical ratio 1, max_positive_similarity 0.8": {_REL: 0.01, _RATIO: 1.0, _SIM: 0.8},
+    "relative_margin 0.02, lexical ratio 1, max_positive_similarity 0.8": {_REL: 0.02, _RATIO: 1.0, _SIM: 0.8},
+    "relative_margin 0.1, lexical ratio 1, max_positive_similarity 0.8": {_REL: 0.1, _RATIO: 1.0, _SIM: 0.8},
+    "relative_margin 0.02, lexical rrf, max_positive_similarity 0.8": {_REL: 0.02, _FUSION: "rrf", _SIM: 0.8},
 }
 
 
@@ -114,7 +117,7 @@ def fold_similarity(hits: pl.DataFrame, positives: pl.DataFrame, hidden: pl.Data
     parts = []
     for fold in hidden["fold"].unique().sort().to_list():
         kept = positives.join(hidden.filter(pl.col("fold") == fold), on=["query_row", "doc_row"], how="anti")
-        with_sim, _ = candidate_similarity(hits.select("query_row", "doc_row"), kept, corpus)
+        with_sim, _ = candidate_similarity(hits.select("query_row", "doc_row"), kept, corpus, near_pairs=False)
         parts.append(with_sim.with_columns(pl.lit(fold, pl.UInt32).alias("fold")))
     return pl.concat(parts).select("fold", "query_row", "doc_row", "pos_sim")
 
@@ -170,11 +173,15 @@ def _measure(candidates: pl.DataFrame, hidden: pl.DataFrame, queries: list[int],
             .with_columns((pl.col("total") >= num_negatives).alias("full")))
 
 
+def _pooled(measured: pl.DataFrame) -> pl.DataFrame:
+    """Per query, its kept negatives and hidden positives among them, summed over the folds (sorted by query)."""
+    return measured.group_by("query_row").agg(pl.col("relevant").sum(), pl.col("total").sum()).sort("query_row")
+
+
 def _row(name: str, measured: pl.DataFrame, baseline_mean: float | None) -> dict[str, Any]:
     """One line of the table: a setting measured over all folds (rates pooled by query across folds)."""
-    per_query = measured.group_by("query_row").agg(pl.col("relevant").sum(), pl.col("total").sum())
     negatives = int(measured["total"].sum())
-    rate, interval = rate_with_interval(per_query) if negatives else (None, None)
+    rate, interval = rate_with_interval(_pooled(measured)) if negatives else (None, None)
     mean = float(measured["score_sum"].sum() / negatives) if negatives else None
     hardness = round(mean / baseline_mean, 4) if mean is not None and baseline_mean else None
     return {"setting": name, "false_negative_rate": rate, "ci95": interval,
@@ -182,8 +189,22 @@ def _row(name: str, measured: pl.DataFrame, baseline_mean: float | None) -> dict
             "mean_negative_score": None if mean is None else round(mean, 4), "negatives": negatives}
 
 
-def choose(table: list[dict[str, Any]]) -> tuple[str, str, str]:
-    """The chosen setting's name, what decided it, and a sentence saying so."""
+def difference_interval(lowest: pl.DataFrame, other: pl.DataFrame, seed: int = 0) -> list[float]:
+    """95% bootstrap interval of `other`'s false-negative rate less `lowest`'s, resampling the same queries for
+    both (paired: each pooled per query, both sorted by query)."""
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, lowest.height, size=(BOOTSTRAP_SAMPLES, lowest.height))
+
+    def rates(frame: pl.DataFrame) -> np.ndarray:
+        relevant, total = frame["relevant"].to_numpy(), frame["total"].to_numpy()
+        return relevant[picks].sum(axis=1) / np.maximum(total[picks].sum(axis=1), 1)
+
+    return [round(float(x), 4) for x in np.quantile(rates(other) - rates(lowest), [0.025, 0.975])]
+
+
+def choose(table: list[dict[str, Any]], tied: Callable[[str, str], bool]) -> tuple[str, str, str]:
+    """The chosen setting's name, what decided it, and a sentence saying so; `tied(lowest, other)` says whether a
+    setting's false-negative rate cannot be told from the lowest one's."""
     measured = [row for row in table if row.get("false_negative_rate") is not None]
     covered = [row for row in measured if row["coverage"] >= MIN_COVERAGE]
     if not covered:
@@ -197,16 +218,16 @@ def choose(table: list[dict[str, Any]]) -> tuple[str, str, str]:
             f"no setting with coverage >= {MIN_COVERAGE} reached hardness {MIN_HARDNESS}; the hardest of them "
             f"({best['hardness']}) wins")
     lowest = min(eligible, key=lambda row: (row["false_negative_rate"], -row["hardness"]))
-    tied = [row for row in eligible if row["ci95"][0] <= lowest["ci95"][1] and lowest["ci95"][0] <= row["ci95"][1]]
-    best = max(tied, key=lambda row: (row["hardness"], -row["false_negative_rate"]))
+    ties = [row for row in eligible if row is lowest or tied(lowest["setting"], row["setting"])]
+    best = max(ties, key=lambda row: (row["hardness"], -row["false_negative_rate"]))
     if best is lowest:
         return best["setting"], "lowest_false_negative_rate", (
             f"the lowest false-negative rate ({best['false_negative_rate']}) with coverage >= {MIN_COVERAGE} and "
             f"hardness >= {MIN_HARDNESS}")
     return best["setting"], "tied_and_harder", (
-        f"its interval overlaps that of the lowest false-negative rate ({lowest['setting']}: "
-        f"{lowest['false_negative_rate']}), and it is the hardest of the {len(tied)} tied settings "
-        f"(hardness {best['hardness']})")
+        f"its false-negative rate ({best['false_negative_rate']}) cannot be told from the lowest "
+        f"({lowest['setting']}: {lowest['false_negative_rate']}: the 95% interval of their difference holds 0), and "
+        f"it is the hardest of the {len(ties)} tied settings (hardness {best['hardness']})")
 
 
 def calibrate(files: CalibrationFiles, positives_path: str, config: BuildConfig) -> Calibration:
@@ -239,8 +260,17 @@ def calibrate(files: CalibrationFiles, positives_path: str, config: BuildConfig)
     baseline = pl.concat(measured[BASELINE])
     baseline_mean = float(baseline["score_sum"].sum() / baseline["total"].sum()) if baseline["total"].sum() else None
     table = [_row(name, pl.concat(measured[name]), baseline_mean) for name in names]
+    pooled = {name: _pooled(pl.concat(frames)) for name, frames in measured.items()}
+    differences: dict[str, list[float]] = {}
+
+    def tied(lowest: str, other: str) -> bool:
+        low, high = differences.setdefault(other, difference_interval(pooled[lowest], pooled[other]))
+        return low <= 0 <= high
+
+    choice, outcome, reason = choose(table, tied)
+    for row in table:
+        row["difference_ci95"] = differences.get(row["setting"])
     skipped = {name: lexical_problem for name in GRID if name not in names}
-    choice, outcome, reason = choose(table)
     return Calibration(outcome=outcome, choice=choice, settings=setting_fields(choice), message=reason,
                        queries=len(rows), folds=files.folds, table=tuple(table), skipped=skipped)
 

@@ -62,9 +62,11 @@ def row_checks(ids: pl.DataFrame, positives: pl.DataFrame, corpus_shards: list[s
     anchor_hash = pl.scan_parquet(query_shards).select(pl.col("id").alias("query_id"),
                                                        pl.col("text_hash").alias("anchor_hash")).collect()
     rescored = "negative_rescores" in ids.columns  # then kept negatives must also satisfy the rescorer's rule
+    ratio = cfg.lexical.ratio if "negative_bm25s" in ids.columns else None  # and the lexical ratio
     lowest = ids.group_by("query_id").agg(pl.col("positive_score").min().alias("lowest"),
                                           *([pl.col("positive_rescore").min().alias("lowest_rescore")] if rescored
-                                            else []))
+                                            else []),
+                                          *([pl.col("positive_bm25").min().alias("lowest_bm25")] if ratio else []))
     rows = (ids.with_row_index("row")
             .join(own, on=["query_id", "positive_id"], how="left")
             .join(known, on="query_id", how="left")
@@ -74,10 +76,14 @@ def row_checks(ids: pl.DataFrame, positives: pl.DataFrame, corpus_shards: list[s
     broken = _filter_violation(pl.col("score"), pl.col("lowest"), cfg)
     if rescored:
         broken |= pl.col("rescore") > cfg.rescore.bound(pl.col("lowest_rescore")) + cfg.validate_.score_tolerance
+    if ratio:
+        broken |= pl.col("bm25") > ratio * pl.col("lowest_bm25") * (1 + cfg.validate_.score_tolerance)
+    extra = ([("lowest_rescore", "negative_rescores", "rescore")] if rescored else []) + (
+        [("lowest_bm25", "negative_bm25s", "bm25")] if ratio else [])
     negatives = (rows.select("row", "positive_id", "positive_hash", "known_ids", "known_hashes", "lowest",
                              pl.col("negative_ids").alias("negative_id"), pl.col("negative_scores").alias("score"),
-                             *(["lowest_rescore", pl.col("negative_rescores").alias("rescore")] if rescored else []))
-                 .explode(["negative_id", "score", *(["rescore"] if rescored else [])]).drop_nulls("negative_id")
+                             *[c for low, column, name in extra for c in (low, pl.col(column).alias(name))])
+                 .explode(["negative_id", "score", *[name for _, _, name in extra]]).drop_nulls("negative_id")
                  .join(id_hash, on="negative_id", how="left")
                  .select("row",
                          ((pl.col("negative_id") == pl.col("positive_id"))

@@ -16,14 +16,15 @@ from negforge.schemas.tables import NEAR_PAIRS, frame
 PAIR_FLOOR = 0.9
 
 
-def candidate_similarity(hits: pl.DataFrame, positives: pl.DataFrame,
-                         corpus: np.ndarray) -> tuple[pl.DataFrame, pl.DataFrame]:
+def candidate_similarity(hits: pl.DataFrame, positives: pl.DataFrame, corpus: np.ndarray,
+                         near_pairs: bool = True) -> tuple[pl.DataFrame, pl.DataFrame]:
     """The hits with `pos_sim` added, and the near-duplicate candidate pairs of each of their queries.
 
     Args:
         hits: (query_row, doc_row, ...) sorted by query_row then rank.
         positives: (query_row, doc_row) of the same queries' positives.
         corpus: the corpus vectors, indexed by doc_row (memory-mapped).
+        near_pairs: False: `pos_sim` only (the pairs table comes back empty).
     """
     q, d = hits["query_row"].to_numpy(), hits["doc_row"].to_numpy().astype(np.int64)
     positives = positives.select("query_row", "doc_row").unique().sort("query_row", "doc_row")
@@ -40,6 +41,8 @@ def candidate_similarity(hits: pl.DataFrame, positives: pl.DataFrame,
         cand = vectors[np.searchsorted(needed, d[start:stop])]
         if hi > lo:
             pos_sim[start:stop] = (cand @ vectors[np.searchsorted(needed, pd_[lo:hi])].T).max(axis=1)
+        if not near_pairs:
+            continue
         sims = cand @ cand.T
         i, j = np.nonzero(np.triu(sims >= PAIR_FLOOR, k=1))
         pairs["query_row"].extend([query] * len(i))

@@ -6,7 +6,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from negforge.schemas.config import MineConfig
+from negforge.schemas.config import LexicalConfig, MineConfig, RescoreConfig
 from negforge.schemas.tables import HITS, POSITIVE_SCORES, POSITIVES, frame
 from negforge.tasks.mine import REASONS, mine, query_rng
 
@@ -165,3 +165,62 @@ def test_random_sampling_is_uniform_over_the_window():
 def test_a_window_that_cannot_hold_the_negatives_is_rejected(range_min, range_max, n):
     with pytest.raises(ValueError, match="range"):
         MineConfig(range_min=range_min, range_max=range_max, num_negatives=n)
+
+
+def _lexical_case(bm25: list[float], positive_bm25: list[float]):
+    """Candidates 1..n scoring 0.8 - d/100 (dense) with the given BM25 scores; positives 50, 51 (dense 0.9, 0.85)."""
+    hits, pos, scores, _ = _case({0: [(d, 0.8 - d / 100) for d in range(1, len(bm25) + 1)]},
+                                 {0: [(50, 0.9, True), (51, 0.85, True)]})
+    return (hits.with_columns(pl.Series("bm25", bm25, dtype=pl.Float32)), pos,
+            scores.with_columns(pl.Series("bm25", positive_bm25, dtype=pl.Float32)))
+
+
+def test_lexical_ratio_drops_what_bm25_scores_above_ratio_times_the_lowest_positive():
+    hits, pos, scores = _lexical_case([9.0, 2.0, 6.5, 1.0, 0.0], [7.0, 5.0])  # lowest positive BM25: 5
+    one = mine(hits, pos, scores, MineConfig(num_negatives=2, relative_margin=None), 10,
+               lexical=LexicalConfig(ratio=1.0))
+    assert [_reason(one, d) for d in (1, 3)] == ["lexical_relevant", "lexical_relevant"]
+    assert _kept(one) == [2, 4] and one.filter(pl.col("doc_row") == 1)["bm25"].item() == 9.0
+    looser = mine(hits, pos, scores, MineConfig(num_negatives=2, relative_margin=None), 10,
+                  lexical=LexicalConfig(ratio=1.5))  # above 7.5 only
+    assert _kept(looser) == [2, 3]
+    without = mine(hits, pos, scores, MineConfig(num_negatives=2, relative_margin=None), 10)
+    assert _kept(without) == [1, 2]  # no lexical section: BM25 scores alone change nothing
+
+
+def test_lexical_rrf_drops_what_the_fused_rank_puts_ahead_of_the_lowest_positive():
+    # dense ranks among candidates and positives: 50, 51, 1, 2, 3, 4; BM25 ranks: 3, 50, 51, 4, 2, 1
+    hits, pos, scores = _lexical_case([0.1, 0.2, 12.0, 0.3], [10.0, 0.5])
+    result = mine(hits, pos, scores, MineConfig(num_negatives=2, relative_margin=None), 10,
+                  lexical=LexicalConfig(fusion="rrf", rrf_k=1))
+    # rrf (k=1): 51 (the lowest positive): 1/3 + 1/4 = 0.583; 3: 1/6 + 1/2 = 0.667 (ahead); 1: 1/4 + 1/7 = 0.393
+    assert _reason(result, 3) == "lexical_relevant"
+    assert _kept(result) == [1, 2]
+
+
+def test_lexical_relevant_comes_right_after_rescorer_relevant():
+    assert REASONS.index("lexical_relevant") == REASONS.index("rescorer_relevant") + 1
+    hits, pos, scores = _lexical_case([9.0, 1.0, 1.0], [7.0, 5.0])
+    hits = hits.with_columns(pl.Series("rescore", [0.95, 0.1, 0.1], dtype=pl.Float32))
+    scores = scores.with_columns(pl.Series("rescore", [0.9, 0.9], dtype=pl.Float32))
+    result = mine(hits, pos, scores, MineConfig(num_negatives=1, relative_margin=None), 10, None, None,
+                  RescoreConfig(model="m", kind="guide"), lexical=LexicalConfig(ratio=1.0))
+    assert _reason(result, 1) == "rescorer_relevant"  # breaks both rules: the earlier step names it
+
+
+def test_suspected_positives_are_listed_and_promoted_only_when_asked():
+    # lowest positive: dense 0.85, BM25 5. Candidate 1 (0.79): below by dense. Candidate 9 (0.9, BM25 8): above by
+    # both; candidate 8 (0.88, BM25 1): above by dense only, so not suspected once BM25 is on
+    hits, pos, scores, _ = _case({0: [(9, 0.9), (8, 0.88), (1, 0.79), (2, 0.78), (3, 0.77)]},
+                                 {0: [(50, 0.9, True), (51, 0.85, True)]})
+    hits = hits.with_columns(pl.Series("bm25", [8.0, 1.0, 9.0, 0.0, 0.0], dtype=pl.Float32))
+    scores = scores.with_columns(pl.Series("bm25", [7.0, 5.0], dtype=pl.Float32))
+    listed = mine(hits, pos, scores, MineConfig(num_negatives=2, relative_margin=None), 10,
+                  lexical=LexicalConfig(ratio=10.0))
+    assert listed.filter(pl.col("suspected"))["doc_row"].to_list() == [9]
+    assert _kept(listed) == [9, 8]  # listed, still mined: no rule removes them here
+    dense_only = mine(hits, pos, scores, MineConfig(num_negatives=2, relative_margin=None), 10)
+    assert dense_only.filter(pl.col("suspected"))["doc_row"].to_list() == [9, 8]
+    promoted = mine(hits, pos, scores, MineConfig(num_negatives=2, relative_margin=None, promote_suspected=True), 10,
+                    lexical=LexicalConfig(ratio=10.0))
+    assert _reason(promoted, 9) == "promoted_positive" and _kept(promoted) == [8, 1]
