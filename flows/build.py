@@ -1,5 +1,5 @@
-"""The `build-training-set` flow: ingest, validate inputs, embed (per shard, on Dask), search (per shard), merge,
-candidate similarity, optional deeper search, mine, write, validate the candidate, publish.
+"""The `build-training-set` flow: ingest, validate inputs, embed (a few tasks per worker, on Dask), search (per
+shard), merge, candidate similarity, optional deeper search, mine, write, validate the candidate, publish.
 
 Tasks pass paths and small metadata only; tables and vectors live in the run workspace. The task runner
 (flows/task_runner.py) reads each run's `runtime` section, so the same flow, run from the CLI, a served deployment or
@@ -24,7 +24,9 @@ import polars as pl
 from prefect import flow, get_run_logger, tags, task
 from prefect.cache_policies import NO_CACHE
 
-from negforge.flows.run_report import ShardProgress, publish_artifacts
+from negforge.flows.embed_stage import embed_stage
+from negforge.flows.run_report import publish_artifacts
+from negforge.flows.stage_tasks import stage_task as _task  # one definition, shared with flows/embed_stage.py
 from negforge.flows.task_runner import BuildTaskRunner
 from negforge.schemas.config import BuildConfig
 from negforge.schemas.stages import Texts
@@ -33,7 +35,6 @@ from negforge.tasks.candidate_store import save_candidates
 from negforge.tasks.corpus_dedup import choose_kept, near_duplicate_pairs
 from negforge.tasks.dataset_card import dataset_card
 from negforge.tasks.deepen import deepen
-from negforge.tasks.embed import embed_shard
 from negforge.tasks.ingest import ingest
 from negforge.tasks.mine import mine, reason_counts, reasons_per_query
 from negforge.tasks.model import EncoderSpec, ModelRef, named_prompt, resolve_model
@@ -48,19 +49,8 @@ from negforge.tasks.training_set import ids_table, write_training_set
 PACKAGES = ("negforge", "prefect", "prefect-dask", "distributed", "polars", "faiss-cpu", "sentence-transformers",
             "transformers", "torch", "datasets", "numpy", "great-expectations", "pydantic")
 
-def _transient(task: Any, task_run: Any, state: Any) -> bool:
-    """Retry only what a second try can fix: I/O, network and timeouts, not bad input or a failed check."""
-    return isinstance(state.result(raise_on_failure=False), (OSError, TimeoutError, ConnectionError))
-
-
-def _task(fn: Any, name: str, retried: bool = False) -> Any:
-    """A task whose runs are named readably; `retried` ones (storage, models) retry transient errors with backoff."""
-    retry = {"retries": 2, "retry_delay_seconds": [2, 10], "retry_condition_fn": _transient} if retried else {}
-    return task(fn, name=name, task_run_name=name, cache_policy=NO_CACHE, **retry)
-
 
 ingest_task = _task(ingest, "ingest", retried=True)
-embed_task = _task(embed_shard, "embed shard", retried=True)
 search_task = _task(search_shard, "search shard", retried=True)
 merge_task = _task(merge_hits, "merge hits")
 deepen_task = _task(deepen, "search deeper")
@@ -166,28 +156,6 @@ def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
     timings[stage] = round(time.perf_counter() - start, 3)
 
 
-def _embed_all(texts: Texts, specs: dict[str, EncoderSpec], store: str, run_dir: Path,
-               dataset: str) -> dict[str, Any]:
-    """Submit one embed task per shard (queries and corpus) and wait for all of them, showing progress."""
-    files = {"query": texts.query_files, "corpus": texts.corpus_files}
-    jobs = [(kind, shard) for kind in ("query", "corpus") for shard in files[kind]]
-    futures = []
-    for kind, shard in jobs:
-        shards = files[kind]
-        number = shards.index(shard) + 1
-        vectors = str(run_dir / "vectors" / f"{Path(shard).stem}.npy")
-        futures.append(embed_task.with_options(task_run_name=f"embed {kind} shard {number}/{len(shards)}")
-                       .submit(shard, specs[kind], store, vectors))
-    progress = ShardProgress(dataset, len(futures))
-    results = []
-    for future in futures:
-        results.append(future.result())
-        progress.shard_done()
-    by_kind = {kind: [r["vectors"] for (k, _), r in zip(jobs, results) if k == kind] for kind in specs}
-    return {"vectors": by_kind, "texts_embedded": sum(r["embedded"] for r in results),
-            "texts_cached": sum(r["cached"] for r in results)}
-
-
 def _dedup_corpus(texts: Texts, corpus: list[str], config: BuildConfig, out_dir: Path) -> dict[str, Any]:
     """Find near-duplicate documents shard by shard in parallel, then choose which to drop before searching."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -257,24 +225,31 @@ def _build(config: BuildConfig) -> dict[str, Any]:
         specs = {"query": _encoder(ref, config, config.embed.query_prompt, config.embed.query_prompt_name),
                  "corpus": _encoder(ref, config, config.embed.corpus_prompt, config.embed.corpus_prompt_name)}
         (run_dir / "fingerprints.json").write_text(json.dumps(sorted({s.fingerprint for s in specs.values()})))
-        embedded = _embed_all(texts, specs, store, run_dir, config.publish.dataset)
-    logger.info("embedded %d texts, %d from the store", embedded["texts_embedded"], embedded["texts_cached"])
+        embedded = embed_stage(texts, specs, store, run_dir, config.runtime, config.publish.dataset)
+    logger.info("embedded %d texts, %d from the store", embedded.texts_embedded, embedded.texts_cached)
+    if embedded.store_repaired:
+        logger.warning("embedding store: %d damaged part(s) set aside and their texts embedded again: %s",
+                       len(embedded.store_repaired), ", ".join(embedded.store_repaired))
+    # Until search reads the single matrices in blocks: one "shard" file per kind, as long as the corpus.
+    vectors = {"query": [embedded.queries.path], "corpus": [embedded.corpus.path]}
+    one_shard = config.model_copy(update={"runtime": config.runtime.model_copy(
+        update={"shard_size": max(1, embedded.corpus.rows)})})
 
     corpus_dedup = None
     if config.dedup.corpus:
         with _timed(timings, "dedup_corpus"):
-            corpus_dedup = _dedup_corpus(texts, embedded["vectors"]["corpus"], config, run_dir / "corpus-dedup")
+            corpus_dedup = _dedup_corpus(texts, vectors["corpus"], one_shard, run_dir / "corpus-dedup")
         logger.info("corpus deduplication dropped %d near-duplicate documents", corpus_dedup["dropped"])
 
     range_max = config.mine.effective_range_max(texts.max_positives)
     depth = config.search.depth or range_max + texts.max_positives
     with _timed(timings, "search"):
         excluded_docs = corpus_dedup["excluded_docs"] if corpus_dedup else None
-        search = _search_all(texts, embedded["vectors"], config, depth, run_dir / "search", excluded_docs)
+        search = _search_all(texts, vectors, one_shard, depth, run_dir / "search", excluded_docs)
     deepened = None
     if config.mine.max_depth and config.mine.max_depth > depth:
         with _timed(timings, "deepen"):
-            search, deepened = deepen_task(search, texts, embedded["vectors"], config, depth, range_max,
+            search, deepened = deepen_task(search, texts, vectors, one_shard, depth, range_max,
                                            str(run_dir / "deepen"), excluded_docs)
     if config.rescore.model:
         with _timed(timings, "rescore"):
@@ -286,7 +261,8 @@ def _build(config: BuildConfig) -> dict[str, Any]:
         "created_at": started.isoformat(), "inputs": list(ingested.inputs),
         "model": {"name": config.embed.model, "weights_sha256": ref.weights_sha256,
                   "fingerprints": {kind: spec.fingerprint for kind, spec in specs.items()}},
-        "embed": {"texts_embedded": embedded["texts_embedded"], "texts_cached": embedded["texts_cached"]},
+        "embed": {"texts_embedded": embedded.texts_embedded, "texts_cached": embedded.texts_cached,
+                  "store_repaired": list(embedded.store_repaired)},
         "search": {"depth": depth, "range_max": range_max},
         "counts": counts.as_dict(),
         "rejects": {"path": ingested.rejects_path, "reasons": ingested.reject_reasons},

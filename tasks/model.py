@@ -121,3 +121,8 @@ def encode(spec: EncoderSpec, texts: list[str]):
     vectors = model.encode(texts, batch_size=spec.batch_size, prompt=spec.prompt or None,
                            normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
     return np.ascontiguousarray(vectors, dtype=np.float32)
+
+
+def dimension(spec: EncoderSpec) -> int:
+    """The width of the spec's vectors (from one short encode, so a model whose last module changes it is right)."""
+    return encode(spec, ["dimension"]).shape[1]
