@@ -139,7 +139,7 @@ def _write_rows(plan: EmbedPlan, keys: pl.DataFrame, vectors: np.ndarray) -> Non
         has = rows.is_not_null().to_numpy()
         if has.any():
             matrix = np.load(path, mmap_mode="r+")
-            matrix[rows.drop_nulls().to_numpy()] = vectors[has]
+            matrix[rows.drop_nulls().to_numpy()] = vectors if has.all() else vectors[has]
             matrix.flush()
 
 
@@ -213,8 +213,9 @@ def _copy(plan: EmbedPlan, store: EmbeddingStore, keys: pl.DataFrame,
             continue
         rows = group["part_row"].to_numpy().astype(np.int64)
         inside = rows < len(hashes)
-        same = inside & (hashes.to_numpy()[np.where(inside, rows, 0)] == group["text_hash"].to_numpy())
-        _write_rows(plan, group.filter(same), vectors[rows[same]])
+        same = inside & (hashes.gather(np.where(inside, rows, 0)) == group["text_hash"]).to_numpy()
+        whole = same.all() and np.array_equal(rows, np.arange(len(vectors)))  # the whole part, in order: no copy
+        _write_rows(plan, group.filter(same), vectors if whole else vectors[rows[same]])
         left.append(group.filter(~same))
         progress.advance(int(same.sum()))
     return pl.concat(left), damaged

@@ -6,9 +6,10 @@ One folder per fingerprint holds:
   as one copy). `<sha256>` is of the file's bytes and is checked whenever vectors are read; `<keys>` hashes the part's
   text hashes, so a task run again finds the part its killed attempt wrote. A part is serialized in memory, written
   under a temporary name and renamed: a killed writer leaves no visible part.
-- `index.parquet`: (text_hash, part, part_row) of the parts, sorted by text_hash: a run learns which of its texts
-  are stored in one join with it. It is a cache: parts it does not list are added, and parts that are gone dropped,
-  at the next lookup.
+- `index.parquet`: (key, part, part_row) of the parts, sorted by key, where key is the text hash's first 64 bits: a
+  run learns which of its texts are stored in one join on integers with it. Vectors are used only after the part's
+  full text hash at part_row is compared, so a key collision costs an embedding, never a wrong vector. It is a
+  cache: parts it does not list are added, and parts that are gone dropped, at the next lookup.
 - `damaged-*`: parts found unreadable or failing their checksum, set aside so that no lookup finds them again (their
   texts are embedded again); `remove_damaged` deletes them.
 - `.lock`: held while compacting, writing the index or removing damaged parts.
@@ -37,7 +38,8 @@ PART_BYTES = 32 << 20  # target size of a part: what a killed embedding task can
 COMPACT_AT = 8  # compaction runs once this many parts are under half of PART_BYTES
 STALE_TEMPORARY_S = 3600  # a temporary file this old belongs to a killed writer
 INDEX = "index.parquet"
-INDEX_SCHEMA = {"text_hash": pl.String, "part": pl.Categorical, "part_row": pl.UInt32}
+KEY = pl.col("text_hash").str.slice(0, 16).str.to_integer(base=16, dtype=pl.UInt64).alias("key")
+INDEX_SCHEMA = {"key": pl.UInt64, "part": pl.Categorical, "part_row": pl.UInt32}
 
 
 class DamagedPart(Exception):
@@ -53,15 +55,20 @@ def part_rows(dim: int) -> int:
     return max(1, PART_BYTES // (4 * dim + 32))
 
 
+def _index_keys(hashes: pl.Series) -> pl.Series:
+    return hashes.to_frame("text_hash").select(KEY).to_series()
+
+
 def _entries(part: str, hashes: pl.Series) -> pl.DataFrame:
     """Index entries of one part."""
-    return pl.DataFrame({"text_hash": hashes, "part": pl.repeat(part, len(hashes), eager=True),
+    return pl.DataFrame({"key": _index_keys(hashes),
+                         "part": pl.repeat(part, len(hashes), eager=True),
                          "part_row": np.arange(len(hashes), dtype=np.uint32)}, schema=INDEX_SCHEMA)
 
 
 def _combined(frames: list[pl.DataFrame]) -> pl.DataFrame:
-    """Index entries in index order: by text hash, then part name (a key stored twice is found in the first)."""
-    return pl.concat(frames).sort("text_hash", pl.col("part").cast(pl.String))
+    """Index entries in index order: by key, then part name (a key stored twice is found in the first)."""
+    return pl.concat(frames).sort("key", pl.col("part").cast(pl.String))
 
 
 def _keys_digest(hashes: pl.Series) -> str:
@@ -114,7 +121,7 @@ class EmbeddingStore:
         if hashlib.sha256(data).hexdigest()[:32] != part.rsplit("-", 1)[-1].removesuffix(".parquet"):
             raise self._set_aside(part, "checksum mismatch (corrupt or truncated)")
         try:
-            table = pq.read_table(pa.BufferReader(data))
+            table = pq.ParquetFile(pa.BufferReader(data)).read()  # not read_table: it imports pandas
             vectors = table.column("vector").combine_chunks()
             width = vectors.type.byte_width
             flat = np.frombuffer(vectors.buffers()[1], dtype="<f4", count=len(vectors) * width // 4,
@@ -146,8 +153,9 @@ class EmbeddingStore:
         not stored), in one join with the key index; and the parts found damaged while bringing the index up to
         date."""
         index, damaged = self.index()
-        first = index.unique("text_hash", keep="first", maintain_order=True)
-        return wanted.join(first, on="text_hash", how="left", maintain_order="left"), damaged
+        first = index.filter((pl.col("key") != pl.col("key").shift(1)).fill_null(True))  # stored twice: 1st part
+        found = wanted.with_columns(KEY).join(first, on="key", how="left", maintain_order="left")
+        return found.drop("key"), damaged
 
     def index(self) -> tuple[pl.DataFrame, tuple[str, ...]]:
         """Every (text_hash, part, part_row) of the present parts: the saved index less the parts that are gone, plus
@@ -156,9 +164,9 @@ class EmbeddingStore:
         saved, token = self._saved_index()
         kept = saved.filter(pl.col("part").cast(pl.String).is_in(listed))
         added, damaged = [], []
-        for part in sorted(listed - set(kept["part"].cast(pl.String).unique().to_list())):
+        for part in sorted(listed - set(kept["part"].unique().cast(pl.String).to_list())):
             try:
-                keys = pq.read_table(self.folder / part, columns=["text_hash"]).column("text_hash")
+                keys = pq.ParquetFile(self.folder / part).read(columns=["text_hash"]).column("text_hash")
             except FileNotFoundError:
                 continue  # compacted away since the listing
             except (pa.ArrowException, OSError, KeyError) as error:
@@ -235,7 +243,7 @@ class EmbeddingStore:
                 return []
             index, _ = self.index()
             names = [path.name for path in small]
-            elsewhere = index.filter(~pl.col("part").cast(pl.String).is_in(names))["text_hash"]
+            elsewhere = index.filter(~pl.col("part").cast(pl.String).is_in(names))["key"]
             groups, size = [[]], 0
             for path in small:
                 if groups[-1] and size + path.stat().st_size > PART_BYTES:
@@ -266,7 +274,7 @@ class EmbeddingStore:
         if not hashes:
             return None
         keys = pl.concat(hashes)
-        keep = (~keys.is_in(elsewhere) & keys.is_first_distinct()).to_numpy()
+        keep = (~_index_keys(keys).is_in(elsewhere) & keys.is_first_distinct()).to_numpy()
         if not keep.any():
             return None
         return _entries(self.put(keys.filter(keep), np.concatenate(vectors)[keep]), keys.filter(keep))

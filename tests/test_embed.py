@@ -171,3 +171,14 @@ def test_copies_survive_a_compaction_between_plan_and_copy(tmp_path, spec):
     assert _counts(filled) == (0, len(docs))
     np.testing.assert_array_equal(_matrix(plan, "corpus"), vectors)
     np.testing.assert_array_equal(_matrix(plan, "query")[0], vectors[0])
+
+
+def test_an_index_entry_for_another_text_is_never_copied(tmp_path, spec):
+    texts = _texts(tmp_path / "texts", SHORT[:1], SHORT[:1])
+    wanted = text_hash(SHORT[0])
+    impostor = wanted[:16] + ("0" if wanted[16] != "0" else "1") * 16  # same 64-bit index key, another text
+    EmbeddingStore(tmp_path / "store", spec.fingerprint).put(pl.Series([impostor]), np.ones((1, 384), np.float32))
+    plan, filled = _run(tmp_path, "a", texts, spec)
+    assert len(plan.copy_ranges) == 1  # the index says stored...
+    assert _counts(filled) == (1, 0)  # ...the part's full hash says otherwise: embedded
+    np.testing.assert_allclose(_matrix(plan, "corpus")[0], encode(spec, SHORT[:1])[0], atol=1e-5)

@@ -13,12 +13,13 @@ import polars as pl
 import pytest
 
 from negforge.tasks.embedding_store import COMPACT_AT, INDEX, DamagedPart, EmbeddingStore
+from negforge.tasks.text import text_hash
 
 DIM = 8
 
 
 def _keys(start: int, stop: int) -> pl.Series:
-    return pl.Series("text_hash", [f"{i:032x}" for i in range(start, stop)])
+    return pl.Series("text_hash", [text_hash(f"text {i}") for i in range(start, stop)])
 
 
 def _vectors(start: int, stop: int) -> np.ndarray:
@@ -89,7 +90,7 @@ def test_a_killed_writer_leaves_no_visible_part(tmp_path):
     script = ("import os, signal, numpy as np, polars as pl\n"
               "from negforge.tasks.embedding_store import EmbeddingStore\n"
               "os.replace = lambda *a: os.kill(os.getpid(), signal.SIGKILL)  # die with the bytes written\n"
-              f"EmbeddingStore({str(tmp_path)!r}, 'fingerprint').put(pl.Series(['a' * 32]), np.ones((1, 8), 'f4'))\n")
+              f"EmbeddingStore({str(tmp_path)!r}, 'fingerprint').put(pl.Series(['f' * 32]), np.ones((1, 8), 'f4'))\n")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True)
     assert done.returncode == -signal.SIGKILL
     (temporary,) = store.folder.glob(".part-*.tmp-*")
