@@ -43,15 +43,13 @@ def _texts(count: int) -> list[str]:
 
 
 def _text_files(folder: Path, texts: list[str]) -> tuple[str, ...]:
+    """Text files as ingest writes them: rows numbered across the files."""
     folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for start in range(0, len(texts), FILE_ROWS):
-        chunk = texts[start:start + FILE_ROWS]
-        path = folder / f"corpus-{start:08d}.parquet"
-        frame(TEXT_SHARD, {"row": range(start, start + len(chunk)), "text_hash": [text_hash(t) for t in chunk],
-                           "id": [str(start + i) for i in range(len(chunk))], "text": chunk}).write_parquet(path)
-        paths.append(str(path))
-    return tuple(paths)
+    table = frame(TEXT_SHARD, {"row": range(len(texts)), "text_hash": [text_hash(t) for t in texts],
+                               "id": [str(i) for i in range(len(texts))], "text": texts})
+    for number, chunk in enumerate(table.iter_slices(FILE_ROWS)):
+        chunk.write_parquet(folder / f"corpus-{number:05d}.parquet")
+    return tuple(str(path) for path in sorted(folder.glob("corpus-*.parquet")))
 
 
 def _fill(store: EmbeddingStore, hashes: pl.Series, rows_per_part: int) -> None:
