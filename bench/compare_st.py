@@ -1,108 +1,102 @@
 """negforge against sentence-transformers' `mine_hard_negatives` on SciFact train, each run in a fresh process.
 
 Same model (bundled all-MiniLM-L6-v2), batch size 32 and options (relative_margin 0.05, range_max 50, 5 negatives,
-top; negforge's near-duplicate and positive-similarity rules off, since the reference has neither). Runs the reference (use_faiss=True), a cold `negforge build` (empty embedding store) and a warm rebuild, samples
-the memory of each process tree (Dask workers and the Prefect server included) and prints, as its last line, one
-JSON object: st_s, negforge_cold_s, negforge_warm_s, ratio, warm_ratio, st_peak_mb, negforge_peak_mb, jaccard, stages.
+top; negforge's near-duplicate and positive-similarity rules off, since the reference has neither). Each of --runs
+rounds runs the reference (use_faiss=True), a cold `negforge build` (empty embedding store and registry), a warm
+rebuild, and a build of a copy of the corpus with 1% new documents (synthetic, bench/synthetic.py) on the warm store;
+memory is sampled over each process tree (Dask workers and the Prefect server included; PSS, RSS beside it). Prints
+one JSON line per round, then, as its last line, one JSON object of medians over the rounds: st_s,
+negforge_cold_s, negforge_warm_s, negforge_plus1_s, ratio (cold / reference), warm_ratio and plus1_ratio (over
+cold; each the median of the rounds' ratios), st_cpu_s and negforge_cold_cpu_s (CPU seconds of the process tree),
+st_peak_mb, negforge_peak_mb (PSS; *_rss_mb beside), jaccard, stages (the median cold round's manifest timings) and
+spread ([min, max] of each).
 
-    .venv/bin/python bench/compare_st.py [--data ../shared/data/scifact] [--work /tmp/negforge-bench]
+    .venv/bin/python bench/compare_st.py [--runs 3] [--data ../shared/data/scifact] [--work /tmp/negforge-bench]
 """
 
 from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import polars as pl
-import psutil
 
-from bench_args import DEMO_CONFIG, ROOT, data_and_work
-OPTIONS = {"relative_margin": 0.05, "range_max": 50, "num_negatives": 5, "sampling_strategy": "top"}
-
-REFERENCE = """
-import json, sys
-from datasets import Dataset
-from sentence_transformers import SentenceTransformer
-from sentence_transformers.util import mine_hard_negatives
+from bench_args import parser
 from negforge.tasks.model import resolve_model
-data, out, options = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
-docs = {d["_id"]: f"{d['title']} {d['text']}".strip() for d in map(json.loads, open(f"{data}/corpus.jsonl"))}
-queries = {q["_id"]: q["text"] for q in map(json.loads, open(f"{data}/queries.jsonl"))}
-qrels = [line.rstrip("\\n").split("\\t") for line in open(f"{data}/qrels/train.tsv")][1:]
-pairs = Dataset.from_dict({"anchor": [queries[q] for q, d, s in qrels], "positive": [docs[d] for q, d, s in qrels]})
-model = SentenceTransformer(resolve_model("all-MiniLM-L6-v2").path, device="cpu")
-rows = mine_hard_negatives(pairs, model, corpus=list(docs.values()), output_format="n-tuple", use_faiss=True,
-                           batch_size=32, verbose=False, **options)
-rows.to_parquet(out)
-"""
+from side_by_side import (build_command, mean_jaccard, median_and_spread, migrate_prefect_database,
+                          published_version, reference_command, run_measured)
+from synthetic import SentencePool, digest, make_documents, write_corpus
+
+MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+PLUS = 0.01  # share of new documents in the plus-one build
+SEED = 0
 
 
-def run_measured(args: list[str], cwd: Path) -> tuple[float, float, str]:
-    """Wall seconds, peak resident MB summed over the process tree, and stdout of one command."""
-    start = time.perf_counter()
-    process = subprocess.Popen(args, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    root, peak = psutil.Process(process.pid), 0.0
-    while process.poll() is None:
-        try:
-            tree = [root, *root.children(recursive=True)]
-            peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()) / 2**20)
-        except psutil.Error:
-            pass
-        time.sleep(0.2)
-    seconds = time.perf_counter() - start
-    output = process.stdout.read()
-    if process.returncode:
-        raise SystemExit(f"{' '.join(args[:4])} failed with exit code {process.returncode}")
-    return seconds, peak, output
+def corpus_plus_one_percent(data: Path, out: Path) -> Path:
+    """A copy of the corpus with 1% new documents appended (new texts, made from the corpus's own sentences)."""
+    existing = pl.read_ndjson(data / "corpus.jsonl", schema={"_id": pl.String, "title": pl.String,
+                                                             "text": pl.String})
+    taken = {digest(f"{title} {text}") for title, text in existing.select("title", "text").iter_rows()}
+    count = max(1, round(PLUS * existing.height))
+    documents = make_documents(SentencePool.read(data / "corpus.jsonl"), count, np.random.default_rng(SEED), taken)
+    write_corpus(documents, [f"plus1-{i}" for i in range(count)], out / "new.jsonl")
+    with (out / "corpus.jsonl").open("wb") as corpus:
+        corpus.write((data / "corpus.jsonl").read_bytes().rstrip(b"\n") + b"\n")
+        corpus.write((out / "new.jsonl").read_bytes())
+    return out / "corpus.jsonl"
 
 
-def negatives_by_anchor(rows: pl.DataFrame) -> dict[str, set[str]]:
-    columns = [c for c in rows.columns if c.startswith("negative_")]
-    return {r["anchor"]: {r[c] for c in columns} for r in rows.iter_rows(named=True)}
-
-
-def mean_jaccard(a: dict[str, set[str]], b: dict[str, set[str]]) -> float:
-    anchors = set(a) | set(b)
-    scores = [len(a.get(x, set()) & b.get(x, set())) / len(a.get(x, set()) | b.get(x, set())) for x in anchors]
-    return sum(scores) / len(scores)
+def one_round(data: Path, model: str, plus_one: Path, work: Path) -> dict[str, Any]:
+    """Reference, cold build, warm rebuild and the plus-one build, on an empty workdir and registry."""
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    st = run_measured(reference_command(data, model, work / "st.parquet"), work / "st.log")
+    print(f"reference: {st.seconds:.1f} s, {st.peak_pss_mb:.0f} MB", file=sys.stderr, flush=True)
+    build = build_command(data, work, "scifact-train", {"embed.model": MODEL})
+    cold = run_measured(build, work / "cold.log")
+    print(f"negforge cold: {cold.seconds:.1f} s, {cold.peak_pss_mb:.0f} MB", file=sys.stderr, flush=True)
+    warm = run_measured(build, work / "warm.log")
+    print(f"negforge warm: {warm.seconds:.1f} s, {warm.peak_pss_mb:.0f} MB", file=sys.stderr, flush=True)
+    plus = run_measured(build + ["--set", f"input.corpus={plus_one}"], work / "plus1.log")
+    print(f"negforge +1%: {plus.seconds:.1f} s, {plus.peak_pss_mb:.0f} MB", file=sys.stderr, flush=True)
+    version = published_version(cold.stdout)
+    return {"st_s": round(st.seconds, 1), "negforge_cold_s": round(cold.seconds, 1),
+            "negforge_warm_s": round(warm.seconds, 1), "negforge_plus1_s": round(plus.seconds, 1),
+            "st_cpu_s": round(st.cpu_seconds, 1), "negforge_cold_cpu_s": round(cold.cpu_seconds, 1),
+            "ratio": round(cold.seconds / st.seconds, 3), "warm_ratio": round(warm.seconds / cold.seconds, 3),
+            "plus1_ratio": round(plus.seconds / cold.seconds, 3),
+            "st_peak_mb": round(st.peak_pss_mb), "st_peak_rss_mb": round(st.peak_rss_mb),
+            "negforge_peak_mb": round(max(cold.peak_pss_mb, warm.peak_pss_mb, plus.peak_pss_mb)),
+            "negforge_peak_rss_mb": round(max(cold.peak_rss_mb, warm.peak_rss_mb, plus.peak_rss_mb)),
+            "jaccard": round(mean_jaccard(version / "data", work / "st.parquet"), 4),
+            "stages": json.loads((version / "manifest.json").read_text())["timings"]}
 
 
 def main() -> None:
-    data, work = data_and_work(__doc__.splitlines()[0])
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-
-    st_s, st_mb, _ = run_measured([sys.executable, "-c", REFERENCE, str(data), str(work / "st.parquet"),
-                                   json.dumps(OPTIONS)], ROOT)
-    print(f"reference: {st_s:.1f} s, {st_mb:.0f} MB", file=sys.stderr)
-
-    build = [sys.executable, "-m", "negforge.flows.cli", "build", "--config", str(DEMO_CONFIG)]
-    for key, value in {"input.corpus": data / "corpus.jsonl", "input.queries": data / "queries.jsonl",
-                       "input.qrels": data / "qrels" / "train.tsv", "publish.registry": work / "registry",
-                       "publish.dataset": "scifact-train", "runtime.workdir": work / "negforge",
-                       "output.exports": "[]", "embed.batch_size": 32, "dedup.eps": "null",
-                       "mine.max_positive_similarity": "null",
-                       **{f"mine.{k}": v for k, v in OPTIONS.items()}}.items():
-        build += ["--set", f"{key}={value}"]
-    cold_s, cold_mb, cold_out = run_measured(build, ROOT)
-    print(f"negforge cold: {cold_s:.1f} s, {cold_mb:.0f} MB", file=sys.stderr)
-    warm_s, warm_mb, _ = run_measured(build, ROOT)
-    print(f"negforge warm: {warm_s:.1f} s, {warm_mb:.0f} MB", file=sys.stderr)
-
-    version = Path(cold_out.strip().splitlines()[-1])
-    manifest = json.loads((version / "manifest.json").read_text())
-    ours = negatives_by_anchor(pl.read_parquet(version / "data"))
-    theirs = negatives_by_anchor(pl.read_parquet(work / "st.parquet"))
-    print(json.dumps({
-        "st_s": round(st_s, 1), "negforge_cold_s": round(cold_s, 1), "negforge_warm_s": round(warm_s, 1),
-        "ratio": round(cold_s / st_s, 3), "warm_ratio": round(warm_s / cold_s, 3),
-        "st_peak_mb": round(st_mb), "negforge_peak_mb": round(max(cold_mb, warm_mb)),
-        "jaccard": round(mean_jaccard(ours, theirs), 4), "stages": manifest["timings"],
-    }))
+    arguments = parser(__doc__.splitlines()[0])
+    arguments.add_argument("--runs", type=int, default=3, help="rounds; the summary gives their medians")
+    args = arguments.parse_args()
+    if args.runs < 1:
+        arguments.error("--runs must be at least 1")
+    model = resolve_model(MODEL).path
+    shutil.rmtree(args.work, ignore_errors=True)
+    (args.work / "plus1").mkdir(parents=True)
+    plus_one = corpus_plus_one_percent(args.data, args.work / "plus1")
+    migrate_prefect_database()
+    rounds = []
+    for number in range(args.runs):
+        rounds.append(one_round(args.data, model, plus_one, args.work / f"round-{number + 1}"))
+        print(json.dumps({"round": number + 1} | rounds[-1]), flush=True)
+    summary, spread = {}, {}
+    for key in [k for k in rounds[0] if k != "stages"]:
+        digits = 3 if "ratio" in key else 4 if key == "jaccard" else 1 if key.endswith("_s") else 0
+        summary[key], spread[key] = median_and_spread([r[key] for r in rounds], digits)
+    middle = sorted(rounds, key=lambda r: r["negforge_cold_s"])[len(rounds) // 2]
+    print(json.dumps(summary | {"runs": args.runs, "stages": middle["stages"], "spread": spread}))
 
 
 if __name__ == "__main__":

@@ -46,7 +46,8 @@ def _text_files(folder: Path, texts: list[str]) -> tuple[str, ...]:
     """Text files as ingest writes them: rows numbered across the files."""
     folder.mkdir(parents=True, exist_ok=True)
     table = frame(TEXT_SHARD, {"row": range(len(texts)), "text_hash": [text_hash(t) for t in texts],
-                               "id": [str(i) for i in range(len(texts))], "text": texts})
+                               "id": [str(i) for i in range(len(texts))], "text": texts,
+                               "length": [len(t) for t in texts]})
     for number, chunk in enumerate(table.iter_slices(FILE_ROWS)):
         chunk.write_parquet(folder / f"corpus-{number:05d}.parquet")
     return tuple(str(path) for path in sorted(folder.glob("corpus-*.parquet")))

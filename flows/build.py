@@ -25,7 +25,7 @@ from prefect import flow, get_run_logger, tags, task
 from prefect.cache_policies import NO_CACHE
 
 from negforge.flows.embed_stage import embed_stage
-from negforge.flows.run_report import publish_artifacts
+from negforge.flows.run_report import publish_artifacts, reject_lines
 from negforge.flows.stage_tasks import stage_task as _task  # one definition, shared with flows/embed_stage.py
 from negforge.flows.task_runner import BuildTaskRunner
 from negforge.schemas.config import BuildConfig
@@ -38,6 +38,7 @@ from negforge.tasks.deepen import deepen
 from negforge.tasks.ingest import ingest
 from negforge.tasks.mine import mine, reason_counts, reasons_per_query
 from negforge.tasks.model import EncoderSpec, ModelRef, named_prompt, resolve_model
+from negforge.tasks.preflight import preflight, store_shortfall
 from negforge.tasks.quality_checks import contaminated_queries
 from negforge.tasks.quality_gate import check_candidate, check_inputs
 from negforge.tasks.registry import Registry
@@ -82,7 +83,7 @@ def mine_task(search: dict[str, str], texts: Texts, config: BuildConfig, range_m
         doc_ids = (pl.scan_parquet(texts.corpus_files).select("row", "id")
                    .filter(pl.col("row").is_in(candidates["doc_row"].unique())).collect())
         report = audit(candidates, query_ids, doc_ids, config.audit.qrels, config.input.format,
-                       config.mine.num_negatives)
+                       config.input.positive_threshold, config.mine.num_negatives)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     candidates.write_parquet(out / "candidates.parquet")
@@ -111,15 +112,9 @@ def write_task(mined: dict[str, Any], texts: Texts, config: BuildConfig, staging
 
 @task(name="publish", task_run_name="publish", cache_policy=NO_CACHE)
 def publish_task(staging: str, config: BuildConfig, manifest: dict[str, Any], parent: str | None) -> dict[str, Any]:
-    """Number the staged version and move it into the registry, unless it equals the newest one."""
+    """Number the staged version and move it into the registry, unless it equals the newest one and that is whole."""
     registry = Registry(config.publish.registry, config.publish.dataset)
-
-    def finish(folder: Path, version: str, latest: str | None, digest: str) -> None:
-        manifest.update(version=version, parent=parent or latest, data_hash=digest)
-        (folder / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=False))
-        (folder / "README.md").write_text(dataset_card(manifest))
-
-    version_dir, published = registry.publish(Path(staging), finish)
+    version_dir, published = registry.publish(Path(staging), manifest | {"parent": parent}, dataset_card)
     return {"version_dir": str(version_dir), "published": published, "version": version_dir.name}
 
 
@@ -211,17 +206,23 @@ def _build(config: BuildConfig) -> dict[str, Any]:
     started = datetime.now(timezone.utc)
     run_dir = Path(config.runtime.workdir) / "runs" / f"{started:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
     store = str(Path(config.runtime.workdir) / "embeddings")
+    preflight(config)
 
     with _timed(timings, "ingest"):
         ingested = ingest_task(config.input, str(run_dir / "ingest"), config.runtime.shard_size)
     texts, counts = ingested.texts, ingested.counts
     logger.info("ingested %d documents (%d unique texts), %d queries with positives, %d rows rejected",
                 counts.documents, counts.unique_texts, counts.queries_used, counts.rows_rejected)
+    for line in reject_lines(ingested.reject_reasons, ingested.reject_samples):
+        logger.warning("rows rejected: %s", line)
     with _timed(timings, "validate_inputs"):
         validate_inputs_task(ingested, str(run_dir / "validation" / "inputs"))
 
     with _timed(timings, "embed"):
         ref = resolve_model(config.embed.model)
+        shortfall = store_shortfall(config.runtime.workdir, counts.unique_texts, ref.path)
+        if shortfall:
+            logger.warning(shortfall)
         specs = {"query": _encoder(ref, config, config.embed.query_prompt, config.embed.query_prompt_name),
                  "corpus": _encoder(ref, config, config.embed.corpus_prompt, config.embed.corpus_prompt_name)}
         (run_dir / "fingerprints.json").write_text(json.dumps(sorted({s.fingerprint for s in specs.values()})))
@@ -265,7 +266,8 @@ def _build(config: BuildConfig) -> dict[str, Any]:
                   "store_repaired": list(embedded.store_repaired)},
         "search": {"depth": depth, "range_max": range_max},
         "counts": counts.as_dict(),
-        "rejects": {"path": ingested.rejects_path, "reasons": ingested.reject_reasons},
+        "rejects": {"path": ingested.rejects_path, "reasons": ingested.reject_reasons,
+                    "samples": ingested.reject_samples},
         "adaptive_depth": deepened, "run_dir": str(run_dir),
         "corpus_dedup": {"dropped": corpus_dedup["dropped"], "record": "candidates/corpus-duplicates.parquet"}
         if corpus_dedup else None,
@@ -302,7 +304,7 @@ def mine_and_publish(config: BuildConfig, texts: Texts, search: dict[str, str], 
                                                  registry.manifest(latest) if latest else None,
                                                  str(run_dir / "validation" / "candidate"))
     except Exception:
-        shutil.rmtree(staging, ignore_errors=True)  # a refused candidate was already moved to quarantine
+        registry.discard(staging)  # a refused candidate was already moved to quarantine
         raise
     for warning in validation["warnings"]:
         logger.warning("drift: %s", warning)

@@ -35,7 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     remine.add_argument("--registry", default=None, help="registry folder (default: the demo config's)")
     remine.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                         help="override a mine/output/validate/publish field of the source's config (repeatable)")
-    versions = commands.add_parser("versions", help="list, show, compare or roll back published versions")
+    versions = commands.add_parser("versions", help="list, show, verify, compare or roll back published versions")
     actions = versions.add_subparsers(dest="action", required=True)
     for name, extra, text in (("list", [], "versions of a dataset"), ("show", ["version"], "one version's manifest"),
                               ("diff", ["a", "b"], "what changed between two versions"),
@@ -45,6 +45,10 @@ def _parser() -> argparse.ArgumentParser:
         for positional in extra:
             action.add_argument(positional)
         action.add_argument("--registry", default=None, help="registry folder (default: the demo config's)")
+    verify = actions.add_parser("verify", help="check every file's size and sha256 against the manifest")
+    verify.add_argument("target", nargs="?", default=None, metavar="DATASET[@VERSION]",
+                        help="one dataset or version (default: every version of every dataset)")
+    verify.add_argument("--registry", default=None, help="registry folder (default: the demo config's)")
     serve = commands.add_parser("serve", help="serve the datasets' deployments (and a local Prefect server if "
                                               "PREFECT_API_URL is unset) until stopped")
     serve.add_argument("--config", dest="configs", type=Path, action="append", default=[],
@@ -60,8 +64,14 @@ def _parser() -> argparse.ArgumentParser:
     deployments.add_argument("--config", dest="configs", type=Path, action="append", default=[],
                              help="dataset build YAML (repeatable; default: deployments/datasets/*.yaml)")
     deployments.add_argument("--pool", default="negforge", help="process work pool name (default negforge)")
-    gc = commands.add_parser("gc", help="remove old run workspaces and unreferenced embedding-store entries")
-    gc.add_argument("--config", type=Path, default=None, help="build YAML naming the workdir and registry")
+    gc = commands.add_parser("gc", help="remove old run workspaces, unreferenced embedding-store entries and "
+                                        "staging folders of builds that are gone")
+    gc.add_argument("--config", type=Path, default=None,
+                    help="build YAML naming the workdir and registry (only those are read; default: the demo's)")
+    gc.add_argument("--registry", default=None, help="registry folder (wins over the config's)")
+    gc.add_argument("--workdir", default=None, help="workdir (wins over the config's)")
+    gc.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                    help="override a publish/runtime field of the config (repeatable)")
     gc.add_argument("--keep-runs", type=int, default=3, help="newest run workspaces to keep (default 3)")
     gc.add_argument("--dry-run", action="store_true", help="only report what would be removed")
     return parser
@@ -76,10 +86,12 @@ def cmd_versions(args: argparse.Namespace) -> int:
 
 def cmd_gc(args: argparse.Namespace) -> int:
     from negforge.flows.registry_commands import gc
-    from negforge.schemas.config import load_config
+    from negforge.schemas.config import StorageConfig, read_config, validate_config
 
-    config = load_config(args.config or default_config())
-    return gc(args, config.runtime.workdir, config.publish.registry)
+    path = args.config or default_config()
+    raw = {} if args.registry and args.workdir and not args.config else read_config(path, args.overrides)
+    storage = validate_config(raw, str(path), StorageConfig)
+    return gc(args, args.workdir or storage.runtime.workdir, args.registry or storage.publish.registry)
 
 
 def _console_without_tracebacks() -> None:
@@ -144,7 +156,7 @@ def cmd_remine(args: argparse.Namespace) -> int:
     if not sep or not version:
         raise ConfigError(f"--from {args.source!r}: expected DATASET@VERSION, e.g. scifact-demo@v0001")
     registry = Registry(_default_registry(args), dataset)
-    parent = registry.manifest(version)
+    parent = registry.whole_manifest(version)
     raw = apply_overrides(parent["config"] | {"publish": parent["config"]["publish"] | {
         "registry": str(registry.folder.parent)}}, args.overrides)
     config = validate_config(raw, f"{args.source} config")
@@ -215,19 +227,26 @@ def main(argv: list[str] | None = None) -> int:
     from negforge.flows.deployments import NoPrefectAPI
     from negforge.tasks.candidate_store import RemineError
     from negforge.tasks.model import ModelError
+    from negforge.tasks.preflight import StorageError, describe, permanent
     from negforge.tasks.readers import InputError
+    from negforge.tasks.registry import NotFound
     from negforge.tasks.validate import ValidationFailed
 
     try:
         commands = {"build": cmd_build, "remine": cmd_remine, "versions": cmd_versions, "gc": cmd_gc,
                     "serve": cmd_serve, "trigger": cmd_trigger, "deployments": cmd_deployments}
         return commands[args.command](args)
-    except (ConfigError, InputError, ModelError, ValidationFailed, RemineError, KeyError, NoPrefectAPI) as error:
+    except (ConfigError, InputError, ModelError, ValidationFailed, RemineError, NotFound, StorageError,
+            NoPrefectAPI) as error:
         if args.debug:
             raise
-        message = error.args[0] if isinstance(error, KeyError) else error
-        print(f"negforge: error: {message}", file=sys.stderr)
+        print(f"negforge: error: {error}", file=sys.stderr)
         return 1 if isinstance(error, ValidationFailed) else 2
+    except OSError as error:  # not a folder, read-only, no permission, no space: the path says where
+        if args.debug or not permanent(error):
+            raise
+        print(f"negforge: error: {describe(error)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -1,36 +1,55 @@
-"""`negforge versions ...` and `negforge gc`: look at, compare and roll back published versions; clean up."""
+"""`negforge versions ...` and `negforge gc`: look at, verify, compare and roll back published versions; clean up."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 
-from negforge.tasks.registry import Registry
+from negforge.tasks.registry import NotFound, Registry, datasets
+
+
+def _warn(message: str) -> None:
+    print(f"negforge: warning: {message}", file=sys.stderr)
 
 
 def _registry(args: argparse.Namespace) -> Registry:
+    """The dataset the arguments name, inside --registry; its stray entries and a bad LATEST are warned about."""
     registry = Registry(args.registry, args.dataset)
     if not registry.versions():
-        raise KeyError(f"no versions of {args.dataset!r} in {args.registry}")
+        raise NotFound(f"no versions of {args.dataset!r} in {args.registry}")
+    for path in registry.unexpected():
+        _warn(f"{path}: not made by negforge, ignored")
+    if registry.latest_problem():
+        _warn(registry.latest_problem())
     return registry
 
 
 def versions_list(args: argparse.Namespace) -> int:
+    """One line per version; a damaged one is marked, never a reason to stop."""
     registry = _registry(args)
     latest = registry.latest()
     for version in registry.versions():
-        m = registry.manifest(version)
-        flag = "LATEST" if version == latest else ""
-        print(f"{version}  {m['created_at'][:19]}  rows={m['counts']['rows']:<7} parent={m['parent'] or '-':<6} "
-              f"data={m['data_hash'][:12]}  {flag}".rstrip())
+        try:
+            m = registry.manifest(version)
+            damage = registry.problems(version)
+            line = (f"{m['created_at'][:19]}  rows={m['counts']['rows']:<7} parent={m['parent'] or '-':<6} "
+                    f"data={m['data_hash'][:12]}" + (f"  DAMAGED: {'; '.join(damage)}" if damage else ""))
+        except NotFound as error:
+            line = f"DAMAGED: {error}"
+        except (KeyError, TypeError) as error:  # a manifest edited by hand
+            line = f"DAMAGED: manifest.json lacks {error}"
+        print(f"{version}  {line}" + ("  LATEST" if version == latest else ""))
     return 0
 
 
 def versions_show(args: argparse.Namespace) -> int:
     registry = _registry(args)
     m = registry.manifest(args.version)
+    damage = registry.problems(args.version)
     print(f"{args.dataset} {args.version} (parent {m['parent'] or 'none'}), created {m['created_at']}")
     print(f"folder: {registry.folder / args.version}")
+    print(f"files: {'DAMAGED: ' + '; '.join(damage) if damage else 'all present, sizes as listed'}")
     print(f"code: {m['code_version']}; model: {m['model']['name']} (weights {m['model']['weights_sha256'][:16]})")
     for entry in m["inputs"]:
         print(f"input: {entry['path']}  sha256={entry['sha256'][:12]}  read={entry['rows_read']} "
@@ -47,20 +66,44 @@ def versions_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def versions_verify(args: argparse.Namespace) -> int:
+    """Check every listed file's size and sha256; exit 1 when any version is damaged."""
+    dataset, _, version = (args.target or "").partition("@")
+    registries = [Registry(args.registry, dataset)] if dataset else datasets(args.registry)
+    if not any(r.versions() for r in registries):
+        raise NotFound(f"no versions of {dataset!r} in {args.registry}" if dataset else
+                       f"no datasets in {args.registry}")
+    damaged = 0
+    for registry in registries:
+        for path in registry.unexpected():
+            _warn(f"{path}: not made by negforge, ignored")
+        if registry.latest_problem():
+            _warn(registry.latest_problem())
+            damaged += 1
+        for name in [registry.version_folder(version).name] if version else registry.versions():
+            problems = registry.problems(name, hashes=True)
+            damaged += bool(problems)
+            unlisted = not problems and "checksums" not in registry.manifest(name)
+            print(f"{registry.dataset} {name}  " + (f"DAMAGED: {'; '.join(problems)}" if problems else
+                                                     "not verifiable (its manifest lists no files)" if unlisted
+                                                     else "ok"))
+    return 1 if damaged else 0
+
+
 def versions_diff(args: argparse.Namespace) -> int:
     from negforge.tasks.version_diff import diff_versions
 
     registry = _registry(args)
-    diff = diff_versions(registry.folder / args.a, registry.folder / args.b, registry.manifest(args.a),
-                         registry.manifest(args.b))
+    old, new = registry.whole_manifest(args.a), registry.whole_manifest(args.b)
+    diff = diff_versions(registry.version_folder(args.a), registry.version_folder(args.b), old, new)
     print(f"{args.dataset}: {args.a} -> {args.b}")
-    for field, (old, new) in diff["config"].items():
-        print(f"config {field}: {old!r} -> {new!r}")
+    for field, (before, after) in diff["config"].items():
+        print(f"config {field}: {before!r} -> {after!r}")
     print(f"rows: {diff['rows'][0]} -> {diff['rows'][1]}; queries added {diff['queries_added']}, "
           f"removed {diff['queries_removed']}")
     print(f"negatives changed in {diff['rows_with_changed_negatives']} of {diff['rows_in_both']} rows present in both")
-    for kind, (old, new) in diff["mean_scores"].items():
-        print(f"mean {kind} score: {old} -> {new}")
+    for kind, (before, after) in diff["mean_scores"].items():
+        print(f"mean {kind} score: {before} -> {after}")
     return 0
 
 
@@ -79,6 +122,7 @@ def gc(args: argparse.Namespace, workdir: str, registry: str) -> int:
     verb = "would remove" if args.dry_run else "removed"
     print(f"{verb} {len(report['runs_removed'])} run workspaces and {len(report['fingerprints_removed'])} "
           f"store fingerprints ({report['bytes_freed'] / 2**20:.1f} MiB)")
+    print(f"{verb} {len(report['staging_removed'])} staging folders of builds that are gone")
     print(f"embedding store: {report['store_bytes_before'] / 2**20:.1f} MiB before, "
           f"{report['store_bytes_after'] / 2**20:.1f} MiB after")
     return 0

@@ -17,6 +17,7 @@ from negforge.flows.build import mine_and_publish
 from negforge.schemas.config import BuildConfig
 from negforge.schemas.stages import COUNT_KEYS
 from negforge.tasks.candidate_store import check_remine, load_candidates
+from negforge.tasks.preflight import preflight
 from negforge.tasks.registry import Registry
 
 
@@ -28,8 +29,9 @@ def remine_training_set(source: str, config: BuildConfig) -> dict[str, Any]:
 
 
 def _remine(source: str, config: BuildConfig) -> dict[str, Any]:
+    preflight(config)
     registry = Registry(config.publish.registry, config.publish.dataset)
-    parent = registry.manifest(source)
+    parent = registry.whole_manifest(source)
     texts, search, depth = load_candidates(registry.folder / source / "candidates")
     check_remine(parent["config"], config, depth, texts.max_positives)
     started = datetime.now(timezone.utc)

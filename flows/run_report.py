@@ -40,6 +40,12 @@ class ShardProgress:
                                  description=f"embedding: {self.done} of {self.total} shards")
 
 
+def reject_lines(reasons: dict[str, int], samples: dict[str, list[str]]) -> list[str]:
+    """One line per reason a row was rejected for: its count and the first few rows (`file:line field: raw`)."""
+    return [f"{reason}: {count}" + (f" (e.g. {'; '.join(samples[reason])})" if samples.get(reason) else "")
+            for reason, count in reasons.items()]
+
+
 def _table(header: tuple[str, ...], rows: list[tuple]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return "\n".join(lines + ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows])
@@ -51,7 +57,7 @@ def report_markdown(manifest: dict[str, Any], version_dir: str, published: bool)
     inputs = _table(("input", "rows read", "accepted", "rejected"),
                     [(Path(i["path"]).name, i["rows_read"], i["rows_accepted"], i["rows_rejected"])
                      for i in manifest["inputs"]])
-    reject_reasons = ", ".join(f"{reason}: {n}" for reason, n in rejects["reasons"].items()) or "none"
+    reject_list = "".join(f"\n- {line}" for line in reject_lines(rejects["reasons"], rejects.get("samples", {})))
     timings = _table(("stage", "seconds"), list(manifest["timings"].items()))
     per_query = manifest["reasons_per_query"]
     reasons = _table(("outcome", "candidates", "queries", "mean per query", "max per query"),
@@ -71,8 +77,10 @@ Version folder: `{version_dir}`
 {inputs}
 
 {counts['documents']} documents ({counts['unique_texts']} unique texts), {counts['queries_used']} queries with \
-positives, {counts['positives']} positives. Rejected rows: {counts['rows_rejected']} ({reject_reasons}); rejects \
-file `{rejects['path']}`. Embedded {manifest['embed']['texts_embedded']} texts, {manifest['embed']['texts_cached']} \
+positives, {counts['positives']} positives. Rejected rows: {counts['rows_rejected']}; rejects file \
+`{rejects['path']}`.{reject_list}
+
+Embedded {manifest['embed']['texts_embedded']} texts, {manifest['embed']['texts_cached']} \
 from the store.
 
 ## Stage timings

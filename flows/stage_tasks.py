@@ -8,10 +8,14 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from negforge.tasks.preflight import permanent
+
 
 def _transient(task: Any, task_run: Any, state: Any) -> bool:
-    """Retry only what a second try can fix: I/O, network and timeouts, not bad input or a failed check."""
-    return isinstance(state.result(raise_on_failure=False), (OSError, TimeoutError, ConnectionError))
+    """Retry only what a second try can fix: I/O, network and timeouts, not bad input, a failed check or a permanent
+    OS error (not a folder, read-only, no permission, no space)."""
+    error = state.result(raise_on_failure=False)
+    return isinstance(error, (OSError, TimeoutError, ConnectionError)) and not permanent(error)
 
 
 def stage_task(fn: Any, name: str, retried: bool = False) -> Any:

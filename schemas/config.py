@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -317,6 +317,16 @@ class BuildConfig(_Section):
         return self.model_dump(mode="json", by_alias=True, exclude={"runtime", "schedule"})
 
 
+class StorageConfig(BaseModel):
+    """Only where a build keeps things (registry, workdir), for commands such as `gc` that read nothing else."""
+
+    model_config = ConfigDict(extra="ignore")
+    publish: PublishConfig = Field(default_factory=PublishConfig)
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+
+
+Config = TypeVar("Config", bound=BaseModel)
+
 _PATH_FIELDS = {("input", "corpus"), ("input", "queries"), ("input", "qrels"), ("publish", "registry"),
                 ("runtime", "workdir"), ("validate", "eval_qrels"), ("validate", "eval_queries"), ("audit", "qrels")}
 
@@ -377,16 +387,21 @@ def format_validation_error(error: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
-def validate_config(raw: dict[str, Any], source: str = "config") -> BuildConfig:
-    """Validate a raw mapping, raising ConfigError with field paths."""
+def validate_config(raw: dict[str, Any], source: str = "config", model: type[Config] = BuildConfig) -> Config:
+    """Validate a raw mapping as `model`, raising ConfigError with field paths."""
     try:
-        return BuildConfig.model_validate(raw)
+        return model.model_validate(raw)
     except ValidationError as error:
         raise ConfigError(format_validation_error(error, source)) from None
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> BuildConfig:
     """Read a YAML build config, resolve its paths against its folder, apply `--set` overrides, validate."""
+    return validate_config(read_config(path, overrides), str(path))
+
+
+def read_config(path: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
+    """The raw mapping of a YAML build config, its paths resolved against its folder, `--set` overrides applied."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
@@ -397,5 +412,4 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> BuildCo
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of sections at the top level")
     _resolve_paths(raw, path.parent.resolve())
-    apply_overrides(raw, overrides or [])
-    return validate_config(raw, str(path))
+    return apply_overrides(raw, overrides or [])

@@ -42,13 +42,15 @@ COUNT_KEYS = tuple(f.name for f in fields(IngestCounts))
 
 @dataclass(frozen=True)
 class Ingested:
-    """The result of ingest: the texts, the counts, per-file accounting and the rejects."""
+    """The result of ingest: the texts, the counts, per-file accounting (every file of every input) and the rejects:
+    the count per reason, commonest first, and the first few of each as `file:line field: raw`."""
 
     texts: Texts
     counts: IngestCounts
     inputs: tuple[dict[str, Any], ...]
     rejects_path: str
     reject_reasons: dict[str, int]
+    reject_samples: dict[str, list[str]]
 
 
 @dataclass(frozen=True)

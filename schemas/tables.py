@@ -6,7 +6,8 @@ from typing import Any
 
 import polars as pl
 
-TEXT_SHARD = {"row": pl.UInt32, "text_hash": pl.String, "id": pl.String, "text": pl.String}
+# `length`: characters of the text (the embedding stage sorts by it).
+TEXT_SHARD = {"row": pl.UInt32, "text_hash": pl.String, "id": pl.String, "text": pl.String, "length": pl.UInt32}
 # `canonical`: the positive's id is the id its text row carries (false: an exact duplicate of that document).
 POSITIVES = {"query_row": pl.UInt32, "query_id": pl.String, "doc_row": pl.UInt32, "positive_id": pl.String,
              "text_hash": pl.String, "canonical": pl.Boolean}

@@ -12,21 +12,15 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from negforge.tasks.readers import read_rows
+from negforge.tasks.readers import read_qrels
 
 BOOTSTRAP_SAMPLES = 2000
 
 
-def _judged(path: str, fmt: str) -> pl.DataFrame:
-    rows = read_rows(path, fmt)
-    pairs = []
-    for _, record in rows.records:
-        try:
-            if float(record.get("score")) > 0:
-                pairs.append((str(record.get("query-id")), str(record.get("corpus-id"))))
-        except (TypeError, ValueError):
-            continue
-    return pl.DataFrame(pairs, schema={"query_id": pl.String, "doc_id": pl.String}, orient="row").unique()
+def _judged(path: str, fmt: str, positive_threshold: float) -> pl.DataFrame:
+    """(query_id, doc_id) of the held-out judgements above the threshold, each pair once."""
+    rows = read_qrels(path, fmt).rows
+    return rows.filter(pl.col("score") > positive_threshold).select("query_id", "doc_id").unique()
 
 
 def _rate_with_interval(per_query: pl.DataFrame, seed: int = 0) -> tuple[float, list[float]]:
@@ -40,9 +34,10 @@ def _rate_with_interval(per_query: pl.DataFrame, seed: int = 0) -> tuple[float, 
 
 
 def audit(candidates: pl.DataFrame, query_ids: list[str], doc_ids: pl.DataFrame, qrels: str, fmt: str,
-          num_negatives: int) -> dict[str, Any]:
-    """The audit report; `doc_ids` maps candidate doc_row to its id (columns row, id)."""
-    judged = _judged(qrels, fmt)
+          positive_threshold: float, num_negatives: int) -> dict[str, Any]:
+    """The audit report; `doc_ids` maps candidate doc_row to its id (columns row, id); a judgement is relevant when
+    its score is above `positive_threshold` (input.positive_threshold, as in ingest)."""
+    judged = _judged(qrels, fmt, positive_threshold)
     named = (candidates.join(pl.DataFrame({"query_row": range(len(query_ids)), "query_id": query_ids},
                                           schema={"query_row": pl.UInt32, "query_id": pl.String}), on="query_row")
              .join(doc_ids.rename({"row": "doc_row", "id": "doc_id"}), on="doc_row")

@@ -67,11 +67,9 @@ def _wanted(texts: Texts, specs: dict[str, EncoderSpec]) -> pl.DataFrame:
 
 
 def _texts(files: tuple[str, ...], row: str, rows: pl.Series) -> pl.LazyFrame:
-    """Text and length (characters; the ingest column where the files have it) of `rows` of the text files."""
-    scan = pl.scan_parquet(list(files))
-    length = pl.col("length") if "length" in scan.collect_schema() else pl.col("text").str.len_chars()
-    return (scan.filter(pl.col("row").is_in(rows.implode())).select(pl.col("row").alias(row), "text",
-                                                                   length.cast(pl.UInt32).alias("length")))
+    """Text and length (characters) of `rows` of the text files."""
+    return (pl.scan_parquet(list(files)).filter(pl.col("row").is_in(rows.implode()))
+            .select(pl.col("row").alias(row), "text", "length"))
 
 
 def _with_texts(keys: pl.DataFrame, texts: Texts) -> pl.DataFrame:

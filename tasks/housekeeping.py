@@ -1,13 +1,17 @@
-"""Garbage collection: old run workspaces, and embedding-store fingerprints no published version or recent run uses."""
+"""Garbage collection: old run workspaces, embedding-store fingerprints no published version or recent run uses,
+and staging folders of builds that are gone."""
 
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 from typing import Any
 
-from negforge.tasks.registry import datasets
+from negforge.tasks.registry import NotFound, datasets
+
+log = logging.getLogger(__name__)
 
 
 def _size(path: Path) -> int:
@@ -19,8 +23,21 @@ def _run_fingerprints(run: Path) -> set[str]:
     return set(json.loads(marker.read_text())) if marker.exists() else set()
 
 
+def _published_fingerprints(registry: str | Path) -> set[str]:
+    """Fingerprints of every published version; a version without a readable manifest holds none."""
+    used: set[str] = set()
+    for dataset in datasets(registry):
+        for version in dataset.versions():
+            try:
+                used.update(dataset.manifest(version)["model"]["fingerprints"].values())
+            except NotFound as error:
+                log.warning("%s", error)
+    return used
+
+
 def collect_garbage(workdir: str | Path, registry: str | Path, keep_runs: int, dry_run: bool) -> dict[str, Any]:
-    """Remove all but the newest `keep_runs` run workspaces, and store fingerprints nothing kept refers to.
+    """Remove all but the newest `keep_runs` run workspaces, the store fingerprints nothing kept refers to, and
+    abandoned staging folders.
 
     Returns:
         What was (or, with dry_run, would be) removed, and the store size before and after.
@@ -29,9 +46,7 @@ def collect_garbage(workdir: str | Path, registry: str | Path, keep_runs: int, d
     runs = sorted((workdir / "runs").iterdir()) if (workdir / "runs").exists() else []
     kept_runs, old_runs = runs[len(runs) - keep_runs:] if keep_runs else [], runs[:len(runs) - keep_runs]
     used = set().union(*(_run_fingerprints(r) for r in kept_runs)) if kept_runs else set()
-    for dataset in datasets(registry):
-        for version in dataset.versions():
-            used.update(dataset.manifest(version)["model"]["fingerprints"].values())
+    used |= _published_fingerprints(registry)
     store = workdir / "embeddings"
     stale = [p for p in sorted(store.iterdir()) if p.is_dir() and p.name not in used] if store.exists() else []
     before = _size(store)
@@ -39,6 +54,8 @@ def collect_garbage(workdir: str | Path, registry: str | Path, keep_runs: int, d
     if not dry_run:
         for path in old_runs + stale:
             shutil.rmtree(path, ignore_errors=True)
+    # Each further clean-up (e.g. unreadable embedding-store parts) is one more step here with its report entry.
+    staging = [path for dataset in datasets(registry) for path in dataset.remove_abandoned(dry_run)]
     return {"runs_removed": [str(p) for p in old_runs], "fingerprints_removed": [p.name for p in stale],
-            "bytes_freed": freed, "store_bytes_before": before,
+            "staging_removed": [str(p) for p in staging], "bytes_freed": freed, "store_bytes_before": before,
             "store_bytes_after": before - sum(_size(p) for p in stale), "dry_run": dry_run}

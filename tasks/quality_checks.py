@@ -9,8 +9,8 @@ from __future__ import annotations
 import polars as pl
 
 from negforge.schemas.config import BuildConfig, InputConfig
-from negforge.tasks.readers import read_rows
-from negforge.tasks.text import text_hash
+from negforge.tasks.readers import Field, read_qrels, read_table
+from negforge.tasks.text import text_hashes
 
 
 def _not_empty(column: str, dtype: pl.DataType) -> pl.Expr:
@@ -46,12 +46,10 @@ def eval_query_hashes(cfg: BuildConfig) -> set[str]:
     """Text hashes of the evaluation split's queries (those named in validate.eval_qrels)."""
     if not cfg.validate_.eval_qrels:
         return set()
-    qrels = read_rows(cfg.validate_.eval_qrels, cfg.input.format)
-    wanted = {str(r.get("query-id")) for _, r in qrels.records}
-    queries = read_rows(cfg.validate_.eval_queries or cfg.input.queries, cfg.input.format)
-    field, text = cfg.input.query_id_field, cfg.input.query_text_field
-    return {text_hash(str(r[text])) for _, r in queries.records
-            if str(r.get(field)) in wanted and isinstance(r.get(text), str)}
+    wanted = read_qrels(cfg.validate_.eval_qrels, cfg.input.format).rows["query_id"].unique()
+    queries = read_table(cfg.validate_.eval_queries or cfg.input.queries, cfg.input.format,
+                         {"id": Field(cfg.input.query_id_field), "text": Field(cfg.input.query_text_field)}).rows
+    return set(text_hashes(queries.filter(pl.col("id").is_in(wanted.implode()))["text"]).to_list())
 
 
 def contaminated_queries(query_shards: list[str], cfg: BuildConfig) -> list[str]:
@@ -122,6 +120,6 @@ def shared_positives(positives: pl.DataFrame, cfg: InputConfig, eval_qrels: str 
     """Documents that are positives in both the training and the evaluation split (normal in BEIR: only reported)."""
     if not eval_qrels:
         return 0
-    rows = read_rows(eval_qrels, cfg.format)
-    eval_docs = {str(r.get("corpus-id")) for _, r in rows.records}
-    return positives.filter(pl.col("positive_id").is_in(list(eval_docs)))["positive_id"].n_unique()
+    judged = read_qrels(eval_qrels, cfg.format).rows
+    eval_docs = judged.filter(pl.col("score") > cfg.positive_threshold)["doc_id"].unique()
+    return positives.filter(pl.col("positive_id").is_in(eval_docs.implode()))["positive_id"].n_unique()

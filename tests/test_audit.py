@@ -20,7 +20,7 @@ def test_audit_counts_judged_relevant_negatives_overall_and_per_reason(tmp_path)
     qrels.write_text("query-id\tcorpus-id\tscore\nq0\td1\t1\nq0\td2\t1\nq1\td3\t1\nq1\td4\t0\nunknown\td2\t1\n")
     doc_ids = pl.DataFrame({"row": range(9), "id": [f"d{i}" for i in range(9)]},
                            schema={"row": pl.UInt32, "id": pl.String})
-    report = audit(mined, ids, doc_ids, str(qrels), "auto", 2)
+    report = audit(mined, ids, doc_ids, str(qrels), "auto", 0.0, 2)
     assert report["n_queries"] == 2  # q2 has no held-out judgements; "unknown" is not a training query
     assert report["negatives"] == 4 and report["false_negative_rate"] == 0.5
     assert 0 <= report["ci95"][0] <= 0.5 <= report["ci95"][1] <= 1

@@ -35,7 +35,8 @@ def _files(folder, kind: str, texts: list[str], per_file: int) -> tuple[str, ...
         chunk = texts[start:start + per_file]
         path = folder / f"{kind}-{start:05d}.parquet"
         frame(TEXT_SHARD, {"row": range(start, start + len(chunk)), "text_hash": [text_hash(t) for t in chunk],
-                           "id": [f"{kind}{start + i}" for i in range(len(chunk))], "text": chunk}).write_parquet(path)
+                           "id": [f"{kind}{start + i}" for i in range(len(chunk))], "text": chunk,
+                           "length": [len(t) for t in chunk]}).write_parquet(path)
         paths.append(str(path))
     return tuple(paths)
 

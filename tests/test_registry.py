@@ -12,30 +12,44 @@ from pathlib import Path
 
 import pytest
 
-from negforge.tasks.registry import Registry
+from negforge.tasks.registry import NotFound, Registry
 from tests.conftest import ROOT, run_cli
 
 PUBLISHER = """
-import json, sys, time
+import sys, time
 from pathlib import Path
-from negforge.tasks.registry import Registry
+from negforge.tasks.registry import NotFound, Registry
 root, content, start_at, hang = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4] == "hang"
+from tests.test_registry import stage
 registry = Registry(root, "ds")
-staged = registry.staging()
-(staged / "data").mkdir()
-(staged / "data" / "train-00000-of-00001.parquet").write_text(content * 1000)
-(staged / "ids").mkdir()
+staged = stage(registry, content)
 while time.time() < start_at:
     time.sleep(0.001)
-def finish(folder, version, parent, digest):
-    (folder / "manifest.json").write_text(json.dumps({"version": version, "parent": parent, "data_hash": digest,
-                                                      "content": content}))
+def card(manifest):
     if hang:
-        Path(root, "hanging").write_text(version)
+        Path(root, "hanging").write_text(manifest["version"])
         time.sleep(600)
-path, new = registry.publish(staged, finish)
+    return f"# {manifest['version']}"
+path, new = registry.publish(staged, {"parent": None, "content": content}, card)
 print(path.name, new)
 """
+
+
+def stage(registry: Registry, content: str) -> Path:
+    """A staged candidate version whose data is `content` repeated."""
+    staged = registry.staging()
+    (staged / "data").mkdir()
+    (staged / "data" / "train-00000-of-00001.parquet").write_text(content * 1000)
+    (staged / "ids").mkdir()
+    return staged
+
+
+def _publish_here(root: Path, content: str) -> tuple[str, bool]:
+    """Publish in this process, with the manifest fields `versions list` prints."""
+    registry = Registry(root, "ds")
+    manifest = {"parent": None, "content": content, "created_at": "2026-11-26T00:00:00", "counts": {"rows": 1}}
+    path, new = registry.publish(stage(registry, content), manifest, lambda m: f"# {m['version']}")
+    return path.name, new
 
 
 def _publisher(root: Path, content: str, start_at: float, hang: bool = False) -> subprocess.Popen:
@@ -68,7 +82,7 @@ def test_versions_take_max_plus_one_and_latest_follows_also_after_a_rollback(tmp
     assert registry.latest() == "v0001" and registry.versions() == ["v0001", "v0002"]
     assert _publish(tmp_path, "c") == "v0003 True"
     assert registry.latest() == "v0003" and registry.manifest("v0003")["parent"] == "v0001"
-    with pytest.raises(KeyError, match="no version v0009"):
+    with pytest.raises(NotFound, match="no version v0009"):
         registry.rollback("v0009")
 
 
@@ -98,7 +112,7 @@ def test_a_publisher_killed_mid_publish_leaves_no_partial_version(tmp_path):
     deadline = time.time() + 60
     while not marker.exists() and time.time() < deadline:
         time.sleep(0.05)
-    assert marker.read_text() == "v0002"  # it holds the lock, with its manifest half-way written
+    assert marker.read_text() == "v0002"  # it holds the lock, with its card half-way written
     os.kill(hanging.pid, signal.SIGKILL)
     hanging.wait(timeout=30)
     registry = Registry(tmp_path, "ds")
@@ -139,3 +153,134 @@ def test_diff_and_show_of_two_real_builds(config, prefect_server):
     assert Path(second).name == "v0002"
     gc = run_cli("gc", "--config", str(config), "--keep-runs", "1").stdout
     assert "removed 1 run workspaces" in gc
+
+
+def test_verify_hashes_every_file_and_a_damaged_version_is_marked_then_replaced(tmp_path, capsys):
+    from negforge.flows.cli import main
+
+    registry = Registry(tmp_path, "ds")
+    assert _publish_here(tmp_path, "a") == ("v0001", True)
+    assert set(registry.manifest("v0001")["checksums"]) == {"data/train-00000-of-00001.parquet", "README.md"}
+    assert main(["versions", "verify", "--registry", str(tmp_path)]) == 0
+    assert capsys.readouterr().out == "ds v0001  ok\n"
+
+    data = registry.folder / "v0001" / "data" / "train-00000-of-00001.parquet"
+    data.write_text("b" * 1000)  # same size, other bytes: only hashing finds it
+    assert registry.problems("v0001") == []
+    assert main(["versions", "verify", "ds@v0001", "--registry", str(tmp_path)]) == 1
+    assert "DAMAGED: data/train-00000-of-00001.parquet: sha256 differs" in capsys.readouterr().out
+
+    data.unlink()  # the issue's case: a published parquet deleted
+    assert main(["versions", "list", "ds", "--registry", str(tmp_path)]) == 0
+    assert "DAMAGED: data/train-00000-of-00001.parquet: missing  LATEST" in capsys.readouterr().out
+    assert _publish_here(tmp_path, "a") == ("v0002", True)  # same content, but v0001 is damaged: a whole new one
+    assert registry.latest() == "v0002" and registry.problems("v0002", hashes=True) == []
+    assert registry.manifest("v0002")["parent"] == "v0001"
+    assert main(["versions", "rollback", "ds", "v0001", "--registry", str(tmp_path)]) == 2  # not to a damaged one
+    assert registry.latest() == "v0002"
+
+
+def test_latest_naming_nothing_valid_a_version_without_manifest_and_strays_block_nothing(tmp_path, capsys):
+    from negforge.flows.cli import main
+
+    registry = Registry(tmp_path, "ds")
+    _publish_here(tmp_path, "a")
+    (registry.folder / "LATEST").write_text("garbage!!\n")
+    (registry.folder / "v0002").mkdir()  # a version without its manifest
+    (registry.folder / "v0007").symlink_to(registry.folder / "v0001")
+    (registry.folder / "notes.txt").write_text("mine")
+    assert registry.versions() == ["v0001", "v0002"] and registry.latest() is None
+
+    assert main(["versions", "list", "ds", "--registry", str(tmp_path)]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("v0001  2026-11-26") and "v0002  DAMAGED: " in out and "no manifest.json" in out
+    assert "names 'garbage!!'" in err and f"fix: negforge versions rollback ds v0001 --registry {tmp_path}" in err
+    assert f"{registry.folder / 'v0007'}: not made by negforge" in err and "notes.txt: not made by negforge" in err
+    assert main(["versions", "verify", "ds", "--registry", str(tmp_path)]) == 1
+    assert "ds v0001  ok" in capsys.readouterr().out
+
+    assert _publish_here(tmp_path, "b") == ("v0003", True)  # the next number; LATEST named no parent
+    assert registry.latest() == "v0003" and registry.manifest("v0003")["parent"] is None
+    (registry.folder / "LATEST").write_text("v0002\n")  # a version without manifest as LATEST
+    assert registry.latest() is None and "no manifest.json" in registry.latest_problem()
+    assert _publish_here(tmp_path, "b") == ("v0004", True)
+
+
+def test_arguments_stay_inside_their_registry(tmp_path, capsys):
+    from negforge.flows.cli import main
+
+    other = Registry(tmp_path / "other", "dataset")
+    for content in ("a", "b"):
+        other.publish(stage(other, content), {"parent": None}, lambda m: "")
+    root = tmp_path / "R"
+    _publish_here(root, "a")
+    before = (other.folder / "LATEST").read_text()
+    assert main(["versions", "rollback", "../other/dataset", "v0001", "--registry", str(root)]) == 2
+    assert "argument: dataset: " in capsys.readouterr().err
+    assert (other.folder / "LATEST").read_text() == before == "v0002\n"
+    for argv in (["versions", "list", "../other/dataset"], ["versions", "show", "ds", "../../other/dataset/v0001"],
+                 ["versions", "diff", "ds", "v0001", "../v0001"], ["versions", "verify", "../other/dataset@v0001"],
+                 ["versions", "verify", "ds@../v0001"], ["remine", "--from", "../other/dataset@v0001"]):
+        assert main([*argv, "--registry", str(root)]) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith("negforge: error: ") and err.count("\n") == 1, err
+
+
+STAGER = """
+import sys, time
+from negforge.tasks.registry import Registry
+print(Registry(sys.argv[1], "ds").staging(), flush=True)
+time.sleep(600)
+"""
+
+
+def _stager(root: Path) -> tuple[subprocess.Popen, Path]:
+    """A process that stages a version and lives on (as a build would), and its staging folder."""
+    process = subprocess.Popen([sys.executable, "-c", STAGER, str(root)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    return process, Path(process.stdout.readline().strip())
+
+
+def test_staging_folders_of_killed_builds_are_removed_by_gc_and_the_next_publish(tmp_path, capsys):
+    from negforge.flows.cli import main
+
+    killed, abandoned = _stager(tmp_path)
+    alive, in_use = _stager(tmp_path)
+    os.kill(killed.pid, signal.SIGKILL)
+    killed.wait(timeout=30)
+    gc = ["gc", "--registry", str(tmp_path), "--workdir", str(tmp_path / "work")]
+    try:
+        assert main([*gc, "--dry-run"]) == 0
+        assert "would remove 1 staging folders" in capsys.readouterr().out and abandoned.exists()
+        assert main(gc) == 0
+        assert "removed 1 staging folders" in capsys.readouterr().out
+        assert not abandoned.exists() and in_use.exists()  # a living build's folder stays
+    finally:
+        alive.kill()
+        alive.wait(timeout=30)
+    assert _publish_here(tmp_path, "a") == ("v0001", True)
+    assert not in_use.exists() and list(Registry(tmp_path, "ds").folder.glob(".staging-*")) == []
+
+
+def test_gc_reads_only_the_registry_and_workdir_and_takes_set(tmp_path, capsys):
+    from negforge.flows.cli import main
+
+    config = tmp_path / "gc.yaml"
+    config.write_text("publish:\n  registry: registry\nruntime:\n  workdir: work\n")  # no input section
+    for run in ("20260101T000000-a", "20260102T000000-b"):
+        (tmp_path / "elsewhere" / "runs" / run).mkdir(parents=True)
+    assert main(["gc", "--config", str(config), "--set", f"runtime.workdir={tmp_path / 'elsewhere'}",
+                 "--keep-runs", "1"]) == 0
+    assert "removed 1 run workspaces" in capsys.readouterr().out
+    assert [p.name for p in (tmp_path / "elsewhere" / "runs").iterdir()] == ["20260102T000000-b"]
+
+
+def test_a_key_error_is_a_bug_with_a_traceback(tmp_path, monkeypatch):
+    from negforge.flows import registry_commands
+    from negforge.flows.cli import main
+
+    def broken(args):
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(registry_commands, "versions_list", broken)
+    with pytest.raises(KeyError, match="a bug"):
+        main(["versions", "list", "ds", "--registry", str(tmp_path)])

@@ -15,7 +15,7 @@ def test_keep_candidates_lists_every_dropped_candidate_with_its_reason(tmp_path)
     candidates = mine(hits, positives, scores, ids, MineConfig(num_negatives=2, max_score=0.75), 10)
     shard = tmp_path / "corpus-00000.parquet"
     frame(TEXT_SHARD, {"row": range(8), "text_hash": [f"h{i}" for i in range(8)], "id": [f"p{i}" for i in range(8)],
-                       "text": [f"doc {i}" for i in range(8)]}).write_parquet(shard)
+                       "text": [f"doc {i}" for i in range(8)], "length": [5] * 8}).write_parquet(shard)
     plain, short = ids_table(candidates, positives, scores, [str(shard)], "n-tuple", 2)
     table, _ = ids_table(candidates, positives, scores, [str(shard)], "n-tuple", 2, keep_candidates=True)
     assert short == [] and "candidate_ids" not in plain.columns

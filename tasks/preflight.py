@@ -1,0 +1,99 @@
+"""Preflight: before any work, check that the registry and the workdir can take what a run writes, so that a run
+that cannot finish stops at once, naming the path and the figures, instead of after the whole pipeline.
+
+Too little space for the registry (less than the previous version took) refuses the run: a publish that fails at
+the end wastes all of it. Too little for the embedding store only warns: the estimate (every text embedded anew) is
+an upper bound, and texts already in the store need no space.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+from negforge.schemas.config import BuildConfig
+from negforge.tasks.registry import Registry
+
+# OS errors that a second try cannot mend: never retried, reported in one line naming the path.
+PERMANENT_ERRNOS = {errno.ENOTDIR, errno.EISDIR, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC,
+                    errno.EDQUOT}
+DEFAULT_DIMENSION = 4096  # when the model's config does not say: as large as common embedding models get
+
+
+class StorageError(RuntimeError):
+    """A folder negforge must write is not a writable folder, or holds too little free space."""
+
+
+def permanent(error: BaseException) -> bool:
+    """Whether an error is an OS error that retrying cannot fix (not a folder, read-only, permission, no space)."""
+    return isinstance(error, OSError) and error.errno in PERMANENT_ERRNOS
+
+
+def describe(error: OSError) -> str:
+    """One line for an OS error: the path(s) it concerns and what went wrong."""
+    paths = " -> ".join(str(p) for p in (error.filename, error.filename2) if p is not None)
+    return f"{paths}: {error.strerror}" if paths else str(error)
+
+
+def _size(n: int) -> str:
+    """Bytes in the largest unit (up to GiB) that keeps the figure at least 1."""
+    value, unit = float(n), "bytes"
+    for larger in ("KiB", "MiB", "GiB"):
+        if value < 1024:
+            break
+        value, unit = value / 1024, larger
+    return f"{n} bytes" if unit == "bytes" else f"{value:.1f} {unit}"
+
+
+def writable_folder(path: Path, setting: str) -> None:
+    """`path` is a folder this process can write in, or can be made one (it is created)."""
+    try:
+        existing = next(p for p in (path, *path.parents) if p.exists())
+        if not existing.is_dir():
+            raise StorageError(f"{setting}: {existing} is not a folder")
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as error:
+        raise StorageError(f"{setting}: cannot write in {path} ({describe(error)})") from None
+
+
+def _shortfall(path: Path, needed: int, what: str) -> str | None:
+    free = shutil.disk_usage(path).free
+    if free >= needed:
+        return None
+    return f"{path}: {_size(free)} free, {what} needs about {_size(needed)}"
+
+
+def preflight(config: BuildConfig) -> None:
+    """Refuse a run whose registry or workdir cannot be written, or whose registry lacks the space of the version
+    before (the best estimate of the next one)."""
+    registry = Registry(config.publish.registry, config.publish.dataset)
+    writable_folder(registry.folder, "publish.registry")
+    writable_folder(Path(config.runtime.workdir), "runtime.workdir")
+    latest = registry.latest()
+    if latest:
+        size = sum(p.stat().st_size for p in (registry.folder / latest).rglob("*") if p.is_file())
+        short = _shortfall(registry.folder, size, f"a new version (as large as {latest}, the one before)")
+        if short:
+            raise StorageError(f"publish.registry {short}; free space there or choose another publish.registry")
+
+
+def embedding_dimension(model_path: str) -> int:
+    """The model's hidden size from its config.json, else a conservative default."""
+    config = Path(model_path) / "config.json"
+    try:
+        return int(json.loads(config.read_text())["hidden_size"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return DEFAULT_DIMENSION
+
+
+def store_shortfall(workdir: str, texts: int, model_path: str) -> str | None:
+    """A warning when the embedding store's filesystem has less room than `texts` new float32 vectors take."""
+    dimension = embedding_dimension(model_path)
+    short = _shortfall(Path(workdir), texts * dimension * 4,
+                       f"the embedding store ({texts} texts x {dimension} dimensions x 4 bytes, at most)")
+    return f"runtime.workdir {short}; texts already in the store need no space" if short else None
