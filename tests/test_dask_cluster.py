@@ -108,7 +108,8 @@ def test_a_killed_worker_loses_no_work_and_a_killed_run_resumes(small_config):
     assert 0 < stored_before < unique
     retried = json.loads((_version(run_cli("build", "--config", str(other_config)).stdout) /
                           "manifest.json").read_text())
-    assert retried["embed"] == {"texts_embedded": unique - stored_before, "texts_cached": stored_before}
+    assert retried["embed"] == {"texts_embedded": unique - stored_before, "texts_cached": stored_before,
+                                "store_repaired": []}
     assert [p.name for p in (other / "registry" / "tiny").glob("v*")] == ["v0001"]
 
 
