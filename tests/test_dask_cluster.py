@@ -57,6 +57,10 @@ def test_a_running_scheduler_does_the_work(small_config, scheduler):
         workers = client.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.workers))
     assert any(name.startswith("embed") for name in ran) and any(name.startswith("search") for name in ran)
     assert workers == 2
+    local = run_cli("build", "--config", str(small_config), "--set",
+                    f"publish.registry={small_config.parent / 'local'}").stdout  # the session's local cluster
+    assert json.loads((Path(local.strip().splitlines()[-1]) / "manifest.json").read_text())["data_hash"] == \
+        manifest["data_hash"]
 
 
 def _stored(workdir: Path) -> int:
