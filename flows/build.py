@@ -131,7 +131,8 @@ def _build(config: BuildConfig, worker_count: Any) -> dict[str, Any]:
     if embedded.store_repaired:
         logger.warning("embedding store: damaged parts set aside and their texts embedded again: %s",
                        ", ".join(embedded.store_repaired))
-    check_budget(config.runtime, worker_count(), embedded.corpus.dim)
+    if not dimension:  # a model whose configs do not say: now its vectors do, before any search
+        check_budget(config.runtime, worker_count(), embedded.corpus.dim)
 
     corpus_dedup = None
     if config.dedup.corpus:
