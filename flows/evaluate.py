@@ -43,7 +43,8 @@ from negforge.tasks.retrieval_metrics import METRICS, measure
 from negforge.tasks.training_examples import refuse_leakage, training_examples
 
 BASELINES = {
-    # Mining without any of negforge's filters: the hardest candidates (plain) or uniform ones (random) of the window.
+    # Mining without any of negforge's filters, in the first version's window: its hardest candidates (plain) or
+    # uniform ones (random).
     "plain": {"sampling_strategy": "top"},
     "random": {"sampling_strategy": "random"},
 }
@@ -249,7 +250,8 @@ def _baseline(request: Request, baseline: str, scratch: Path) -> TrainingSet:
     shutil.copytree(first.folder, scratch / dataset / first.name, copy_function=_link_or_copy)
     raw = first.manifest["config"]
     dedup = raw["dedup"] if raw["dedup"].get("corpus") else raw["dedup"] | {"eps": None}
-    config = validate_config(raw | {"mine": raw["mine"] | UNFILTERED | BASELINES[baseline], "dedup": dedup,
+    window = {"range_max": first.manifest["search"]["range_max"]}  # A's window, derived or set: random draws from it
+    config = validate_config(raw | {"mine": raw["mine"] | UNFILTERED | window | BASELINES[baseline], "dedup": dedup,
                                     "publish": {"registry": str(scratch), "dataset": dataset},
                                     "evaluate": {}}, f"{baseline} baseline")
     result = remine_training_set(first.name, config)

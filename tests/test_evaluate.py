@@ -137,7 +137,14 @@ evaluate:
                p.startswith("evaluations/charts/compare-v0001-vs-plain-") for p in added), added
 
     run_cli("remine", "--from", "tiny@v0001", "--registry", str(registry), "--set", "mine.relative_margin=0.1")
-    versus = run_cli("evaluate", "--compare", "tiny@v0001", "tiny@v0002", "--registry", str(registry))
+    models = tmp_path / "models"
+    versus = run_cli("evaluate", "--compare", "tiny@v0001", "tiny@v0002", "--registry", str(registry),
+                     "--save-model", str(models))
     assert "nDCG@10 of v0002 minus v0001: " in versus.stdout
+    second = json.loads(next((registry / "tiny" / "evaluations").glob("v0002-*.json")).read_text())
+    assert second["base"]["cached"] and second["fine_tuned"][0]["saved_to"] == str(models / "v0002-seed0")
+    from sentence_transformers import SentenceTransformer
+
+    assert SentenceTransformer(str(models / "v0001-seed0")).encode(["a query"]).shape == (1, 384)
     diff = run_cli("versions", "diff", "tiny", "v0001", "v0002", "--registry", str(registry)).stdout
     assert "compared (" in diff and "fine-tuned nDCG@10" in diff
