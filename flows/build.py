@@ -118,19 +118,23 @@ def _build(config: BuildConfig, worker_count: Any) -> dict[str, Any]:
     for line in reject_lines(ingested.reject_reasons, ingested.reject_samples):
         logger.warning("rows rejected: %s", line)
     check_index_settings(config.search, counts.unique_texts)
-    dimension = embedding_dimension(resolve_model(config.embed.model))
-    if dimension:
-        check_budget(config.runtime, worker_count(), dimension)
     with _timed(timings, "validate_inputs"):
         validate_inputs_task(ingested, str(run_dir / "validation" / "inputs"))
 
-    shortfall = store_shortfall(config.runtime.workdir, counts.unique_texts, resolve_model(config.embed.model).path)
+    dimension = embedding_dimension(resolve_model(config.embed.model))
+    if dimension:
+        check_budget(config.runtime, worker_count(), dimension)
+    shortfall = store_shortfall(config.runtime.workdir, counts.unique_texts, dimension)
     if shortfall:
         logger.warning(shortfall)
     with _timed(timings, "embed"):
         embedded = embed_stage(texts, config, run_dir, worker_count())
     logger.info("embedded %d texts, %d from the store", embedded.texts_embedded, embedded.texts_cached)
-    check_budget(config.runtime, worker_count(), embedded.corpus.dim)
+    if embedded.store_repaired:
+        logger.warning("embedding store: damaged parts set aside and their texts embedded again: %s",
+                       ", ".join(embedded.store_repaired))
+    if not dimension:  # a model whose configs do not say: now its vectors do, before any search
+        check_budget(config.runtime, worker_count(), embedded.corpus.dim)
 
     corpus_dedup = None
     if config.dedup.corpus:

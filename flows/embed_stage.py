@@ -1,18 +1,27 @@
-"""The embedding stage (interim: one task per text file; the store helper replaces this module)."""
+"""The embedding stage of the build flow: plan on a worker, embed and copy in a few tasks per worker, show progress,
+compact the store.
+
+The flow holds the plan (paths and row ranges) and creates the run's vector matrices, one .npy per kind with a row per
+text row; the tasks fill disjoint rows of them, so search reads them memory-mapped.
+"""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
-import numpy as np
-
+from negforge.flows.stage_progress import StageProgress
 from negforge.flows.task_options import negforge_task
 from negforge.schemas.config import BuildConfig
 from negforge.schemas.stages import Embedded, Texts, VectorFile
-from negforge.tasks.embed import embed_shard
+from negforge.tasks.embed import copy_stored, create_matrices, embed_texts, plan_embedding
+from negforge.tasks.embedding_store import EmbeddingStore, compact_stores
 from negforge.tasks.model import EncoderSpec, ModelRef, named_prompt, resolve_model
 
-embed_task = negforge_task(embed_shard, "embed shard", retried=True)
+plan_task = negforge_task(plan_embedding, "plan embedding", retried=True)
+embed_task = negforge_task(embed_texts, "embed texts", retried=True)
+copy_task = negforge_task(copy_stored, "copy stored vectors", retried=True)
+compact_task = negforge_task(compact_stores, "compact embedding store")
 
 
 def _encoder(ref: ModelRef, config: BuildConfig, prompt: str | None, prompt_name: str | None) -> EncoderSpec:
@@ -21,26 +30,38 @@ def _encoder(ref: ModelRef, config: BuildConfig, prompt: str | None, prompt_name
                        config.runtime.device)
 
 
-def embed_stage(texts: Texts, config: BuildConfig, run_dir: Path, workers: int) -> Embedded:
+def encoder_specs(config: BuildConfig) -> dict[str, EncoderSpec]:
+    """The encoder of each kind, "query" and "corpus" (same model, each with its prompt)."""
     ref = resolve_model(config.embed.model)
-    specs = {"query": _encoder(ref, config, config.embed.query_prompt, config.embed.query_prompt_name),
-             "corpus": _encoder(ref, config, config.embed.corpus_prompt, config.embed.corpus_prompt_name)}
+    return {"query": _encoder(ref, config, config.embed.query_prompt, config.embed.query_prompt_name),
+            "corpus": _encoder(ref, config, config.embed.corpus_prompt, config.embed.corpus_prompt_name)}
+
+
+def embed_stage(texts: Texts, config: BuildConfig, run_dir: Path, workers: int) -> Embedded:
+    """Fill the run's query and corpus vector matrices: what the store has is copied, the rest embedded and stored."""
+    specs = encoder_specs(config)
+    store_root = str(Path(config.runtime.workdir) / "embeddings")
+    fingerprints = sorted({spec.fingerprint for spec in specs.values()})
     run_dir.mkdir(parents=True, exist_ok=True)
-    import json
-    (run_dir / "fingerprints.json").write_text(json.dumps(sorted({s.fingerprint for s in specs.values()})))
-    store = str(Path(config.runtime.workdir) / "embeddings")
-    files = {"query": texts.query_files, "corpus": texts.corpus_files}
-    out, embedded, cached, task_runs = {}, 0, 0, 0
-    for kind in ("query", "corpus"):
-        futures = [embed_task.submit(path, specs[kind], store, str(run_dir / "vectors" / f"{Path(path).stem}.npy"))
-                   for path in files[kind]]
-        results = [f.result() for f in futures]
-        task_runs += len(futures)
-        matrix = np.concatenate([np.load(r["vectors"]) for r in results])
-        path = run_dir / "vectors" / f"{kind}.npy"
-        np.save(path, matrix)
-        out[kind] = VectorFile(str(path), matrix.shape[0], matrix.shape[1])
-        embedded += sum(r["embedded"] for r in results)
-        cached += sum(r["cached"] for r in results)
-    return Embedded(queries=out["query"], corpus=out["corpus"], texts_embedded=embedded, texts_cached=cached,
-                    fingerprints={kind: spec.fingerprint for kind, spec in specs.items()}, task_runs=task_runs)
+    (run_dir / "fingerprints.json").write_text(json.dumps(fingerprints, allow_nan=False))  # for gc
+
+    plan = plan_task.submit(texts, specs, store_root, str(run_dir / "embed"), workers, config.runtime).result()
+    create_matrices(plan)
+    progress_dir = run_dir / "embed" / "progress"
+    embeds, copies = len(plan.embed_ranges), len(plan.copy_ranges)
+    futures = [embed_task.with_options(task_run_name=f"embed texts {i + 1}/{embeds}")
+               .submit(plan, i, specs, store_root, str(progress_dir)) for i in range(embeds)]
+    futures += [copy_task.with_options(task_run_name=f"copy stored vectors {i + 1}/{copies}")
+                .submit(plan, i, specs, store_root, texts, str(progress_dir)) for i in range(copies)]
+    total = (plan.embed_ranges[-1][1] if embeds else 0) + (plan.copy_ranges[-1][1] if copies else 0)
+    filled = StageProgress(config.publish.dataset, "embed", total, str(progress_dir)).results(futures)
+
+    compacted = any(EmbeddingStore(store_root, fp).needs_compaction() for fp in fingerprints)
+    if compacted:
+        compact_task.submit(store_root, fingerprints).result()
+    damaged = set(plan.damaged).union(*(f.damaged for f in filled))
+    return Embedded(queries=VectorFile(plan.matrices["query"], plan.rows["query"], plan.dim),
+                    corpus=VectorFile(plan.matrices["corpus"], plan.rows["corpus"], plan.dim),
+                    texts_embedded=sum(f.embedded for f in filled), texts_cached=sum(f.copied for f in filled),
+                    fingerprints={kind: spec.fingerprint for kind, spec in specs.items()},
+                    store_repaired=tuple(sorted(damaged)), task_runs=1 + len(futures) + int(compacted))

@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from negforge.tasks.embedding_store import EmbeddingStore
 from negforge.tasks.registry import NotFound, datasets
 
 log = logging.getLogger(__name__)
@@ -36,8 +37,8 @@ def _published_fingerprints(registry: str | Path) -> set[str]:
 
 
 def collect_garbage(workdir: str | Path, registry: str | Path, keep_runs: int, dry_run: bool) -> dict[str, Any]:
-    """Remove all but the newest `keep_runs` run workspaces, the store fingerprints nothing kept refers to, and
-    abandoned staging folders.
+    """Remove all but the newest `keep_runs` run workspaces, the store fingerprints nothing kept refers to, store
+    parts that fail their checksum (and killed writers' leftovers), and abandoned staging folders.
 
     Returns:
         What was (or, with dry_run, would be) removed, and the store size before and after.
@@ -54,8 +55,11 @@ def collect_garbage(workdir: str | Path, registry: str | Path, keep_runs: int, d
     if not dry_run:
         for path in old_runs + stale:
             shutil.rmtree(path, ignore_errors=True)
-    # Each further clean-up (e.g. unreadable embedding-store parts) is one more step here with its report entry.
+    kept_fingerprints = [p for p in sorted(store.iterdir()) if p.is_dir()] if store.exists() and not dry_run else []
+    damaged = [name for folder in kept_fingerprints
+               for name in EmbeddingStore(store, folder.name).remove_damaged()]  # checksums: not in a dry run
     staging = [path for dataset in datasets(registry) for path in dataset.remove_abandoned(dry_run)]
     return {"runs_removed": [str(p) for p in old_runs], "fingerprints_removed": [p.name for p in stale],
-            "staging_removed": [str(p) for p in staging], "bytes_freed": freed, "store_bytes_before": before,
+            "damaged_parts_removed": damaged, "staging_removed": [str(p) for p in staging], "bytes_freed": freed,
+            "store_bytes_before": before,
             "store_bytes_after": before - sum(_size(p) for p in stale), "dry_run": dry_run}

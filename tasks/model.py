@@ -133,3 +133,8 @@ def embedding_dimension(ref: ModelRef) -> int | None:
         settings = json.loads(config.read_text()) if module.get("path") and config.exists() else {}
         dimension = settings.get("out_features") or settings.get("word_embedding_dimension") or dimension
     return dimension
+
+
+def dimension(spec: EncoderSpec) -> int:
+    """The width of the spec's vectors (from one short encode, so a model whose last module changes it is right)."""
+    return encode(spec, ["dimension"]).shape[1]

@@ -9,7 +9,6 @@ an upper bound, and texts already in the store need no space.
 from __future__ import annotations
 
 import errno
-import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -82,18 +81,10 @@ def preflight(config: BuildConfig) -> None:
             raise StorageError(f"publish.registry {short}; free space there or choose another publish.registry")
 
 
-def embedding_dimension(model_path: str) -> int:
-    """The model's hidden size from its config.json, else a conservative default."""
-    config = Path(model_path) / "config.json"
-    try:
-        return int(json.loads(config.read_text())["hidden_size"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return DEFAULT_DIMENSION
-
-
-def store_shortfall(workdir: str, texts: int, model_path: str) -> str | None:
-    """A warning when the embedding store's filesystem has less room than `texts` new float32 vectors take."""
-    dimension = embedding_dimension(model_path)
+def store_shortfall(workdir: str, texts: int, dimension: int | None) -> str | None:
+    """A warning when the embedding store's filesystem has less room than `texts` new float32 vectors take
+    (`dimension`: the model's, when its config says; else DEFAULT_DIMENSION)."""
+    dimension = dimension or DEFAULT_DIMENSION
     short = _shortfall(Path(workdir), texts * dimension * 4,
                        f"the embedding store ({texts} texts x {dimension} dimensions x 4 bytes, at most)")
     return f"runtime.workdir {short}; texts already in the store need no space" if short else None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import psutil
 
 from negforge.schemas.config import RuntimeConfig
@@ -38,6 +39,17 @@ def task_count(items: int, bytes_per_item: float, workers: int, runtime: Runtime
 def ranges(items: int, count: int) -> list[tuple[int, int]]:
     """`count` contiguous, near-equal [start, stop) ranges covering `items`."""
     bounds = [round(i * items / count) for i in range(count + 1)] if count else [0]
+    return [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+
+
+def weighted_ranges(weights: np.ndarray, count: int) -> list[tuple[int, int]]:
+    """`count` contiguous [start, stop) ranges of near-equal total weight (e.g. characters to embed) covering all."""
+    if count <= 0 or not len(weights):
+        return []
+    cumulative = np.cumsum(weights, dtype=np.float64)
+    targets = cumulative[-1] * np.arange(1, count) / count
+    bounds = [0, *np.minimum(np.searchsorted(cumulative, targets, side="left") + 1, len(weights)).tolist(),
+              len(weights)]
     return [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
 
 

@@ -57,6 +57,10 @@ def test_a_running_scheduler_does_the_work(small_config, scheduler):
         workers = client.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.workers))
     assert any(name.startswith("embed") for name in ran) and any(name.startswith("search") for name in ran)
     assert workers == 2
+    local = run_cli("build", "--config", str(small_config), "--set",
+                    f"publish.registry={small_config.parent / 'local'}").stdout  # the session's local cluster
+    assert json.loads((Path(local.strip().splitlines()[-1]) / "manifest.json").read_text())["data_hash"] == \
+        manifest["data_hash"]
 
 
 def _stored(workdir: Path) -> int:
@@ -108,7 +112,8 @@ def test_a_killed_worker_loses_no_work_and_a_killed_run_resumes(small_config):
     assert 0 < stored_before < unique
     retried = json.loads((_version(run_cli("build", "--config", str(other_config)).stdout) /
                           "manifest.json").read_text())
-    assert retried["embed"] == {"texts_embedded": unique - stored_before, "texts_cached": stored_before}
+    assert retried["embed"] == {"texts_embedded": unique - stored_before, "texts_cached": stored_before,
+                                "store_repaired": []}
     assert [p.name for p in (other / "registry" / "tiny").glob("v*")] == ["v0001"]
 
 

@@ -107,7 +107,7 @@ def test_trigger_applies_overrides_keeps_the_rest_and_reports(served, dataset_co
     assert sample and {"anchor", "positive", "negative_1", "negative_2"} <= set(sample[0])
     assert str(version.resolve()) in artifacts["served-version"].data
     names = {t.name for t in task_runs}
-    assert {"embed query shard 1/1", "embed corpus shard 1/2", "search shard 2/2", "mine", "publish"} <= names
+    assert {"plan embedding", "embed texts 1/4", "search shard 1/1", "mine", "publish"} <= names  # 2 workers x 2
     assert all("served" in t.tags for t in task_runs)
 
     again = run_cli("trigger", "served", "--set", "mine.num_negatives=2", "--wait").stdout

@@ -133,9 +133,6 @@ def test_a_permanent_os_error_is_not_retried(tmp_path, prefect_server):
 
 
 def test_the_embedding_store_estimate_warns_with_the_figures(tmp_path):
-    model = tmp_path / "model"
-    model.mkdir()
-    (model / "config.json").write_text('{"hidden_size": 384}')
-    assert store_shortfall(str(tmp_path), 10, str(model)) is None
-    warning = store_shortfall(str(tmp_path), 10**13, str(model))
+    assert store_shortfall(str(tmp_path), 10, 384) is None
+    warning = store_shortfall(str(tmp_path), 10**13, 384)
     assert warning.startswith(f"runtime.workdir {tmp_path}: ") and "(10000000000000 texts x 384 dimensions" in warning
