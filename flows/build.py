@@ -34,6 +34,7 @@ from negforge.flows.versions_info import code_version, package_versions
 from negforge.schemas.config import BuildConfig
 from negforge.schemas.stages import CalibrationFiles, Deepened, Mined, MinedPartition, StoreMeta, Texts
 from negforge.tasks.candidate_store import save_candidates
+from negforge.tasks.charts import version_charts
 from negforge.tasks.dataset_card import dataset_card
 from negforge.tasks.ingest import ingest
 from negforge.tasks.ann_index import check_index_settings
@@ -48,6 +49,7 @@ from negforge.tasks.up_to_date import side_inputs, unchanged_version, up_to_date
 ingest_task = negforge_task(ingest, "ingest", retried=True)
 validate_inputs_task = negforge_task(check_inputs, "validate inputs")
 validate_candidate_task = negforge_task(check_candidate, "validate candidate")
+charts_task = negforge_task(version_charts, "draw charts")
 
 
 @task(name="write training set", task_run_name="write training set", cache_policy=NO_CACHE)
@@ -222,6 +224,8 @@ def mine_and_publish(config: BuildConfig, texts: Texts, parts: list[MinedPartiti
             validation = validate_candidate_task(str(staging), mined, texts, mining,
                                                  registry.manifest(latest) if latest else None,
                                                  str(run_dir / "validation" / "candidate"))
+        with _timed(timings, "charts"):
+            charts = charts_task(str(staging), mined, base.get("calibration"))
     except Exception:
         registry.discard(staging)  # a refused candidate was already moved to quarantine
         raise
@@ -240,7 +244,7 @@ def mine_and_publish(config: BuildConfig, texts: Texts, parts: list[MinedPartiti
         "dropped_eval_queries": list(mined.dropped_eval_queries), "audit": mined.audit,
         "side_inputs": side_inputs(config),
         "scores": {"positive": asdict(mined.positive_score_stats), "negative": asdict(mined.negative_score_stats)},
-        "validation": validation,
+        "validation": validation, "charts": charts,
         "files": written["files"] | {"bytes": written["bytes"]}, "timings": timings,
     }
     shutil.copytree(Path(validation["data_docs"]).parent, staging / "validation" / "data_docs")
@@ -253,5 +257,11 @@ def mine_and_publish(config: BuildConfig, texts: Texts, parts: list[MinedPartiti
     stored = json.loads((Path(published["version_dir"]) / "manifest.json").read_text())
     publish_artifacts(manifest | {key: stored[key] for key in ("version", "parent", "data_hash")},
                       published["version_dir"], published["published"])
+    evaluation = None
+    if published["published"] and config.evaluate.eval:
+        from negforge.flows.evaluate import evaluate_after_publish  # the evaluate flow re-mines through this module
+
+        evaluation = evaluate_after_publish(config, published["version"])
     return published | {"counts": manifest["counts"], "embed": manifest["embed"], "timings": timings,
-                        "short_queries": manifest["short_queries"]["count"], "reasons": manifest["reasons"]}
+                        "short_queries": manifest["short_queries"]["count"], "reasons": manifest["reasons"],
+                        "evaluation": evaluation}

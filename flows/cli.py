@@ -45,6 +45,22 @@ def _parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--registry", default=None, help="registry folder (default: the demo config's)")
     calibrate.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                            help="override a mining option of the version's config (repeatable)")
+    evaluate = commands.add_parser("evaluate", help="fine-tune a model on a version and measure it against the base "
+                                                    "model (or compare two training sets)")
+    evaluate.add_argument("target", nargs="?", metavar="DATASET@VERSION", help="the version (or DATASET@latest)")
+    evaluate.add_argument("--compare", nargs=2, metavar=("DATASET@A", "B"),
+                          help="train A and B with the same seeds and compare them; B is another version "
+                               "(DATASET@VERSION or VERSION) or a baseline re-mined from A: plain or random")
+    evaluate.add_argument("--eval", dest="eval_dir", default=None, metavar="BEIR_DIR",
+                          help="evaluation data: corpus.jsonl, queries.jsonl, qrels/<split>.tsv (default: the "
+                               "version config's evaluate.eval)")
+    evaluate.add_argument("--split", default=None, help="qrels split to evaluate on (default test)")
+    evaluate.add_argument("--seeds", type=int, default=None, help="fine-tuning runs with different seeds (default 1)")
+    evaluate.add_argument("--save-model", default=None, metavar="DIR",
+                          help="keep the fine-tuned models in DIR/<version>-seed<seed> (default: dropped)")
+    evaluate.add_argument("--registry", default=None, help="registry folder (default: the demo config's)")
+    evaluate.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
+                          help="an evaluate setting, e.g. steps=4 or evaluate.max_queries=20 (repeatable)")
     versions = commands.add_parser("versions", help="list, show, verify, compare or roll back published versions")
     actions = versions.add_subparsers(dest="action", required=True)
     for name, extra, text in (("list", [], "versions of a dataset"), ("show", ["version"], "one version's manifest"),
@@ -142,6 +158,8 @@ def _print_result(result: dict) -> int:
     print(f"{counts['rows']} training rows from {counts['queries_used']} queries; "
           f"{result['embed']['texts_embedded']} texts embedded, {result['embed']['texts_cached']} from the store; "
           f"{result['short_queries']} queries short of negatives")
+    if result.get("evaluation"):
+        print(f"evaluated: {result['evaluation']['path']}")
     if not result["published"]:
         print("up to date")
     print(result["version_dir"])
@@ -187,7 +205,8 @@ def _stop_on_signals() -> Iterator[None]:
             signal.signal(signum, handler)
 
 
-def _run_flow(args: argparse.Namespace, dataset: str, prepare: Callable[[], Callable[[], dict]]) -> int:
+def _run_flow(args: argparse.Namespace, dataset: str, prepare: Callable[[], Callable[[], dict]],
+              report: Callable[[dict], int] | None = None) -> int:
     """Run a flow against the Prefect API (a local one when none is set) and print its result.
 
     `prepare` imports the flow and returns the call that runs it; it runs while a local server starts. The run is
@@ -212,7 +231,7 @@ def _run_flow(args: argparse.Namespace, dataset: str, prepare: Callable[[], Call
         return 128 + stopped.signum
     finally:
         gc.freeze()  # the process ends next: spare it the last full collection of ~750k objects (seconds when busy)
-    return _print_result(result)  # after the local server stopped, so the version folder is the last line
+    return (report or _print_result)(result)  # after the local server stopped, so the path is the last line
 
 
 def cmd_remine(args: argparse.Namespace) -> int:
@@ -244,6 +263,71 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
     print("\n".join(calibrate_version(_default_registry(args), args.target, args.overrides)))
     return 0
+
+
+def _dataset_version(text: str, option: str) -> tuple[str, str]:
+    from negforge.schemas.config import ConfigError
+
+    dataset, sep, version = text.partition("@")
+    if not sep or not dataset or not version:
+        raise ConfigError(f"{option} {text!r}: expected DATASET@VERSION, e.g. scifact-demo@v0001 (or @latest)")
+    return dataset, version
+
+
+def evaluate_settings(args: argparse.Namespace, registry: str, dataset: str, version: str):
+    """The version config's `evaluate` section, then --set, then the flags."""
+    from negforge.schemas.config import EvaluateConfig, apply_overrides, validate_config
+    from negforge.tasks.registry import Registry
+
+    store = Registry(registry, dataset)
+    name = store.latest() if version == "latest" else version
+    stored = store.manifest(name)["config"].get("evaluate", {}) if name else {}
+    raw = apply_overrides(dict(stored), [o.removeprefix("evaluate.") for o in args.overrides])
+    flags = {"eval": args.eval_dir and str(Path(args.eval_dir).resolve()), "split": args.split,
+             "seeds": args.seeds}
+    return validate_config(raw | {k: v for k, v in flags.items() if v is not None}, "evaluate", EvaluateConfig)
+
+
+def _print_evaluation(result: dict) -> int:
+    from negforge.tasks.paired_bootstrap import interval_text
+
+    first = result.get("first", result)
+    metrics = first["metrics"]
+    print(f"{first['dataset']} {first['version']} on {first['evaluation']['split']} "
+          f"({first['evaluation']['queries']} queries): " + ", ".join(
+              f"{m} {metrics['base'][m]:.4f} -> {metrics['fine_tuned'][m]:.4f}" for m in metrics["base"]))
+    print(f"nDCG@10 gain over the base model: {interval_text(first['ndcg@10_gain'])}")
+    if "first" in result:
+        print(f"nDCG@10 of {result['b']['name']} minus {result['a']['name']}: "
+              f"{interval_text(result['ndcg@10_difference'])}")
+    print(result["path"])
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from negforge.schemas.config import ConfigError
+
+    if bool(args.target) == bool(args.compare):
+        raise ConfigError("give either DATASET@VERSION or --compare DATASET@A B")
+    dataset, version = _dataset_version(args.compare[0] if args.compare else args.target,
+                                        "--compare" if args.compare else "evaluate")
+    compare = None
+    if args.compare:
+        other, _, compare = args.compare[1].rpartition("@")
+        if other and other != dataset:
+            raise ConfigError(f"--compare {args.compare[1]!r}: both training sets must be versions of {dataset}")
+    registry = _default_registry(args)
+    settings = evaluate_settings(args, registry, dataset, version)
+    from negforge.flows.evaluate import check_request
+
+    check_request(registry, dataset, version, settings, compare)  # refuse before any run starts
+
+    def prepare() -> Callable[[], dict]:
+        from negforge.flows.evaluate import evaluate_training_set
+
+        return lambda: evaluate_training_set(dataset, version, registry, settings, compare, args.save_model)
+
+    return _run_flow(args, dataset, prepare, _print_evaluation)
 
 
 def cmd_build(args: argparse.Namespace) -> int:
@@ -309,6 +393,7 @@ def main(argv: list[str] | None = None) -> int:
     from negforge.tasks.calibration import CalibrationError
     from negforge.tasks.candidate_store import RemineError
     from negforge.tasks.lexical import LexicalError
+    from negforge.tasks.evaluation_split import EvaluationError
     from negforge.tasks.model import ModelError
     from negforge.tasks.preflight import StorageError, describe, permanent
     from negforge.tasks.readers import InputError
@@ -318,11 +403,12 @@ def main(argv: list[str] | None = None) -> int:
     from negforge.tasks.validate import ValidationFailed
 
     try:
-        commands = {"build": cmd_build, "remine": cmd_remine, "calibrate": cmd_calibrate, "versions": cmd_versions,
-                    "gc": cmd_gc, "serve": cmd_serve, "trigger": cmd_trigger, "deployments": cmd_deployments}
+        commands = {"build": cmd_build, "remine": cmd_remine, "calibrate": cmd_calibrate, "evaluate": cmd_evaluate,
+                    "versions": cmd_versions, "gc": cmd_gc, "serve": cmd_serve, "trigger": cmd_trigger,
+                    "deployments": cmd_deployments}
         return commands[args.command](args)
     except (ConfigError, InputError, ModelError, ValidationFailed, RemineError, NotFound, StorageError,
-            NoPrefectAPI, IndexSettingError, BudgetError, CalibrationError, LexicalError) as error:
+            NoPrefectAPI, IndexSettingError, BudgetError, CalibrationError, LexicalError, EvaluationError) as error:
         if args.debug:
             raise
         print(f"negforge: error: {error}", file=sys.stderr)

@@ -1,8 +1,10 @@
-"""Deployments, one per dataset config, named `build-training-set/<dataset>`; serving them; triggering runs.
+"""Deployments, two per dataset config, `build-training-set/<dataset>` and `evaluate-training-set/<dataset>`;
+serving them; triggering runs.
 
 A deployment's parameters hold the dataset's full build config (so the Prefect UI draws a typed, documented form
 pre-filled with it, and the server refuses a bad value before a run is created); its schedule comes from the
-config's `schedule` section, which never changes what is published. Each deployment has a concurrency limit of one
+config's `schedule` section, which never changes what is published. The evaluation deployment (on demand) takes
+the version (default `latest`) and the `evaluate` section, pre-filled from the config. Each deployment has a concurrency limit of one
 run that queues the others (ENQUEUE): one deployment per dataset, so at most one run per dataset executes at a time.
 A crashed run's slot is freed by the server's lease service; `negforge build` runs outside deployments are not
 counted, and the registry's lock keeps their publishes apart.
@@ -21,6 +23,7 @@ from negforge.schemas.config import BuildConfig, ConfigError, apply_overrides, l
 ROOT = Path(__file__).resolve().parent.parent
 DATASETS = ROOT / "deployments" / "datasets"
 FLOW = "build-training-set"
+EVALUATE_FLOW = "evaluate-training-set"
 LOCAL_API = "http://127.0.0.1:4200/api"  # where `negforge serve` starts its server when PREFECT_API_URL is unset
 
 
@@ -72,11 +75,35 @@ def runner_deployment(path: Path, config: BuildConfig):
         concurrency_limit=ConcurrencyLimitConfig(**ONE_RUN_AT_A_TIME))
 
 
+def evaluate_parameters(raw: dict[str, Any]) -> dict[str, Any]:
+    """The evaluation deployment's defaults, from a dataset's dumped config: the latest version, its registry and
+    its `evaluate` section."""
+    return {"dataset": raw["publish"]["dataset"], "version": "latest", "registry": raw["publish"]["registry"],
+            "settings": dict(raw["evaluate"])}
+
+
+def _evaluation_described(path: Path, config: BuildConfig) -> dict[str, Any]:
+    return _described(path, config) | {
+        "description": f"Fine-tune a model on a version of {config.publish.dataset} and measure it (from {path.name})."}
+
+
+def evaluate_deployment(path: Path, config: BuildConfig):
+    """The served evaluation deployment of one dataset config (on demand; one run at a time)."""
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig
+
+    from negforge.flows.evaluate import evaluate_training_set
+
+    return evaluate_training_set.to_deployment(
+        **_evaluation_described(path, config), parameters=evaluate_parameters(parameters(config)["config"]),
+        concurrency_limit=ConcurrencyLimitConfig(**ONE_RUN_AT_A_TIME))
+
+
 def serve(paths: list[Path] | None) -> None:
-    """Serve every dataset's deployment from this process until it is stopped."""
+    """Serve every dataset's deployments from this process until it is stopped."""
     from prefect import serve as prefect_serve
 
-    prefect_serve(*[runner_deployment(path, config) for path, config in dataset_configs(paths)])
+    prefect_serve(*[deployment(path, config) for path, config in dataset_configs(paths)
+                    for deployment in (runner_deployment, evaluate_deployment)])
 
 
 def _relative(raw: dict[str, Any], root: Path) -> dict[str, Any]:
@@ -93,11 +120,17 @@ def prefect_yaml(paths: list[Path] | None, pool: str = "negforge") -> str:
     """
     deployments = []
     for path, config in dataset_configs(paths):
+        relative = _relative(parameters(config)["config"], ROOT)
         deployments.append({
             **_described(path, config), "entrypoint": "negforge.flows.build:build_training_set",
-            "parameters": {"config": _relative(parameters(config)["config"], ROOT)},
+            "parameters": {"config": relative},
             "schedules": _schedules(config), "concurrency_limit": dict(ONE_RUN_AT_A_TIME),
             "work_pool": {"name": pool, "work_queue_name": "default"},
+        })
+        deployments.append({
+            **_evaluation_described(path, config), "entrypoint": "negforge.flows.evaluate:evaluate_training_set",
+            "parameters": evaluate_parameters(relative), "schedules": [],
+            "concurrency_limit": dict(ONE_RUN_AT_A_TIME), "work_pool": {"name": pool, "work_queue_name": "default"},
         })
     document = {
         "name": "negforge", "prefect-version": _prefect_version(),

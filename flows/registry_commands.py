@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from negforge.tasks.evaluation_records import comparison_records, version_records
 from negforge.tasks.registry import NotFound, Registry, datasets
 
 
@@ -63,7 +64,19 @@ def versions_show(args: argparse.Namespace) -> int:
     print(f"validation: {'passed' if validation.get('success') else 'not recorded'}, "
           f"{validation.get('expectations', 0)} expectations, warnings: {validation.get('warnings') or 'none'}")
     print("timings: " + ", ".join(f"{k}={v}s" for k, v in m["timings"].items()))
+    for line in _evaluation_lines(registry, args.version):
+        print(line)
     return 0
+
+
+def _evaluation_lines(registry: Registry, version: str) -> list[str]:
+    """One line per evaluation of a version: split, key, base and fine-tuned nDCG@10, the gain's interval."""
+    from negforge.tasks.paired_bootstrap import interval_text
+
+    return [f"evaluation {r['key']} ({r['evaluation']['split']} of {r['evaluation']['folder']}, "
+            f"{len(r['seeds'])} seeds, {r['created_at'][:19]}): nDCG@10 {r['metrics']['base']['ndcg@10']:.4f} -> "
+            f"{r['metrics']['fine_tuned']['ndcg@10']:.4f}, gain {interval_text(r['ndcg@10_gain'])}"
+            for r in version_records(registry.folder, version)] or ["evaluations: none"]
 
 
 def versions_verify(args: argparse.Namespace) -> int:
@@ -104,7 +117,24 @@ def versions_diff(args: argparse.Namespace) -> int:
     print(f"negatives changed in {diff['rows_with_changed_negatives']} of {diff['rows_in_both']} rows present in both")
     for kind, (before, after) in diff["mean_scores"].items():
         print(f"mean {kind} score: {before} -> {after}")
+    _print_evaluations_diff(registry, args.a, args.b)
     return 0
+
+
+def _print_evaluations_diff(registry: Registry, a: str, b: str) -> None:
+    """Fine-tuned nDCG@10 of both versions where they were evaluated alike (same key), and their comparisons."""
+    from negforge.tasks.paired_bootstrap import interval_text
+
+    first = {r["key"]: r for r in version_records(registry.folder, a)}
+    second = {r["key"]: r for r in version_records(registry.folder, b)}
+    for key in sorted(set(first) & set(second)):
+        print(f"evaluation {key} ({first[key]['evaluation']['split']}): fine-tuned nDCG@10 "
+              f"{first[key]['metrics']['fine_tuned']['ndcg@10']:.4f} -> {second[key]['metrics']['fine_tuned']['ndcg@10']:.4f}")
+    for record in comparison_records(registry.folder, a, b):
+        print(f"compared ({record['key']}): nDCG@10 of {record['b']['name']} minus {record['a']['name']}: "
+              f"{interval_text(record['ndcg@10_difference'])}")
+    if not (set(first) & set(second)) and not comparison_records(registry.folder, a, b):
+        print(f"evaluations: none in common (negforge evaluate --compare {registry.dataset}@{a} {b} --eval BEIR_DIR)")
 
 
 def versions_rollback(args: argparse.Namespace) -> int:

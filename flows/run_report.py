@@ -2,12 +2,14 @@
 
 - `<dataset>-<stage>` (embed, search): progress of a long stage, moved as its tasks report (flows/stage_progress.py);
 - `<dataset>-report`: the markdown run report (inputs and rejects, stage timings, the per-reason table, score
-  distributions, short queries, validation, the version published);
+  distributions, short queries, validation, the version published) and the version's charts, inline as data-URI
+  images (the UI renders those; a file path would not load in a browser);
 - `<dataset>-sample`: a table of training rows; `<dataset>-version`: a link to the version (and its Data Docs).
 """
 
 from __future__ import annotations
 
+import base64
 import re
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,17 @@ def reject_lines(reasons: dict[str, int], samples: dict[str, list[str]]) -> list
     """One line per reason a row was rejected for: its count and the first few rows (`file:line field: raw`)."""
     return [f"{reason}: {count}" + (f" (e.g. {'; '.join(samples[reason])})" if samples.get(reason) else "")
             for reason, count in reasons.items()]
+
+
+def image_markdown(path: Path, alt: str) -> str:
+    """A PNG inline in markdown as a data URI: the Prefect UI shows it where it could not load a local file."""
+    return f"![{alt}](data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()})"
+
+
+def _charts(manifest: dict[str, Any], version_dir: str) -> str:
+    """The version's charts (those its manifest lists and its folder holds), inline."""
+    charts = [(name, Path(version_dir) / path) for name, path in manifest.get("charts", {}).items()]
+    return "\n\n".join(image_markdown(path, name.replace("_", " ")) for name, path in charts if path.is_file())
 
 
 def _table(header: tuple[str, ...], rows: list[tuple]) -> str:
@@ -118,6 +131,9 @@ Passed: {validation['expectations']} expectations; drift warnings: {'; '.join(va
 
 ## Result
 {counts['rows']} training rows, {counts['id_rows']} id rows; data hash `{manifest['data_hash']}`.
+
+## Charts
+{_charts(manifest, version_dir) or 'none (a version published before charts were drawn)'}
 """
 
 

@@ -1,7 +1,7 @@
 """The build configuration: one pydantic tree, read from YAML, overridable with `--set`, and the flow's parameter.
 
 Every field has a default and a description, so the Prefect UI draws a documented form from it. Everything outside
-`runtime` may change what is published; `runtime` never does (the content hash excludes it).
+`runtime` may change what is published; `runtime` never does (the content hash excludes it), nor do `schedule` and `evaluate`.
 """
 
 from __future__ import annotations
@@ -386,6 +386,39 @@ class ScheduleConfig(_Section):
         return self
 
 
+class EvaluateConfig(_Section):
+    """Does a version train a better model? Fine-tune a base model on it and measure both on an evaluation split."""
+
+    eval: str | None = Field(
+        None, description="BEIR folder of the evaluation data (corpus.jsonl, queries.jsonl, qrels/<split>.tsv); set "
+                          "here, every newly published version is evaluated (null: only `negforge evaluate` does).")
+    split: str = Field("test", description="The qrels split evaluated (qrels/<split>.tsv).")
+    max_queries: int | None = Field(
+        None, gt=0, description="Evaluate only the split's first queries, by id (null: all; for quick checks).")
+    model: str | None = Field(
+        None, description="Base model to fine-tune (name or folder; null: the build's embed.model, with its prompts).")
+    loss: Literal["MultipleNegativesRankingLoss", "CachedMultipleNegativesRankingLoss"] = Field(
+        "MultipleNegativesRankingLoss", description="sentence-transformers loss over the anchor, the positive and "
+                                                    "every hard negative of a row (in-batch negatives too).")
+    steps: int | None = Field(None, gt=0, description="Training steps (null: one epoch over the version's rows).")
+    batch_size: int = Field(32, gt=0, description="Training rows per step.")
+    learning_rate: float = Field(2e-5, gt=0, description="Peak learning rate (linear warm-up and decay).")
+    warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Fraction of the steps spent warming up.")
+    max_length: int = Field(128, gt=0, description="Tokens per text while training (evaluation uses the build's "
+                                                   "embed.max_seq_length, else the model's).")
+    seeds: int = Field(1, ge=1, description="Fine-tuning runs with seeds seed, seed+1, ...; intervals take all.")
+    seed: int = Field(0, description="The first training seed (data order, initialization of new layers).")
+    eval_batch_size: int = Field(64, gt=0, description="Texts per encode batch while evaluating.")
+
+    def training_settings(self) -> dict[str, Any]:
+        """What changes a fine-tuned model (beside the base model and the data): part of an evaluation's key."""
+        return self.model_dump(exclude={"eval", "split", "max_queries", "model", "eval_batch_size"})
+
+
+# Sections that never change what is published: the data hash and the no-op check leave them out.
+NOT_PUBLISHED = {"runtime", "schedule", "evaluate"}
+
+
 class BuildConfig(_Section):
     input: InputConfig = Field(description="Where the queries, corpus and positives come from.")
     embed: EmbedConfig = Field(default_factory=EmbedConfig, description="The embedding model and prompts.")
@@ -409,6 +442,9 @@ class BuildConfig(_Section):
     schedule: ScheduleConfig = Field(
         default_factory=ScheduleConfig, description="When the dataset's deployment runs; never changes what is published."
     )
+    evaluate: EvaluateConfig = Field(
+        default_factory=EvaluateConfig, description="Fine-tune and evaluate a model on each newly published version "
+                                                    "(with evaluate.eval set); never changes what is published.")
 
     def window_and_depth(self, max_positives: int) -> tuple[int, int]:
         """The mining window (range_max, derived as the reference does when unset) and the search depth: search.depth,
@@ -430,8 +466,8 @@ class BuildConfig(_Section):
         return self.lexical.rules_on() or self.mine.strategy == "auto"
 
     def content_dict(self) -> dict[str, Any]:
-        """The settings that determine the published data (everything but `runtime` and `schedule`)."""
-        return self.model_dump(mode="json", by_alias=True, exclude={"runtime", "schedule"})
+        """The settings that determine the published data (everything but NOT_PUBLISHED)."""
+        return self.model_dump(mode="json", by_alias=True, exclude=NOT_PUBLISHED)
 
 
 class StorageConfig(BaseModel):
@@ -445,11 +481,12 @@ class StorageConfig(BaseModel):
 Config = TypeVar("Config", bound=BaseModel)
 
 _PATH_FIELDS = {("input", "corpus"), ("input", "queries"), ("input", "qrels"), ("publish", "registry"),
-                ("runtime", "workdir"), ("validate", "eval_qrels"), ("validate", "eval_queries"), ("audit", "qrels")}
+                ("runtime", "workdir"), ("validate", "eval_qrels"), ("validate", "eval_queries"), ("audit", "qrels"),
+                ("evaluate", "eval")}
 
 
 # A model field names a hub model (org/name) or a folder: only ./, ../ or an absolute path make it a folder path.
-_MODEL_FIELDS = {("embed", "model"), ("rescore", "model")}
+_MODEL_FIELDS = {("embed", "model"), ("rescore", "model"), ("evaluate", "model")}
 
 
 def _is_model_folder(value: str) -> bool:

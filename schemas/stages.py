@@ -252,3 +252,53 @@ class Calibration:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self) | {"table": list(self.table)}
+
+
+@dataclass(frozen=True)
+class EvaluationSplit:
+    """An evaluation split (tasks/evaluation_split.py): its BEIR files, which split, how many queries are measured,
+    and `key`, a hash of the files' bytes, the split and how its texts are read, which names its results."""
+
+    folder: str
+    split: str
+    corpus: str
+    queries: str
+    qrels: str
+    doc_template: str
+    positive_threshold: float
+    max_queries: int | None
+    key: str
+    files: tuple[dict[str, str], ...]
+
+
+@dataclass(frozen=True)
+class Encoder:
+    """A model as it is evaluated (tasks/base_model.py): its folder, weights hash, prompts and the evaluation's
+    max_seq_length (null: the model's own), and the device."""
+
+    name: str
+    path: str
+    weights_sha256: str
+    query_prompt: str
+    corpus_prompt: str
+    max_seq_length: int | None
+    device: str | None
+
+    @property
+    def fingerprint(self) -> str:
+        """Hash of the weights and the settings that change its vectors: keys the base model's cached metrics."""
+        import hashlib
+        import json
+
+        key = asdict(self) | {"name": None, "path": None, "device": None}
+        return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Retrieval:
+    """One model measured on an evaluation split: nDCG@10, MRR@10 and Recall@100 over its queries, nDCG@10 per
+    query id (what the paired bootstrap resamples), and the seconds it took."""
+
+    metrics: dict[str, float]
+    per_query: dict[str, float]
+    seconds: float

@@ -7,6 +7,18 @@ from typing import Any
 import yaml
 
 
+CHART_TITLES = {"scores": "Positive and negative scores", "reasons": "Candidates removed, per reason",
+                "negative_rank": "Negative score by rank", "audit": "False-negative audit"}
+
+
+def _charts(charts: dict[str, str]) -> str:
+    """The version's charts (files in its `charts/` folder), as images relative to this card."""
+    if not charts:
+        return ""
+    return "\n## Charts\n\n" + "\n\n".join(f"![{CHART_TITLES.get(name, name)}]({path})"
+                                              for name, path in charts.items()) + "\n"
+
+
 def dataset_card(manifest: dict[str, Any]) -> str:
     """Render the card from the manifest: configs header, then what the data is and how it was made."""
     header = {
@@ -47,4 +59,4 @@ ids = load_dataset("<this folder>", "ids", split="train")     # the same rows by
 | candidate outcome | count |
 |---|---|
 {reasons}
-"""
+{_charts(manifest.get("charts", {}))}"""

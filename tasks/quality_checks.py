@@ -33,21 +33,29 @@ def _filter_violation(score: pl.Expr, lowest: pl.Expr, cfg: BuildConfig) -> pl.E
     return pl.any_horizontal(pl.lit(False), *broken)
 
 
+def split_query_hashes(qrels: str, queries: str, cfg: InputConfig) -> set[str]:
+    """Text hashes of the queries a split's qrels name (read with `cfg`'s format and query columns)."""
+    wanted = read_qrels(qrels, cfg.format).rows["query_id"].unique()
+    rows = read_table(queries, cfg.format, {"id": Field(cfg.query_id_field), "text": Field(cfg.query_text_field)}).rows
+    return set(text_hashes(rows.filter(pl.col("id").is_in(wanted.implode()))["text"]).to_list())
+
+
 def eval_query_hashes(cfg: BuildConfig) -> set[str]:
     """Text hashes of the evaluation split's queries (those named in validate.eval_qrels)."""
     if not cfg.validate_.eval_qrels:
         return set()
-    wanted = read_qrels(cfg.validate_.eval_qrels, cfg.input.format).rows["query_id"].unique()
-    queries = read_table(cfg.validate_.eval_queries or cfg.input.queries, cfg.input.format,
-                         {"id": Field(cfg.input.query_id_field), "text": Field(cfg.input.query_text_field)}).rows
-    return set(text_hashes(queries.filter(pl.col("id").is_in(wanted.implode()))["text"]).to_list())
+    return split_query_hashes(cfg.validate_.eval_qrels, cfg.validate_.eval_queries or cfg.input.queries, cfg.input)
+
+
+def leaked_queries(query_shards: list[str], hashes: set[str]) -> list[str]:
+    """Ids of training queries whose text (by normalized-text hash) is one of `hashes`: the leakage rule."""
+    queries = pl.read_parquet(query_shards, columns=["id", "text_hash"])
+    return queries.filter(pl.col("text_hash").is_in(list(hashes)))["id"].to_list()
 
 
 def contaminated_queries(query_shards: list[str], cfg: BuildConfig) -> list[str]:
     """Ids of training queries whose text equals a query of the evaluation split."""
-    hashes = eval_query_hashes(cfg)
-    queries = pl.read_parquet(query_shards, columns=["id", "text_hash"])
-    return queries.filter(pl.col("text_hash").is_in(list(hashes)))["id"].to_list()
+    return leaked_queries(query_shards, eval_query_hashes(cfg))
 
 
 def row_checks(ids: pl.DataFrame, positives: pl.DataFrame, corpus_shards: list[str], query_shards: list[str],

@@ -1,6 +1,6 @@
 """The no-op check: would this build publish exactly the latest version again?
 
-It would when the inputs' bytes, the config (less `runtime` and `schedule`), the model's weights and the code are
+It would when the inputs' bytes, the config (less `runtime`, `schedule` and `evaluate`), the model's weights and the code are
 those the latest version was built from, and that version's files are all there. Then nothing needs embedding,
 searching or even a Dask cluster: the CLI answers "up to date" before it starts a Prefect server, and a served run
 finishes in seconds. Everything compared is in the manifest, so the check reads no run workspace.
@@ -15,7 +15,7 @@ from typing import Any
 
 import fsspec
 
-from negforge.schemas.config import BuildConfig
+from negforge.schemas.config import NOT_PUBLISHED, BuildConfig
 from negforge.tasks.model import resolve_model
 from negforge.tasks.readers import InputError, input_files
 from negforge.tasks.registry import NotFound, Registry
@@ -42,7 +42,7 @@ def side_inputs(config: BuildConfig) -> list[dict[str, Any]]:
 
 
 def _same_config(config: BuildConfig, built: dict[str, Any]) -> bool:
-    published = {key: value for key, value in built.items() if key not in ("runtime", "schedule")}
+    published = {key: value for key, value in built.items() if key not in NOT_PUBLISHED}
     return config.content_dict() == published
 
 

@@ -160,11 +160,13 @@ def test_serve_without_an_api_starts_a_local_server_and_stops_it(dataset_config,
     try:
         assert process.stdout.readline().strip() == f"Prefect API {api}; UI http://127.0.0.1:{port}"
         deadline = time.monotonic() + 120
-        while httpx.post(f"{api}/deployments/filter", json={}).json() == []:
-            assert process.poll() is None and time.monotonic() < deadline, "no deployment reached the local server"
+        while len(httpx.post(f"{api}/deployments/filter", json={}).json()) < 2:
+            assert process.poll() is None and time.monotonic() < deadline, "the deployments did not reach the server"
             time.sleep(0.5)
-        names = [d["name"] for d in httpx.post(f"{api}/deployments/filter", json={}).json()]
-        assert names == ["served"]
+        flows = {f["id"]: f["name"] for f in httpx.post(f"{api}/flows/filter", json={}).json()}
+        names = sorted(f"{flows[d['flow_id']]}/{d['name']}"
+                       for d in httpx.post(f"{api}/deployments/filter", json={}).json())
+        assert names == ["build-training-set/served", "evaluate-training-set/served"]
         assert httpx.get(f"http://127.0.0.1:{port}/").status_code == 200  # the UI is served too
     finally:
         process.send_signal(signal.SIGTERM)

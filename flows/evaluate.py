@@ -1,0 +1,349 @@
+"""The `evaluate-training-set` flow: does a version train a better model?
+
+It fine-tunes a base model (the version's embedding model, its prompts and device) on the version's rows, measures
+the base and the fine-tuned model on a BEIR evaluation split with InformationRetrievalEvaluator, and records the
+result beside the version (tasks/evaluation_records.py), with a paired bootstrap interval of the nDCG@10 gain over
+the evaluation queries (and the seeds). With `compare`, a second training set is trained with the same seeds and the
+two are compared the same way: another version, or a baseline (`plain` top-k or `random` negatives) re-mined from
+the first version's stored candidates into a scratch registry, never published and forgotten afterwards.
+
+Everything that can be refused (the split, the rows, leakage, the base model) is checked before any training, and
+nothing is written to evaluations/ before then.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+from prefect import flow, get_run_logger, tags
+from prefect.artifacts import create_markdown_artifact
+
+from negforge.flows.run_report import image_markdown, slug
+from negforge.flows.task_options import negforge_task
+from negforge.schemas.config import BuildConfig, EvaluateConfig, validate_config
+from negforge.schemas.stages import Encoder, EvaluationSplit, Retrieval
+from negforge.tasks.base_model import base_encoder, load
+from negforge.tasks.evaluation_charts import comparison_chart, record_chart, versions_chart
+from negforge.tasks.evaluation_records import (base_path, evaluations_folder, read_record, record_key, record_path,
+                                               version_records, write_record)
+from negforge.tasks.evaluation_split import EvaluationError, evaluation_split
+from negforge.tasks.fine_tune import fine_tune
+from negforge.tasks.paired_bootstrap import interval_text, paired_interval
+from negforge.tasks.registry import Registry
+from negforge.tasks.retrieval_metrics import METRICS, measure
+from negforge.tasks.training_examples import refuse_leakage, training_examples
+
+BASELINES = {
+    # Mining without any of negforge's filters, in the first version's window: its hardest candidates (plain) or
+    # uniform ones (random).
+    "plain": {"sampling_strategy": "top"},
+    "random": {"sampling_strategy": "random"},
+}
+UNFILTERED = {"strategy": "fixed", "relative_margin": None, "absolute_margin": None, "max_score": None,
+              "min_score": None, "max_positive_similarity": None, "max_uses_per_negative": None, "max_depth": None,
+              "promote_suspected": False, "range_min": 0}
+
+
+@dataclass(frozen=True)
+class TrainingSet:
+    """A training set checked for evaluation: a version (or a baseline re-mined from one) and its rows."""
+
+    name: str
+    folder: Path
+    manifest: dict[str, Any]
+    rows: pl.DataFrame
+    rows_left_out: int
+
+
+@dataclass(frozen=True)
+class Request:
+    """An evaluation checked and ready to run: the split, the base model and the first training set."""
+
+    registry: Registry
+    settings: EvaluateConfig
+    evaluation: EvaluationSplit
+    encoder: Encoder
+    first: TrainingSet
+    key: str
+
+
+def _version(registry: Registry, version: str) -> tuple[str, dict[str, Any]]:
+    name = registry.latest() if version == "latest" else version
+    if not name:
+        raise EvaluationError(f"{registry.folder}: no LATEST version to evaluate")
+    return name, registry.whole_manifest(name)
+
+
+def training_set(name: str, folder: Path, manifest: dict[str, Any], evaluation: EvaluationSplit) -> TrainingSet:
+    """A version's rows, refused when it has none or when its anchors are evaluation queries."""
+    rows, left_out = training_examples(folder, manifest["config"]["mine"]["num_negatives"])
+    refuse_leakage(folder, rows, evaluation)
+    return TrainingSet(name, folder, manifest, rows, left_out)
+
+
+def check_request(registry: str, dataset: str, version: str, settings: EvaluateConfig,
+                  compare: str | None = None) -> Request:
+    """Everything an evaluation could be refused for, checked before any work: the evaluation split and its qrels,
+    the version (and a compared version) with training rows and no leaked anchors, the base model offline."""
+    if not settings.eval:
+        raise EvaluationError("no evaluation data: give --eval BEIR_DIR (or set evaluate.eval in the config)")
+    store = Registry(registry, dataset)
+    name, manifest = _version(store, version)
+    config = manifest["config"]
+    evaluation = evaluation_split(settings.eval, settings.split, settings.max_queries,
+                                  config["input"]["doc_template"], config["input"]["positive_threshold"])
+    first = training_set(name, store.folder / name, manifest, evaluation)
+    if compare and compare not in BASELINES:
+        second, second_manifest = _version(store, compare)
+        training_set(second, store.folder / second, second_manifest, evaluation)
+    encoder = base_encoder(settings.model, config)
+    load(encoder)  # loads offline, or refuses now
+    return Request(store, settings, evaluation, encoder, first, record_key(evaluation, encoder, settings))
+
+
+def _base(request: Request) -> dict[str, Any]:
+    """The base model's metrics on the split, cached per (model fingerprint, split key)."""
+    path = base_path(request.registry.folder, request.encoder, request.evaluation)
+    cached = read_record(path)
+    if cached:
+        return cached | {"cached": True}
+    measured = measure(load(request.encoder), request.evaluation, request.encoder, request.settings.eval_batch_size)
+    record = {"model": asdict(request.encoder) | {"fingerprint": request.encoder.fingerprint},
+              "split_key": request.evaluation.key, **asdict(measured)}
+    write_record(path, record)
+    return record | {"cached": False}
+
+
+def _train_and_measure(request: Request, rows: pl.DataFrame, seed: int, save_to: str | None) -> dict[str, Any]:
+    model, training = fine_tune(request.encoder, rows, request.settings, seed, save_to)
+    measured: Retrieval = measure(model, request.evaluation, request.encoder, request.settings.eval_batch_size)
+    return {"seed": seed, "metrics": measured.metrics, "per_query": measured.per_query, "training": training,
+            "eval_seconds": measured.seconds, "saved_to": save_to}
+
+
+base_task = negforge_task(_base, "evaluate base model")
+train_task = negforge_task(_train_and_measure, "fine-tune and evaluate")
+
+
+def _per_query(runs: list[dict[str, Any]], queries: list[str]) -> np.ndarray:
+    return np.array([[run["per_query"][q] for q in queries] for run in runs])
+
+
+def _mean_metrics(runs: list[dict[str, Any]]) -> dict[str, float]:
+    return {m: round(float(np.mean([run["metrics"][m] for run in runs])), 6) for m in METRICS}
+
+
+def _evaluate(request: Request, trained: TrainingSet, save_model: str | None) -> dict[str, Any]:
+    """Fine-tune on one training set with every seed and measure; the record (not yet written)."""
+    logger = get_run_logger()
+    started = time.perf_counter()
+    base = base_task(request)
+    logger.info("base model %s: nDCG@10 %.4f (%s)", request.encoder.name, base["metrics"]["ndcg@10"],
+                "cached" if base["cached"] else f"{base['seconds']} s")
+    seeds = [request.settings.seed + i for i in range(request.settings.seeds)]
+    runs = []
+    for seed in seeds:
+        save_to = str(Path(save_model) / f"{trained.name}-seed{seed}") if save_model else None
+        runs.append(train_task.with_options(task_run_name=f"fine-tune and evaluate {trained.name} seed {seed}")
+                    (request, trained.rows, seed, save_to))
+        logger.info("%s seed %d: %d steps in %.0f s, nDCG@10 %.4f", trained.name, seed, runs[-1]["training"]["steps"],
+                    runs[-1]["training"]["seconds"], runs[-1]["metrics"]["ndcg@10"])
+    queries = sorted(base["per_query"])
+    gain = paired_interval(_per_query([base] * len(runs), queries), _per_query(runs, queries))
+    manifest = trained.manifest
+    return {
+        "dataset": request.registry.dataset, "version": trained.name, "data_hash": manifest["data_hash"],
+        "key": request.key, "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "evaluation": asdict(request.evaluation) | {"queries": len(queries)},
+        "model": asdict(request.encoder) | {"fingerprint": request.encoder.fingerprint},
+        "settings": request.settings.training_settings(), "seeds": seeds,
+        "training": {"rows": trained.rows.height, "rows_left_out": trained.rows_left_out,
+                     "negatives_per_row": manifest["config"]["mine"]["num_negatives"]},
+        "metrics": {"base": base["metrics"], "fine_tuned": _mean_metrics(runs)},
+        "ndcg@10_gain": gain,
+        "base": {"per_query_ndcg@10": base["per_query"], "seconds": base["seconds"], "cached": base["cached"]},
+        "fine_tuned": [{"seed": r["seed"], "metrics": r["metrics"], "per_query_ndcg@10": r["per_query"],
+                        "training": r["training"], "eval_seconds": r["eval_seconds"], "saved_to": r["saved_to"]}
+                       for r in runs],
+        "timings": {"base_seconds": 0.0 if base["cached"] else base["seconds"],
+                    "train_seconds": round(sum(r["training"]["seconds"] for r in runs), 2),
+                    "eval_seconds": round(sum(r["eval_seconds"] for r in runs), 2),
+                    "total_seconds": round(time.perf_counter() - started, 2)},
+    }
+
+
+def _recorded(request: Request, trained: TrainingSet, save_model: str | None) -> dict[str, Any]:
+    """A version's evaluation: the stored record when this question was answered before, else a new one, written
+    with its charts and shown as an artifact."""
+    folder = request.registry.folder
+    path = record_path(folder, trained.name, request.key)
+    record = None if save_model else read_record(path)
+    if record:
+        get_run_logger().info("%s was evaluated with these settings before: %s", trained.name, path)
+        return record
+    record = _evaluate(request, trained, save_model)
+    charts = evaluations_folder(folder) / "charts"
+    record["charts"] = [record_chart(record, charts / f"{trained.name}-{request.key}.png")]
+    write_record(path, record)
+    same_key = [r for r in _all_records(folder) if r["key"] == request.key]
+    versions_chart(same_key, charts / f"versions-{request.key}.png")
+    _artifact(request, record, [charts / record["charts"][0], charts / f"versions-{request.key}.png"], path)
+    return record
+
+
+def _all_records(folder: Path) -> list[dict[str, Any]]:
+    names = sorted({p.name.split("-")[0] for p in evaluations_folder(folder).glob("v*-*.json")})
+    return [r for name in names for r in version_records(folder, name)]
+
+
+def _summary_table(rows: list[tuple[str, dict[str, float]]]) -> str:
+    lines = ["| model | " + " | ".join(METRICS) + " |", "|---|" + "---|" * len(METRICS)]
+    return "\n".join(lines + [f"| {name} | " + " | ".join(f"{m[k]:.4f}" for k in METRICS) + " |" for name, m in rows])
+
+
+def _artifact(request: Request, record: dict[str, Any], charts: list[Path], path: Path) -> None:
+    rows = [("base model", record["metrics"]["base"])]
+    rows += [(f"fine-tuned, seed {r['seed']}", r["metrics"]) for r in record["fine_tuned"]]
+    rows.append(("fine-tuned, mean", record["metrics"]["fine_tuned"]))
+    evaluation, timings = record["evaluation"], record["timings"]
+    markdown = f"""# {record['dataset']} {record['version']}: does it train a better model?
+
+Base model `{record['model']['name']}` fine-tuned on {record['training']['rows']} rows \
+({record['training']['rows_left_out']} left out, short of negatives), evaluated on `{evaluation['folder']}` split \
+`{evaluation['split']}` ({evaluation['queries']} queries, whole corpus).
+
+**nDCG@10 gain: {interval_text(record['ndcg@10_gain'])}**
+
+{_summary_table(rows)}
+
+{chr(10).join(image_markdown(chart, chart.stem) for chart in charts)}
+
+Timings: base model {timings['base_seconds']} s{' (cached)' if record['base']['cached'] else ''}, training \
+{timings['train_seconds']} s, evaluation {timings['eval_seconds']} s. Record: `{path}`.
+"""
+    create_markdown_artifact(markdown, key=f"{slug(record['dataset'])}-evaluation",
+                             description=f"negforge evaluation of {record['dataset']} {record['version']}")
+
+
+def _link_or_copy(source: str, target: str) -> None:
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
+def _baseline(request: Request, baseline: str, scratch: Path) -> TrainingSet:
+    """Re-mine the first version's stored candidates with a baseline's mining into a scratch registry (a dataset
+    `<dataset>-<baseline>` there, so its run report never takes the real dataset's artifact keys)."""
+    from negforge.flows.remine import remine_training_set
+
+    first = request.first
+    dataset = f"{request.registry.dataset}-{baseline}"
+    shutil.copytree(first.folder, scratch / dataset / first.name, copy_function=_link_or_copy)
+    raw = first.manifest["config"]
+    dedup = raw["dedup"] if raw["dedup"].get("corpus") else raw["dedup"] | {"eps": None}
+    window = {"range_max": first.manifest["search"]["range_max"]}  # A's window, derived or set: random draws from it
+    config = validate_config(raw | {"mine": raw["mine"] | UNFILTERED | window | BASELINES[baseline], "dedup": dedup,
+                                    "lexical": raw.get("lexical", {}) | {"ratio": None, "fusion": None},
+                                    "publish": {"registry": str(scratch), "dataset": dataset},
+                                    "evaluate": {}}, f"{baseline} baseline")
+    result = remine_training_set(first.name, config)
+    folder = Path(result["version_dir"])
+    manifest = Registry(scratch, dataset).manifest(folder.name)
+    return training_set(baseline, folder, manifest, request.evaluation)
+
+
+def _compared(request: Request, second: TrainingSet, save_model: str | None) -> dict[str, Any]:
+    """Train the second training set with the same seeds, compare it with the first, record and chart it."""
+    folder = request.registry.folder
+    first = _recorded(request, request.first, save_model)
+    if second.name in BASELINES:
+        record = _evaluate(request, second, save_model)
+    else:
+        record = _recorded(request, second, save_model)
+    queries = sorted(first["base"]["per_query_ndcg@10"])
+    before = _per_query([{"per_query": r["per_query_ndcg@10"]} for r in first["fine_tuned"]], queries)
+    after = _per_query([{"per_query": r["per_query_ndcg@10"]} for r in record["fine_tuned"]], queries)
+    name = f"compare-{first['version']}-vs-{second.name}"
+    comparison = {
+        "dataset": request.registry.dataset, "key": request.key, "seeds": first["seeds"],
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "evaluation": first["evaluation"],
+        "a": {"name": first["version"], "data_hash": first["data_hash"], "metrics": first["metrics"]["fine_tuned"]},
+        "b": {"name": second.name, "data_hash": record["data_hash"], "metrics": record["metrics"]["fine_tuned"],
+              **({"baseline": {"remined_from": first["version"],
+                               "mine": second.manifest["config"]["mine"], "record": record}}
+                 if second.name in BASELINES else {})},
+        "base": first["metrics"]["base"],
+        "ndcg@10_difference": paired_interval(before, after),
+        "per_query_difference": dict(zip(queries, np.round((after - before).mean(axis=0), 6).tolist())),
+    }
+    chart = evaluations_folder(folder) / "charts" / f"{name}-{request.key}.png"
+    comparison["charts"] = [comparison_chart(comparison, chart)]
+    path = record_path(folder, name, request.key)
+    write_record(path, comparison)
+    markdown = f"""# {request.registry.dataset}: {comparison['a']['name']} vs {comparison['b']['name']}
+
+Both trained with seeds {', '.join(map(str, comparison['seeds']))}; evaluated on split \
+`{comparison['evaluation']['split']}` ({len(queries)} queries).
+
+**nDCG@10 of {second.name} minus {first['version']}: {interval_text(comparison['ndcg@10_difference'])}**
+
+{_summary_table([('base model', comparison['base']), (comparison['a']['name'], comparison['a']['metrics']),
+                 (comparison['b']['name'], comparison['b']['metrics'])])}
+
+{image_markdown(chart, chart.stem)}
+
+Record: `{path}`.
+"""
+    create_markdown_artifact(markdown, key=f"{slug(request.registry.dataset)}-comparison",
+                             description=f"negforge comparison: {comparison['a']['name']} vs {second.name}")
+    return comparison | {"path": str(path), "first": first}
+
+
+@flow(name="evaluate-training-set", flow_run_name="evaluate {dataset}@{version}", validate_parameters=True)
+def evaluate_training_set(dataset: str, version: str = "latest", registry: str = "./registry",
+                          settings: EvaluateConfig = EvaluateConfig(), compare: str | None = None,
+                          save_model: str | None = None) -> dict[str, Any]:
+    """Fine-tune a model on a version and measure it against its base model (and, with `compare`, against another
+    version or a `plain` / `random` baseline re-mined from it).
+
+    Args:
+        version: vNNNN, or `latest`.
+        settings: the evaluation split and training settings (the `evaluate` config section).
+        compare: another version of the dataset, or `plain` / `random`.
+        save_model: a folder to keep the fine-tuned models in (`<version>-seed<seed>`); otherwise they are dropped.
+
+    Returns:
+        The evaluation record (with `path`), or the comparison (with `path` and `first`, the first's record).
+    """
+    with tags("negforge", dataset):
+        request = check_request(registry, dataset, version, settings, compare)
+        if not compare:
+            record = _recorded(request, request.first, save_model)
+            return record | {"path": str(record_path(request.registry.folder, record["version"], request.key))}
+        if compare in BASELINES:
+            with tempfile.TemporaryDirectory(prefix="negforge-baseline-") as scratch:
+                return _compared(request, _baseline(request, compare, Path(scratch)), save_model)
+        name, manifest = _version(request.registry, compare)
+        return _compared(request, training_set(name, request.registry.folder / name, manifest, request.evaluation),
+                         save_model)
+
+
+def evaluate_after_publish(config: BuildConfig, version: str) -> dict[str, Any] | None:
+    """The build's last step with `evaluate.eval` set: evaluate the version it just published. A refusal (leakage,
+    no rows, ...) is a warning: the version is published either way."""
+    try:
+        return evaluate_training_set(config.publish.dataset, version, config.publish.registry, config.evaluate)
+    except EvaluationError as error:
+        get_run_logger().warning("evaluation of %s refused: %s", version, error)
+        return None
