@@ -16,7 +16,7 @@ import numpy as np
 import polars as pl
 
 from negforge.schemas.config import BuildConfig
-from negforge.schemas.stages import CandidateFiles, Deepened, MinedPartition, Partition, SearchJob, Texts
+from negforge.schemas.stages import CandidateFiles, MinedPartition, Partition, SearchJob, Texts
 from negforge.schemas.tables import HITS, POSITIVE_SCORES, frame
 from negforge.tasks.adaptive_depth import depth_levels, mine_adaptively, mine_options
 from negforge.tasks.ann_index import propose_approximately
