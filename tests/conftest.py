@@ -110,9 +110,12 @@ def small_config(tmp_path, dask_address) -> Path:
 
 
 def write_config(path: Path, data: Path, dataset: str = "tiny", extra: str = "",
-                 dask_address: str | None = None) -> Path:
-    """A build YAML over the BEIR folder `data`, with its registry and workdir beside it; `extra` adds sections."""
-    path.write_text(f"""
+                 dask_address: str | None = None, max_seq_length: int | None = 64) -> Path:
+    """A build YAML over the BEIR folder `data`, with its registry and workdir beside it; `extra` adds sections.
+    Texts are cut at `max_seq_length` tokens (null: the model's 256): embedding is most of a test build's time, and
+    the tests whose subject is the embedding itself set it."""
+    embed = f"embed:\n  max_seq_length: {max_seq_length}\n" if max_seq_length else ""
+    path.write_text(f"""{embed}
 input:
   corpus: {data / 'corpus.jsonl'}
   queries: {data / 'queries.jsonl'}

@@ -34,7 +34,9 @@ def test_build_publishes_a_version_that_loads_and_trains(config, prefect_server)
     train = load_dataset(version_dir, split="train")
     ids = load_dataset(version_dir, "ids", split="train")
     assert train.column_names == ["anchor", "positive", "negative_1", "negative_2", "negative_3"]
-    assert ids.column_names == ["query_id", "positive_id", "negative_ids", "positive_score", "negative_scores"]
+    assert ids.column_names[:5] == ["query_id", "positive_id", "negative_ids", "positive_score", "negative_scores"]
+    # suspected positives always; BM25 scores because the default calibration's grid has lexical rules
+    assert ids.column_names[5:] == ["suspected_positive_ids", "positive_bm25", "negative_bm25s"]
     assert len(train) == len(ids) > 30
     assert all(len(r["negative_ids"]) == 3 and r["positive_id"] not in r["negative_ids"] for r in ids)
     assert all(s == sorted(s, reverse=True) for s in ids["negative_scores"])

@@ -168,7 +168,7 @@ def test_rejects_show_a_count_and_three_samples_per_reason_in_the_run_report(tmp
         "path": summary.rejects_path, "reasons": summary.reject_reasons, "samples": summary.reject_samples},
         "timings": {}, "reasons_per_query": {}, "reasons": {}, "scores": {}, "short_queries": {"count": 0, "ids": []},
         "validation": {"expectations": 1, "warnings": []}, "data_hash": "h",
-        "embed": {"texts_embedded": 1, "texts_cached": 0}}
+        "embed": {"texts_embedded": 1, "texts_cached": 0}, "search": {"depth": 3, "range_max": 2}}
     report = report_markdown(manifest, "v0001", True)
     assert ("- malformed_json: 5 (e.g. corpus.jsonl:7 *: {broken 0; corpus.jsonl:8 *: {broken 1; "
             "corpus.jsonl:9 *: {broken 2)") in report
@@ -190,7 +190,8 @@ def test_the_audit_honours_the_positive_threshold(tmp_path):
                                       "rank": pl.UInt32, "reason": pl.String})
     doc_ids = pl.DataFrame({"row": [1, 2], "id": ["d1", "d2"]}, schema={"row": pl.UInt32, "id": pl.String})
     (tmp_path / "heldout.tsv").write_text("query-id\tcorpus-id\tscore\nq0\td1\t1\nq0\td2\t2\n")
-    rates = [audit(candidates, ["q0"], doc_ids, str(tmp_path / "heldout.tsv"), "auto", threshold, 2)
+    positives = pl.DataFrame({"query_row": [0], "query_id": ["q0"]}, schema={"query_row": pl.UInt32, "query_id": pl.String})
+    rates = [audit(candidates, positives, doc_ids, str(tmp_path / "heldout.tsv"), "auto", threshold, 2)
              ["false_negative_rate"] for threshold in (0, 1)]
     assert rates == [1.0, 0.5]  # above 1, only d2 is judged relevant
 

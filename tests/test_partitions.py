@@ -24,7 +24,8 @@ def _manifest(version_dir: str) -> dict:
 
 def test_data_does_not_depend_on_partitions_even_with_hub_cap_and_adaptive_depth(config, prefect_server):
     options = [a for o in ("mine.max_uses_per_negative=1", "mine.max_depth=160", "mine.relative_margin=0.2",
-                           "mine.num_negatives=5", "mine.range_max=6") for a in ("--set", o)]
+                           "mine.num_negatives=5", "mine.range_max=6",
+                           "mine.strategy=fixed", "validate.min_coverage=0") for a in ("--set", o)]
     one = _version(run_cli("build", "--config", str(config), *options, "--set", "runtime.tasks_per_worker=1",
                            "--set", "runtime.n_workers=1", "--set", "runtime.dask_address=null"))
     many = _version(run_cli("build", "--config", str(config), *options, "--set", "runtime.tasks_per_worker=9",

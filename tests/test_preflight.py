@@ -112,7 +112,7 @@ def test_a_disk_full_during_publish_names_the_path_and_leaves_nothing(small_conf
 def test_a_permanent_os_error_is_not_retried(tmp_path, prefect_server):
     from prefect import flow
 
-    from negforge.flows.build import _task
+    from negforge.flows.task_options import negforge_task
 
     attempts = tmp_path / "attempts"
     blocker = tmp_path / "a-file"
@@ -125,7 +125,7 @@ def test_a_permanent_os_error_is_not_retried(tmp_path, prefect_server):
 
     @flow
     def one_task() -> None:
-        _task(write_under_a_file, "write", retried=True)()
+        negforge_task(write_under_a_file, "write", retried=True)()
 
     with pytest.raises(NotADirectoryError):
         one_task()

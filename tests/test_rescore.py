@@ -66,7 +66,10 @@ def test_guide_rescoring_through_the_flow_keeps_both_scores(small_config, prefec
     # the bundled model guiding itself: g equals the embedding score, so the GISTEmbed rule with margin 0 drops
     # exactly the candidates scoring above the lowest positive
     version = _version(run_cli("build", "--config", str(small_config), "--set", f"rescore.model={MODEL}",
-                               "--set", "mine.relative_margin=null", "--set", "output.scores=true").stdout)
+                               "--set", "mine.relative_margin=null", "--set", "output.scores=true",
+                               "--set", "rescore.max_length=64",  # the guide reads what the embedder read
+                               # the tiny corpus runs out of documents below some queries' lowest positive
+                               "--set", "validate.min_coverage=0.8").stdout)
     manifest = json.loads((version / "manifest.json").read_text())
     assert manifest["reasons"].get("rescorer_relevant", 0) > 0  # rescored inside the search-and-mine tasks
     data = pl.read_parquet(version / "data")
