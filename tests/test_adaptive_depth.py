@@ -61,7 +61,9 @@ def test_a_default_build_searches_short_queries_deeper_and_passes_the_coverage_g
     report = adaptive["adaptive_depth"]
     assert report["bound"] == min(200, DEPTH_MULTIPLE * adaptive["search"]["depth"])  # 200: the corpus
     assert report["queries_short"] == fixed["short_queries"]["count"]
-    assert report["still_short"] == adaptive["short_queries"]["count"] == 0
+    # deepening fills the short queries (a query may stay short at the bound with so strict a margin), and the gate
+    # passes at its default coverage
+    assert report["still_short"] == adaptive["short_queries"]["count"] < report["queries_short"] / 4
     assert adaptive["validation"]["success"] and adaptive["counts"]["rows"] > fixed["counts"]["rows"]
     assert adaptive["embed"]["texts_embedded"] == 0  # the deeper search reuses the stored vectors
 

@@ -24,16 +24,17 @@ def test_remine_reproduces_and_matches_full_builds(config, prefect_server):
     assert unchanged[-2:] == ["up to date", first]  # same options: byte-identical data
 
     remined = run_cli("remine", "--from", "tiny@v0001", "--registry", registry,
-                      "--set", "mine.num_negatives=2", "--set", "mine.relative_margin=0.1").stdout.strip()
+                      "--set", "mine.num_negatives=2", "--set", "mine.relative_margin=0.02").stdout.strip()
     remined_dir = remined.splitlines()[-1]
     manifest = _manifest(remined_dir)
     assert Path(remined_dir).name == "v0002"
     assert manifest["parent"] == "v0001" and manifest["remined_from"] == "tiny@v0001"
     assert manifest["embed"] == {"texts_embedded": 0, "texts_cached": 0}
+    assert manifest["adaptive_depth"]["needs_deeper"] == 0
     assert "search" not in manifest["timings"] and "embed" not in manifest["timings"]
 
     full = run_cli("build", "--config", str(config), "--set", f"publish.registry={config.parent / 'other'}",
-                   "--set", "mine.num_negatives=2", "--set", "mine.relative_margin=0.1").stdout.strip()
+                   "--set", "mine.num_negatives=2", "--set", "mine.relative_margin=0.02").stdout.strip()
     assert _manifest(full.splitlines()[-1])["data_hash"] == manifest["data_hash"]
 
 
