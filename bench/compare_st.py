@@ -1,8 +1,8 @@
 """negforge against sentence-transformers' `mine_hard_negatives` on SciFact train, each run in a fresh process.
 
 Same model (bundled all-MiniLM-L6-v2), batch size 32 and options (relative_margin 0.05, range_max 50, 5 negatives,
-top; negforge's near-duplicate and positive-similarity rules off, `mine.strategy: fixed` and `mine.max_depth: null`,
-since the reference has neither). Each of --runs
+top; negforge's near-duplicate and positive-similarity rules off, `mine.strategy: fixed`, `mine.max_depth: null`
+and `validate.min_coverage: 0`, since the reference has none of them). Each of --runs
 rounds runs the reference (use_faiss=True), a cold `negforge build` (empty embedding store and registry), a warm
 rebuild, and a build of a copy of the corpus with 1% new documents (synthetic, bench/synthetic.py) on the warm store;
 memory is sampled over each process tree (Dask workers and the Prefect server included; PSS, RSS beside it). Prints

@@ -36,7 +36,7 @@ from synthetic import SentencePool, write_beir
 SIZES = {"10k": 10_000, "100k": 100_000, "1m": 1_000_000}
 QUERIES = 10_000
 CORPUS_VERSION = 1  # part of the cache key: bump when synthetic.py changes what it writes
-SCALE_SETTINGS = {"validate.min_coverage": 0, "validate.eval_qrels": "null"}
+SCALE_SETTINGS = {"validate.eval_qrels": "null"}
 IVF_SETTINGS = {"search.index": "ivf"}
 
 COUNT_TASK_RUNS = """
