@@ -28,7 +28,9 @@ from negforge.schemas.config import BuildConfig, RuntimeConfig
 def local_cluster_kwargs(runtime: RuntimeConfig) -> dict:
     """LocalCluster arguments and the Dask settings its workers need.
 
-    Local workers get torch/BLAS threads equal to `threads_per_worker`, no statistical profiler, and not Dask's
+    Local workers get torch/BLAS threads equal to `threads_per_worker`, tokenizers' own thread pool (the flow
+    process turns it off to stay quiet when it forks; a Dask `env` wins over the inherited value, pre-spawn-environ
+    does not), no statistical profiler, and not Dask's
     default MALLOC_TRIM_THRESHOLD_: setting it freezes glibc's mmap threshold, so every activation tensor is a fresh
     mmap; embedding then page-faulted twice as often and ran 15-30% slower (measured in README "Benchmark").
     """
@@ -43,7 +45,7 @@ def local_cluster_kwargs(runtime: RuntimeConfig) -> dict:
                      "distributed.nanny.pre-spawn-environ": environment})
     workers = runtime.n_workers or max(1, (os.cpu_count() or 1) // runtime.threads_per_worker)
     return {"n_workers": workers, "threads_per_worker": runtime.threads_per_worker, "processes": True,
-            "dashboard_address": None, "preload": [__name__]}
+            "dashboard_address": None, "preload": [__name__], "env": {"TOKENIZERS_PARALLELISM": "true"}}
 
 
 def dask_setup(worker: distributed.Worker) -> None:
