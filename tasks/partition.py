@@ -26,8 +26,14 @@ from negforge.tasks.rescore import rescore_pairs, rescorer_spec
 from negforge.tasks.search import SLACK, open_vectors, pair_scores, propose, rank_exactly
 from negforge.tasks.similarity import candidate_similarity
 
-# Queries whose candidate vectors are gathered at once for exact scores and similarities (bounds memory).
-QUERY_CHUNK = 2048
+# Bytes of candidate vectors gathered at once for exact scores and similarities: a task's memory then stays near a
+# block of the corpus whatever the depth (a chunk of 2,048 queries at depth 58 gathered ~550 MB at dimension 384).
+CHUNK_BYTES = 48 << 20
+
+
+def query_chunk(depth: int, dim: int) -> int:
+    """Queries per chunk: as many as keep one gathered matrix of their candidates' vectors within CHUNK_BYTES."""
+    return max(1, CHUNK_BYTES // (depth * dim * 4))
 
 
 def _rows(table: str | tuple[str, ...], partition: Partition) -> pl.DataFrame:
@@ -54,9 +60,9 @@ def _search(query_rows: np.ndarray, queries: np.ndarray, job: SearchJob, depth: 
     else:
         proposed = propose(queries, job.corpus, depth + SLACK, job.rows_per_block, excluded,
                            on_block=progress.advance if progress else None)
-    parts = []
-    for start in range(0, len(queries), QUERY_CHUNK):
-        stop = start + QUERY_CHUNK
+    parts, step = [], query_chunk(depth + SLACK, job.corpus.dim)
+    for start in range(0, len(queries), step):
+        stop = start + step
         qi, rows, scores = rank_exactly(queries[start:stop], open_vectors(job.corpus), proposed[start:stop], depth)
         parts.append(frame(HITS, {"query_row": query_rows[start:stop][qi], "doc_row": rows, "score": scores}))
     hits = pl.concat(parts)
@@ -91,13 +97,15 @@ def _lexical(job: SearchJob, *tables: pl.DataFrame) -> list[pl.DataFrame]:
 
 
 def _similarity(hits: pl.DataFrame, positives: pl.DataFrame, job: SearchJob) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """candidate_similarity over chunks of queries, so only a chunk's candidate vectors are in memory."""
-    rows = hits["query_row"].unique().sort()
+    """candidate_similarity over chunks of queries, so only a chunk's candidate vectors are in memory (hits are
+    sorted by query_row: a chunk is a slice)."""
+    query_rows = hits["query_row"].to_numpy()
+    firsts = np.unique(query_rows)[::query_chunk(int(hits["rank"].max() or 0) + 1, job.corpus.dim)]
+    bounds = [*np.searchsorted(query_rows, firsts).tolist(), len(query_rows)]
     with_sim, pairs = [], []
-    for start in range(0, len(rows), QUERY_CHUNK):
-        chunk = rows[start:start + QUERY_CHUNK]
-        part, near = candidate_similarity(hits.filter(pl.col("query_row").is_in(chunk)),
-                                          positives.filter(pl.col("query_row").is_in(chunk)),
+    for start, stop in zip(bounds[:-1], bounds[1:]):
+        chunk = hits.slice(start, stop - start)
+        part, near = candidate_similarity(chunk, positives.filter(pl.col("query_row").is_in(chunk["query_row"])),
                                           open_vectors(job.corpus))
         with_sim.append(part)
         pairs.append(near)
