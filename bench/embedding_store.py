@@ -91,7 +91,7 @@ def phase(name: str, size: int, work: Path) -> dict:
                               WORKERS, RuntimeConfig())
         planned = time.perf_counter() - started
         create_matrices(plan)
-        copied = [copy_stored(plan, i, {"query": spec, "corpus": spec}, str(store_root), run, str(work / "progress"))
+        copied = [copy_stored(plan, i, {"query": spec, "corpus": spec}, str(store_root), str(work / "progress"))
                   for i in range(len(plan.copy_ranges))]
         result = {"plan_s": round(planned, 2), "copy_s": round(time.perf_counter() - started - planned, 2),
                   "copied": sum(c.copied for c in copied), "copy_tasks": len(plan.copy_ranges),

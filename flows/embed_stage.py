@@ -52,7 +52,7 @@ def embed_stage(texts: Texts, config: BuildConfig, run_dir: Path, workers: int) 
     futures = [embed_task.with_options(task_run_name=f"embed texts {i + 1}/{embeds}")
                .submit(plan, i, specs, store_root, str(progress_dir)) for i in range(embeds)]
     futures += [copy_task.with_options(task_run_name=f"copy stored vectors {i + 1}/{copies}")
-                .submit(plan, i, specs, store_root, texts, str(progress_dir)) for i in range(copies)]
+                .submit(plan, i, specs, store_root, str(progress_dir)) for i in range(copies)]
     total = (plan.embed_ranges[-1][1] if embeds else 0) + (plan.copy_ranges[-1][1] if copies else 0)
     filled = StageProgress(config.publish.dataset, "embed", total, str(progress_dir)).results(futures)
 

@@ -2,7 +2,8 @@
 
 `plan_embedding` learns in one join with each store's key index which of the run's texts are stored, sorts the
 missing ones by length across the whole run (least padding; sentence-transformers sorts by characters too) and cuts
-them into a few tasks of about equal work, and the stored ones, ordered by part, into a few copy tasks. Each task
+them into a few tasks of about equal work, and the stored ones, ordered by part, into a few copy tasks. The plan
+holds keys and lengths, not texts: each task reads its own texts (a plan holding a million texts took 3.3 GB). Each task
 fills its rows of the run's vector matrices (one .npy per kind, a row per text row, created by the flow): rows are
 disjoint, so tasks write them in place, and a task run again writes the same rows.
 """
@@ -32,13 +33,14 @@ TODO_ROW_GROUP = 4096  # rows per row group of the texts to embed: a task's slic
 class EmbedPlan:
     """What the embedding tasks do: paths and row ranges, read by each task.
 
-    `todo` (the texts to embed, longest first) has fingerprint, text_hash, query_row, corpus_row, text, length;
+    `todo` (the texts to embed, longest first) has fingerprint, text_hash, query_row, corpus_row, length;
     `stored` (the texts in the store, by part) has fingerprint, text_hash, query_row, corpus_row, part, part_row.
     A row of either is one text under one fingerprint; query_row / corpus_row are its rows in the matrices (null:
     not a text of that kind).
     """
 
     dim: int
+    texts: Texts
     rows: dict[str, int]
     matrices: dict[str, str]
     todo: str
@@ -66,20 +68,20 @@ def _wanted(texts: Texts, specs: dict[str, EncoderSpec]) -> pl.DataFrame:
     return kinds[0].join(kinds[1], on=["fingerprint", "text_hash"], how="full", coalesce=True).collect()
 
 
-def _texts(files: tuple[str, ...], row: str, rows: pl.Series) -> pl.LazyFrame:
-    """Text and length (characters) of `rows` of the text files."""
+def _texts(files: tuple[str, ...], row: str, rows: pl.Series, column: str) -> pl.LazyFrame:
+    """`column` ("text" or "length", in characters) of `rows` of the text files."""
     return (pl.scan_parquet(list(files)).filter(pl.col("row").is_in(rows.implode()))
-            .select(pl.col("row").alias(row), "text", "length"))
+            .select(pl.col("row").alias(row), column))
 
 
-def _with_texts(keys: pl.DataFrame, texts: Texts) -> pl.DataFrame:
-    """`keys` with the text to embed and its length (a text that is a query and a document: the document's)."""
-    corpus = _texts(texts.corpus_files, "corpus_row", keys["corpus_row"].drop_nulls())
-    query = _texts(texts.query_files, "query_row", keys["query_row"].drop_nulls())
-    return (keys.lazy().join(corpus, on="corpus_row", how="left")
-            .join(query, on="query_row", how="left", suffix="_query")
-            .with_columns(pl.coalesce("text", "text_query"), pl.coalesce("length", "length_query"))
-            .drop("text_query", "length_query").collect())
+def _with_texts(keys: pl.DataFrame, texts: Texts, column: str = "text") -> pl.DataFrame:
+    """`keys` with `column` of each key's text (a text that is a query and a document: the document's)."""
+    corpus = _texts(texts.corpus_files, "corpus_row", keys["corpus_row"].drop_nulls(), column)
+    query = _texts(texts.query_files, "query_row", keys["query_row"].drop_nulls(), column)
+    return (keys.lazy().join(corpus, on="corpus_row", how="left", maintain_order="left")
+            .join(query, on="query_row", how="left", suffix="_query", maintain_order="left")
+            .with_columns(pl.coalesce(column, f"{column}_query")).drop(f"{column}_query")
+            .collect(engine="streaming"))
 
 
 def plan_embedding(texts: Texts, specs: dict[str, EncoderSpec], store_root: str, out_dir: str, workers: int,
@@ -100,8 +102,9 @@ def plan_embedding(texts: Texts, specs: dict[str, EncoderSpec], store_root: str,
         damaged += bad
     everything = pl.concat(looked)
     missing = everything.filter(pl.col("part").is_null()).drop("part", "part_row")
-    todo = (_with_texts(missing, texts).sort(["length", "fingerprint", "text_hash"], descending=[True, False, False])
-            if missing.height else missing.with_columns(text=pl.lit("", pl.String), length=pl.lit(0, pl.UInt32)))
+    todo = (_with_texts(missing, texts, "length").sort(["length", "fingerprint", "text_hash"],
+                                                       descending=[True, False, False])
+            if missing.height else missing.with_columns(length=pl.lit(0, pl.UInt32)))
     stored = everything.filter(pl.col("part").is_not_null()).sort("fingerprint", "part", "part_row")
     todo.write_parquet(out / "todo.parquet", row_group_size=TODO_ROW_GROUP)
     stored.write_parquet(out / "stored.parquet")
@@ -117,7 +120,7 @@ def plan_embedding(texts: Texts, specs: dict[str, EncoderSpec], store_root: str,
     matrices = out.parent / "vectors"
     matrices.mkdir(parents=True, exist_ok=True)
     return EmbedPlan(
-        dim=dim, rows={kind: wanted[f"{kind}_row"].count() for kind in KINDS},
+        dim=dim, texts=texts, rows={kind: wanted[f"{kind}_row"].count() for kind in KINDS},
         matrices={kind: str(matrices / MATRIX_NAMES[kind]) for kind in KINDS},
         todo=str(out / "todo.parquet"), embed_ranges=tuple(weighted_ranges(lengths + 1, embed_tasks)),
         stored=str(out / "stored.parquet"), copy_ranges=tuple(ranges(stored.height, copy_tasks)),
@@ -181,7 +184,7 @@ def embed_texts(plan: EmbedPlan, task: int, specs: dict[str, EncoderSpec], store
                 progress_dir: str) -> Filled:
     """Embed task `task`'s slice of the plan's texts, storing them and filling their matrix rows."""
     start, stop = plan.embed_ranges[task]
-    todo = pl.scan_parquet(plan.todo).slice(start, stop - start).collect()
+    todo = _with_texts(pl.scan_parquet(plan.todo).slice(start, stop - start).collect(), plan.texts)
     progress = TaskProgress(progress_dir, f"embed-{task}", todo.height)
     damaged = []
     for (fingerprint,), keys in todo.partition_by("fingerprint", as_dict=True, maintain_order=True).items():
@@ -219,7 +222,7 @@ def _copy(plan: EmbedPlan, store: EmbeddingStore, keys: pl.DataFrame,
     return pl.concat(left), damaged
 
 
-def copy_stored(plan: EmbedPlan, task: int, specs: dict[str, EncoderSpec], store_root: str, texts: Texts,
+def copy_stored(plan: EmbedPlan, task: int, specs: dict[str, EncoderSpec], store_root: str,
                 progress_dir: str) -> Filled:
     """Copy task `task`'s slice of the stored vectors into the matrices.
 
@@ -239,7 +242,7 @@ def copy_stored(plan: EmbedPlan, task: int, specs: dict[str, EncoderSpec], store
             lost = pl.concat([lost, again.filter(pl.col("part").is_null())]).drop("part", "part_row")
             bad += [*worse, *worst]
             if lost.height:
-                bad += _embed_and_store(plan, store, _specs(specs)[fingerprint], _with_texts(lost, texts), progress)
+                bad += _embed_and_store(plan, store, _specs(specs)[fingerprint], _with_texts(lost, plan.texts), progress)
             embedded += lost.height
         damaged += bad
     return Filled(embedded=embedded, copied=stored.height - embedded, damaged=tuple(sorted(set(damaged))))

@@ -53,7 +53,7 @@ def _run(tmp_path, name: str, texts: Texts, spec: EncoderSpec) -> tuple[EmbedPla
     create_matrices(plan)
     progress = str(tmp_path / name / "progress")
     filled = [embed_texts(plan, i, specs, store, progress) for i in range(len(plan.embed_ranges))]
-    filled += [copy_stored(plan, i, specs, store, texts, progress) for i in range(len(plan.copy_ranges))]
+    filled += [copy_stored(plan, i, specs, store, progress) for i in range(len(plan.copy_ranges))]
     return plan, filled
 
 
@@ -167,7 +167,7 @@ def test_copies_survive_a_compaction_between_plan_and_copy(tmp_path, spec):
     plan = plan_embedding(texts, specs, str(tmp_path / "store"), str(tmp_path / "run"), WORKERS, RuntimeConfig())
     create_matrices(plan)
     assert len(store.compact()) == 1  # another run compacts: every part the plan names is gone
-    filled = [copy_stored(plan, i, specs, str(tmp_path / "store"), texts, str(tmp_path / "progress"))
+    filled = [copy_stored(plan, i, specs, str(tmp_path / "store"), str(tmp_path / "progress"))
               for i in range(len(plan.copy_ranges))]
     assert _counts(filled) == (0, len(docs))
     np.testing.assert_array_equal(_matrix(plan, "corpus"), vectors)
