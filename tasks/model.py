@@ -135,6 +135,15 @@ def embedding_dimension(ref: ModelRef) -> int | None:
     return dimension
 
 
+def max_tokens(spec: EncoderSpec) -> int | None:
+    """Tokens the encoder reads per text: the spec's max_seq_length, else the model folder's own (None: no limit
+    known, e.g. a static-embedding model)."""
+    if spec.max_seq_length:
+        return spec.max_seq_length
+    config = Path(spec.path) / "sentence_bert_config.json"
+    return json.loads(config.read_text()).get("max_seq_length") if config.exists() else None
+
+
 def dimension(spec: EncoderSpec) -> int:
     """The width of the spec's vectors (from one short encode, so a model whose last module changes it is right)."""
     return encode(spec, ["dimension"]).shape[1]

@@ -16,6 +16,8 @@ from negforge.tasks.text import normalize
 from tests.conftest import DEMO, DEMO_CONFIG, beir_subset
 
 pytestmark = pytest.mark.slow
+# Both sides read 128 tokens per text (the model's own 256 doubles the embedding, most of these tests' time).
+MAX_SEQ_LENGTH = 128
 
 OPTION_SETS = {
     "plain top-k": {"num_negatives": 5},
@@ -54,7 +56,9 @@ def model():
 
     from negforge.tasks.model import resolve_model
 
-    return SentenceTransformer(resolve_model("all-MiniLM-L6-v2").path, device="cpu")
+    model = SentenceTransformer(resolve_model("all-MiniLM-L6-v2").path, device="cpu")
+    model.max_seq_length = MAX_SEQ_LENGTH
+    return model
 
 
 def _reference(model, reference_inputs, options, cache: Path) -> dict[str, tuple[list[str], list[float]]]:
@@ -83,7 +87,8 @@ def _negforge_rows(sample: Path, tmp: Path, options: dict, *extra: str) -> pl.Da
                                        f"input.queries={sample / 'queries.jsonl'}",
                                        f"input.qrels={sample / 'qrels/train.tsv'}", "output.scores=true",
                                        f"publish.registry={tmp / 'registry'}", f"runtime.workdir={tmp / 'work'}",
-                                       "runtime.shard_size=300", *overrides])
+                                       f"embed.max_seq_length={MAX_SEQ_LENGTH}", "runtime.shard_size=300",
+                                       *overrides])
     result = build_training_set.with_options(task_runner=ThreadPoolTaskRunner(max_workers=2))(config)
     return pl.read_parquet(Path(result["version_dir"]) / "data")
 

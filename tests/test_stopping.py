@@ -45,7 +45,8 @@ def _wait(condition: Callable[[], object], timeout: float, what: str) -> float:
 @pytest.fixture
 def embedding(tmp_path, prefect_home) -> Iterator[tuple[subprocess.Popen, list[psutil.Process], IO[str]]]:
     """A CLI build of the demo data with its own temporary API server and local cluster, in its own process group,
-    once embedding is under way (a store part exists): the process, its whole process tree then, its stderr."""
+    once embedding is under way (an embedding task has reported progress): the process, its whole process tree then,
+    its stderr."""
     config = write_config(tmp_path / "build.yaml", DEMO, dataset="stopped")
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"} | {"PREFECT_HOME": str(prefect_home)}
     with (tmp_path / "stderr.txt").open("w+") as stderr:
@@ -53,8 +54,8 @@ def embedding(tmp_path, prefect_home) -> Iterator[tuple[subprocess.Popen, list[p
                                cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
         tree = [psutil.Process(cli.pid)]
         try:
-            store = tmp_path / "work" / "embeddings"
-            _wait(lambda: list(store.glob("*/part-*.parquet")) or cli.poll() is not None, 600, "embedding")
+            runs = tmp_path / "work" / "runs"
+            _wait(lambda: list(runs.glob("*/embed/progress/embed-*.json")) or cli.poll() is not None, 600, "embedding")
             assert cli.poll() is None, "the build ended before embedding was under way"
             tree += psutil.Process(cli.pid).children(recursive=True)
             commands = [" ".join(p.cmdline()) for p in tree]
