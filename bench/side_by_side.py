@@ -26,9 +26,8 @@ from bench_args import DEMO_CONFIG, ROOT
 
 BATCH_SIZE = 32
 MINING = {"relative_margin": 0.05, "range_max": 50, "num_negatives": 5, "sampling_strategy": "top"}
-# mine.strategy fixed and no adaptive depth: the reference has neither, so the comparison stays like for like.
-# The reference has neither near-duplicate rules, a positive-similarity bound, calibration, adaptive depth nor a
-# quality gate: negforge mines as it does, and its coverage gate is told to accept what such mining leaves short.
+# The reference has no near-duplicate rule, positive-similarity bound, calibration, adaptive depth or quality gate:
+# those are off (mine.strategy fixed), and the coverage gate accepts what such mining leaves short.
 NEGFORGE_SETTINGS = {"embed.batch_size": BATCH_SIZE, "output.exports": "[]", "dedup.eps": "null",
                      "mine.max_positive_similarity": "null", "mine.strategy": "fixed", "mine.max_depth": "null",
                      "validate.min_coverage": 0,

@@ -38,8 +38,9 @@ def _returning_freed_memory(fn: Any) -> Any:
             return fn(*args, **kwargs)
         finally:
             gc.collect()
-            if _malloc_trim():
-                _malloc_trim()(0)
+            trim = _malloc_trim()
+            if trim:
+                trim(0)
 
     return run
 
