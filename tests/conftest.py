@@ -20,7 +20,10 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
-os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="negforge-prefect-home-"))
+if "PYTEST_XDIST_WORKER" in os.environ or "PREFECT_HOME" not in os.environ:
+    # each xdist worker (they inherit the controller's environment) gets its own Prefect home, so its session
+    # server has a database of its own
+    os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="negforge-prefect-home-")
 
 
 @pytest.fixture(scope="session")
