@@ -16,7 +16,7 @@ import contextvars
 import logging
 import os
 import threading
-from typing import Any
+from typing import Any, Callable
 
 import distributed
 from prefect.context import FlowRunContext
@@ -100,9 +100,19 @@ class BuildTaskRunner(DaskTaskRunner):
             self._cluster.sync(_kill_workers, self._cluster)
         super().__exit__(exc_type, *rest)
 
-    def start_in_background(self) -> threading.Thread:
-        """Start (or connect to) the cluster in a thread that sees this flow run's context; join it to wait."""
-        starter = threading.Thread(target=contextvars.copy_context().run, args=(lambda: self.client,), daemon=True,
+    def start_in_background(self, warm_up: Callable[[], Any] | None = None) -> threading.Thread:
+        """Start (or connect to) the cluster in a thread that sees this flow run's context; join it to wait.
+
+        `warm_up` then runs once on every worker, as a plain Dask task (no Prefect task run), so that what every task
+        needs first (the model) loads while the flow ingests: a cold 100k build's plan loaded it on one worker while
+        the other idled, and each embedding task waited for it again."""
+        def start() -> None:
+            client = self.client
+            if warm_up:
+                self._warm_ups = [client.submit(warm_up, workers=[address], allow_other_workers=False, pure=False)
+                                  for address in client.scheduler_info(n_workers=-1)["workers"]]
+
+        starter = threading.Thread(target=contextvars.copy_context().run, args=(start,), daemon=True,
                                    name="negforge-dask-start")
         starter.start()
         return starter

@@ -144,6 +144,14 @@ def max_tokens(spec: EncoderSpec) -> int | None:
     return json.loads(config.read_text()).get("max_seq_length") if config.exists() else None
 
 
+def warm_up(spec: EncoderSpec) -> None:
+    """Load the spec's model into this process ahead of its first task; a failure is left to that task to report."""
+    try:
+        encode(spec, ["warm up"])
+    except Exception:  # noqa: BLE001 (the embedding task loads it again and fails with the real error)
+        pass
+
+
 def dimension(spec: EncoderSpec) -> int:
     """The width of the spec's vectors (from one short encode, so a model whose last module changes it is right)."""
     return encode(spec, ["dimension"]).shape[1]
