@@ -6,11 +6,11 @@ near-duplicate rule nor a positive-similarity rule). Memory is sampled every sec
 (the Dask workers and the local Prefect server included): PSS from /proc/<pid>/smaps_rollup, which counts shared pages
 once, and RSS beside it.
 
-Reading smaps_rollup walks the process's page tables under its memory-map lock, so the sampler takes cores from
-what it measures, more the more processes there are: one sample of negforge's tree (flow, server, two workers) took
-57 ms of CPU and ~120 ms of wall time: ~18% of a core when sampled every 0.2 s on this 2-core machine. Two Dask workers encoding
-400 SciFact abstracts (measured 2026-11-27): 16.7 s unsampled, 17.8-18.3 s sampled every 0.2 s, 16.9 s
-every second; one process with two threads (the reference's layout): 17.0 s, 20.3 s, 18.8 s (runs vary by ~10%).
+Reading smaps_rollup walks the process's page tables under its memory-map lock, so the sampler takes cores from what
+it measures, more the more processes there are: one sample of negforge's tree (flow, server, two workers) took 57 ms
+of CPU and ~120 ms of wall time: ~18% of a core when sampled every 0.2 s on this 2-core machine. Two Dask workers
+encoding 400 SciFact abstracts (measured 2026-11-27): 16.7 s unsampled, 17.8-18.3 s sampled every 0.2 s, 16.9 s every
+second; one process with two threads (the reference's layout): 17.0 s, 20.3 s, 18.8 s (runs vary by ~10%).
 """
 
 from __future__ import annotations

@@ -9,7 +9,6 @@ as that run's config says; a local cluster starts while the flow ingests.
 
 from __future__ import annotations
 
-import functools
 import json
 import shutil
 import time
@@ -25,7 +24,7 @@ from prefect import flow, get_run_logger, tags, task
 from prefect.cache_policies import NO_CACHE
 
 from negforge.flows.corpus_dedup_stage import dedup_corpus
-from negforge.flows.embed_stage import embed_stage, encoder_specs
+from negforge.flows.embed_stage import embed_stage, model_warm_up
 from negforge.flows.calibration_stage import build_calibration, calibrated, lexical_index
 from negforge.flows.partition_stage import combine_all, search_and_mine_all, search_job
 from negforge.flows.run_report import publish_artifacts, reject_lines
@@ -39,7 +38,7 @@ from negforge.tasks.charts import version_charts
 from negforge.tasks.dataset_card import dataset_card
 from negforge.tasks.ingest import ingest
 from negforge.tasks.ann_index import check_index_settings
-from negforge.tasks.model import embedding_dimension, resolve_model, warm_up
+from negforge.tasks.model import embedding_dimension, resolve_model
 from negforge.tasks.preflight import preflight, store_shortfall
 from negforge.tasks.sizing import check_budget
 from negforge.tasks.quality_gate import check_candidate, check_inputs
@@ -97,8 +96,7 @@ def build_training_set(config: BuildConfig) -> dict[str, Any]:
             publish_artifacts(result["manifest"], str(unchanged), published=False)
             return result
         runner = current_task_runner()
-        warm = functools.partial(warm_up, encoder_specs(config)["corpus"])
-        starter = runner.start_in_background(warm) if runner else None
+        starter = runner.start_in_background(model_warm_up(config)) if runner else None
         try:
             return _build(config, runner.worker_count if runner else lambda: 1)
         finally:

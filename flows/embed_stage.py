@@ -7,8 +7,10 @@ text row; the tasks fill disjoint rows of them, so search reads them memory-mapp
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
+from typing import Callable
 
 from negforge.flows.stage_progress import StageProgress
 from negforge.flows.task_options import negforge_task
@@ -16,7 +18,7 @@ from negforge.schemas.config import BuildConfig
 from negforge.schemas.stages import Embedded, Texts, VectorFile
 from negforge.tasks.embed import copy_stored, create_matrices, embed_texts, plan_embedding
 from negforge.tasks.embedding_store import EmbeddingStore, compact_stores
-from negforge.tasks.model import EncoderSpec, ModelRef, named_prompt, resolve_model
+from negforge.tasks.model import EncoderSpec, ModelRef, named_prompt, resolve_model, warm_up
 
 plan_task = negforge_task(plan_embedding, "plan embedding", retried=True)
 embed_task = negforge_task(embed_texts, "embed texts", retried=True)
@@ -35,6 +37,11 @@ def encoder_specs(config: BuildConfig) -> dict[str, EncoderSpec]:
     ref = resolve_model(config.embed.model)
     return {"query": _encoder(ref, config, config.embed.query_prompt, config.embed.query_prompt_name),
             "corpus": _encoder(ref, config, config.embed.corpus_prompt, config.embed.corpus_prompt_name)}
+
+
+def model_warm_up(config: BuildConfig) -> Callable[[], None]:
+    """What loads the build's model into a worker before its first task (flows/task_runner.py)."""
+    return functools.partial(warm_up, encoder_specs(config)["corpus"])
 
 
 def embed_stage(texts: Texts, config: BuildConfig, run_dir: Path, workers: int) -> Embedded:
