@@ -12,9 +12,11 @@ run stopped by a signal kills them at once instead of waiting for the task each 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import logging
 import os
+import signal
 import threading
 from typing import Any, Callable
 
@@ -57,7 +59,13 @@ def dask_setup(worker: distributed.Worker) -> None:
 
 
 async def _kill_workers(cluster: distributed.LocalCluster) -> None:
-    """Close every worker process with a short grace: what it runs is abandoned."""
+    """Kill every worker process (SIGKILL), then let the nannies close: what they ran is abandoned. A worker told to
+    close instead cancels its tasks while its heartbeat races the scheduler's goodbye, and under load it printed
+    "Failed to communicate with scheduler during heartbeat" with a traceback on the run's console."""
+    for nanny in cluster.workers.values():
+        if nanny.pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(nanny.pid, signal.SIGKILL)
     await asyncio.gather(*(worker.close(timeout=1) for worker in cluster.workers.values()))
 
 
@@ -103,12 +111,13 @@ class BuildTaskRunner(DaskTaskRunner):
     def start_in_background(self, warm_up: Callable[[], Any] | None = None) -> threading.Thread:
         """Start (or connect to) the cluster in a thread that sees this flow run's context; join it to wait.
 
-        `warm_up` then runs once on every worker, as a plain Dask task (no Prefect task run), so that what every task
-        needs first (the model) loads while the flow ingests: a cold 100k build's plan loaded it on one worker while
-        the other idled, and each embedding task waited for it again."""
+        On a local cluster of the run's own, `warm_up` then runs once on every worker, as a plain Dask task (no Prefect
+        task run), so that what every task needs first (the model) loads while the flow ingests: a cold build's plan
+        loaded it on one worker while the other idled (the embedding stage of a 240-text build: 13.6 s -> 9.6 s). An
+        existing cluster's workers keep their models between runs."""
         def start() -> None:
             client = self.client
-            if warm_up:
+            if warm_up and self.cluster_class:
                 self._warm_ups = [client.submit(warm_up, workers=[address], allow_other_workers=False, pure=False)
                                   for address in client.scheduler_info(n_workers=-1)["workers"]]
 
