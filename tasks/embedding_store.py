@@ -121,7 +121,10 @@ class EmbeddingStore:
         if hashlib.sha256(data).hexdigest()[:32] != part.rsplit("-", 1)[-1].removesuffix(".parquet"):
             raise self._set_aside(part, "checksum mismatch (corrupt or truncated)")
         try:
-            table = pq.ParquetFile(pa.BufferReader(data)).read()  # not read_table: it imports pandas
+            # not read_table: it imports pandas. No pyarrow thread pool: parts are uncompressed (decoding is a copy),
+            # and a short process (`negforge gc`) whose pool threads were still there at exit once aborted with
+            # "terminate called without an active exception" (apache/arrow#34314)
+            table = pq.ParquetFile(pa.BufferReader(data)).read(use_threads=False)
             vectors = table.column("vector").combine_chunks()
             width = vectors.type.byte_width
             flat = np.frombuffer(vectors.buffers()[1], dtype="<f4", count=len(vectors) * width // 4,
@@ -166,7 +169,7 @@ class EmbeddingStore:
         added, damaged = [], []
         for part in sorted(listed - set(kept["part"].unique().cast(pl.String).to_list())):
             try:
-                keys = pq.ParquetFile(self.folder / part).read(columns=["text_hash"]).column("text_hash")
+                keys = pq.ParquetFile(self.folder / part).read(columns=["text_hash"], use_threads=False)["text_hash"]
             except FileNotFoundError:
                 continue  # compacted away since the listing
             except (pa.ArrowException, OSError, KeyError) as error:
