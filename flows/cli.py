@@ -205,6 +205,15 @@ def _stop_on_signals() -> Iterator[None]:
             signal.signal(signum, handler)
 
 
+def _termination_in_disguise(error: Exception) -> bool:
+    """Prefect raises its TerminationSignal for a SIGTERM wherever the main thread is; raised inside pydantic-core's
+    serializer it comes out as a PydanticSerializationError that names it (seen once, under load), which would end
+    the run as a failure with exit code 1 instead of a stop."""
+    from pydantic_core import PydanticSerializationError
+
+    return isinstance(error, PydanticSerializationError) and "TerminationSignal" in str(error)
+
+
 def _run_flow(args: argparse.Namespace, dataset: str, prepare: Callable[[], Callable[[], dict]],
               report: Callable[[dict], int] | None = None) -> int:
     """Run a flow against the Prefect API (a local one when none is set) and print its result.
@@ -225,7 +234,12 @@ def _run_flow(args: argparse.Namespace, dataset: str, prepare: Callable[[], Call
                 _quiet_task_runs()
             api_ready()
             with tags("negforge", dataset):
-                result = run()
+                try:
+                    result = run()
+                except Exception as error:
+                    if _termination_in_disguise(error):
+                        raise Stopped(signal.SIGTERM) from None
+                    raise
     except Stopped as stopped:
         print(f"negforge: stopped by {signal.Signals(stopped.signum).name}; nothing was published", file=sys.stderr)
         return 128 + stopped.signum

@@ -92,3 +92,27 @@ def test_a_build_killed_outright_leaves_no_process(embedding):
     cli, tree, _ = embedding
     cli.kill()  # SIGKILL to the build alone: its server and workers, in their own sessions, stop by themselves
     _wait(lambda: not any(_alive(p) for p in tree), 10, "the whole process tree gone")
+
+
+def test_a_sigterm_that_pydantic_reports_as_a_serialization_error_still_stops_the_run(monkeypatch, capsys):
+    """Prefect's TerminationSignal raised inside pydantic-core's serializer arrives as a PydanticSerializationError:
+    the CLI still ends with the stop line and 128 + SIGTERM, while any other error stays an error."""
+    import argparse
+
+    from pydantic_core import PydanticSerializationError
+
+    from negforge.flows.cli import _run_flow
+
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")  # configured: no local server is started
+
+    def failing(error: Exception) -> Callable[[], Callable[[], dict]]:
+        def run() -> dict:
+            raise error
+        return lambda: run
+
+    args = argparse.Namespace(debug=True)
+    disguised = PydanticSerializationError("Error calling function `_ser_model`: TerminationSignal: ")
+    assert _run_flow(args, "ds", failing(disguised)) == 128 + signal.SIGTERM
+    assert "stopped by SIGTERM; nothing was published" in capsys.readouterr().err
+    with pytest.raises(PydanticSerializationError):
+        _run_flow(args, "ds", failing(PydanticSerializationError("Error calling function `x`: ValueError: y")))
