@@ -183,9 +183,9 @@ class Stopped(KeyboardInterrupt):
 
 
 @contextmanager
-def _stop_on_signals() -> Iterator[None]:
+def _stop_on_signals() -> Iterator[list[int]]:
     """Raise `Stopped` in the main thread on the first SIGINT or SIGTERM; later ones, which would interrupt the
-    cleanup, are ignored.
+    cleanup, are ignored. Yields the signals received.
 
     During a flow run Prefect's own SIGTERM handler comes first: it records the crash, puts this handler back and
     sends the signal again.
@@ -199,19 +199,24 @@ def _stop_on_signals() -> Iterator[None]:
 
     previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
-        yield
+        yield received
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
 
 
-def _termination_in_disguise(error: Exception) -> bool:
-    """Prefect raises its TerminationSignal for a SIGTERM wherever the main thread is; raised inside pydantic-core's
-    serializer it comes out as a PydanticSerializationError that names it (seen once, under load), which would end
-    the run as a failure with exit code 1 instead of a stop."""
+def _stop_in_disguise(error: Exception, received: list[int]) -> int | None:
+    """The signal that `error` stands for, if any. A stop is raised wherever the main thread is (`Stopped` by this
+    CLI's handler, TerminationSignal by Prefect's SIGTERM handler); raised inside pydantic-core's serializer it comes
+    out as a PydanticSerializationError naming it (seen under load, for both), which would end the run as a failure
+    with exit code 1 instead of a stop."""
     from pydantic_core import PydanticSerializationError
 
-    return isinstance(error, PydanticSerializationError) and "TerminationSignal" in str(error)
+    if not isinstance(error, PydanticSerializationError):
+        return None
+    if received:
+        return received[0]
+    return signal.SIGTERM if "TerminationSignal" in str(error) else None
 
 
 def _run_flow(args: argparse.Namespace, dataset: str, prepare: Callable[[], Callable[[], dict]],
@@ -227,7 +232,7 @@ def _run_flow(args: argparse.Namespace, dataset: str, prepare: Callable[[], Call
     from negforge.flows.runtime import prefect_api
 
     try:
-        with _stop_on_signals(), prefect_api() as api_ready:
+        with _stop_on_signals() as received, prefect_api() as api_ready:
             run = prepare()
             if not args.debug:
                 _console_without_tracebacks()
@@ -237,8 +242,9 @@ def _run_flow(args: argparse.Namespace, dataset: str, prepare: Callable[[], Call
                 try:
                     result = run()
                 except Exception as error:
-                    if _termination_in_disguise(error):
-                        raise Stopped(signal.SIGTERM) from None
+                    signum = _stop_in_disguise(error, received)
+                    if signum:
+                        raise Stopped(signum) from None
                     raise
     except Stopped as stopped:
         print(f"negforge: stopped by {signal.Signals(stopped.signum).name}; nothing was published", file=sys.stderr)

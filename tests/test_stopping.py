@@ -94,9 +94,10 @@ def test_a_build_killed_outright_leaves_no_process(embedding):
     _wait(lambda: not any(_alive(p) for p in tree), 10, "the whole process tree gone")
 
 
-def test_a_sigterm_that_pydantic_reports_as_a_serialization_error_still_stops_the_run(monkeypatch, capsys):
-    """Prefect's TerminationSignal raised inside pydantic-core's serializer arrives as a PydanticSerializationError:
-    the CLI still ends with the stop line and 128 + SIGTERM, while any other error stays an error."""
+def test_a_stop_that_pydantic_reports_as_a_serialization_error_still_stops_the_run(monkeypatch, capsys):
+    """A stop raised inside pydantic-core's serializer (Prefect's TerminationSignal for SIGTERM, this CLI's Stopped
+    for SIGINT) arrives as a PydanticSerializationError: the CLI still ends with the stop line and 128 + the signal,
+    while any other error stays an error."""
     import argparse
 
     from pydantic_core import PydanticSerializationError
@@ -114,5 +115,14 @@ def test_a_sigterm_that_pydantic_reports_as_a_serialization_error_still_stops_th
     disguised = PydanticSerializationError("Error calling function `_ser_model`: TerminationSignal: ")
     assert _run_flow(args, "ds", failing(disguised)) == 128 + signal.SIGTERM
     assert "stopped by SIGTERM; nothing was published" in capsys.readouterr().err
+
+    def interrupted() -> dict:  # Ctrl-C: this CLI's own handler raises Stopped, which pydantic-core wraps
+        try:
+            signal.raise_signal(signal.SIGINT)
+        except KeyboardInterrupt as stop:
+            raise PydanticSerializationError(f"Error calling function `_ser_model`: Stopped: {stop}") from None
+        return {}
+    assert _run_flow(args, "ds", lambda: interrupted) == 128 + signal.SIGINT
+    assert "stopped by SIGINT; nothing was published" in capsys.readouterr().err
     with pytest.raises(PydanticSerializationError):
         _run_flow(args, "ds", failing(PydanticSerializationError("Error calling function `x`: ValueError: y")))
