@@ -119,8 +119,10 @@ def _build(config: BuildConfig, worker_count: Any) -> dict[str, Any]:
     for line in reject_lines(ingested.reject_reasons, ingested.reject_samples):
         logger.warning("rows rejected: %s", line)
     check_index_settings(config.search, counts.unique_texts)
-    with _timed(timings, "validate_inputs"):
-        validate_inputs_task(ingested, str(run_dir / "validation" / "inputs"))
+
+    def validate_inputs() -> None:
+        with _timed(timings, "validate_inputs"):
+            validate_inputs_task(ingested, str(run_dir / "validation" / "inputs"))
 
     dimension = embedding_dimension(resolve_model(config.embed.model))
     if dimension:
@@ -129,7 +131,7 @@ def _build(config: BuildConfig, worker_count: Any) -> dict[str, Any]:
     if shortfall:
         logger.warning(shortfall)
     with _timed(timings, "embed"):
-        embedded = embed_stage(texts, config, run_dir, worker_count())
+        embedded = embed_stage(texts, config, run_dir, worker_count(), meanwhile=validate_inputs)
     logger.info("embedded %d texts, %d from the store", embedded.texts_embedded, embedded.texts_cached)
     if embedded.store_repaired:
         logger.warning("embedding store: damaged parts set aside and their texts embedded again: %s",

@@ -85,7 +85,7 @@ class SearchConfig(_Section):
     index: Literal["flat", "ivf", "hnsw"] = Field(
         "flat", description="flat: exact search (the reference for correctness); ivf or hnsw: FAISS approximate "
                             "indexes (8-bit vectors) that propose candidates, scored exactly, measured every run.")
-    nlist: int | None = Field(None, gt=0, description="ivf: inverted lists (null: about 4 sqrt(documents)).")
+    nlist: int | None = Field(None, gt=0, description="ivf: inverted lists (null: about sqrt(documents)).")
     nprobe: int | None = Field(None, gt=0, description="ivf: lists searched per query (null: tuned to target_recall).")
     hnsw_m: int = Field(32, gt=1, description="hnsw: graph neighbours per node.")
     ef_search: int | None = Field(None, gt=0, description="hnsw: search breadth (null: tuned to target_recall).")

@@ -25,6 +25,7 @@ from negforge.schemas.stages import VectorFile
 from negforge.tasks.search import open_vectors
 
 MIN_POINTS_PER_LIST = 39  # FAISS's own floor for k-means training
+TRAINING_POINTS_PER_LIST = 64  # FAISS warns below 39 and samples down to 256; k-means time grows with the sample
 
 
 class IndexSettingError(ValueError):
@@ -45,8 +46,15 @@ class Probe:
 
 
 def list_count(cfg: SearchConfig, documents: int) -> int:
-    """IVF lists: search.nlist, else about 4 sqrt(documents), at most one list per MIN_POINTS_PER_LIST documents."""
-    return cfg.nlist or max(1, min(int(4 * math.sqrt(documents)), documents // MIN_POINTS_PER_LIST))
+    """IVF lists: search.nlist, else about sqrt(documents), at most one list per MIN_POINTS_PER_LIST documents.
+
+    The index is built for one run and searched by the run's queries only, so its build (documents x lists to fill
+    it) weighs as much as its search (queries x documents x nprobe / lists). FAISS's guideline of 4-16 sqrt(N) is for
+    indexes searched by many more queries. On bench/scale.py's 1M corpus (one thread), 1,000 lists trained on 64
+    points each train and fill in 17 s; 4,000 on 256 each took ~3 minutes; both need about a quarter of the lists
+    probed for a window recall of 0.98 (docs/STATUS.md).
+    """
+    return cfg.nlist or max(1, min(int(math.sqrt(documents)), documents // MIN_POINTS_PER_LIST))
 
 
 def check_index_settings(cfg: SearchConfig, documents: int) -> None:
@@ -67,7 +75,7 @@ def build_index(corpus: VectorFile, excluded_docs: str | None, cfg: SearchConfig
     if excluded_docs:
         rows = np.setdiff1d(rows, pl.read_parquet(excluded_docs)["dropped_row"].to_numpy().astype(np.int64))
     rng = np.random.default_rng(cfg.seed)
-    sample_size = min(len(rows), max(1, budget_bytes // (4 * corpus.dim * 4)), 256 * list_count(cfg, len(rows)))
+    sample_size = min(len(rows), max(1, budget_bytes // (4 * corpus.dim * 4)), TRAINING_POINTS_PER_LIST * list_count(cfg, len(rows)))
     sample = np.ascontiguousarray(vectors[np.sort(rng.choice(rows, sample_size, replace=False))], dtype=np.float32)
     if cfg.index == "ivf":
         quantizer = faiss.IndexFlatIP(corpus.dim)
