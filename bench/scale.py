@@ -11,9 +11,12 @@ comparison is mining, not a gate refusal). Then one JSON line per size: docs, qu
 st_cpu_s and negforge_cpu_s (CPU seconds of each process tree: the work, apart from waiting on a shared machine),
 st_peak_mb, negforge_peak_mb (PSS over the process tree; *_rss_mb beside), task_runs (the build's task runs, from
 the Prefect API), stages (the manifest's timings), jaccard (the mined negative sets, mean over queries), and with
---ivf a build with `search.index: ivf` (its time, probe and jaccard) or "unsupported".
+--ivf a build with `search.index: ivf` (its time, probe and jaccard) or "unsupported". With --external the same
+flat build runs again on an external cluster (`dask scheduler` and two `dask worker`s of one thread each, on
+loopback, started before it and reporting to a local Prefect server started for them): its time (server and cluster
+already up) and whether its data hash equals the local cluster's build.
 
-    .venv/bin/python bench/scale.py [--sizes 10k,100k,1m] [--ivf] [--cache ~/.cache/negforge-bench]
+    .venv/bin/python bench/scale.py [--sizes 10k,100k,1m] [--ivf] [--external] [--cache ~/.cache/negforge-bench]
         [--work /tmp/negforge-bench-scale] [--seed 0] [--data ../shared/data/scifact]
 """
 
@@ -25,8 +28,9 @@ import shutil
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from bench_args import ROOT, absolute_path, parser
 from side_by_side import (NEGFORGE_SETTINGS, MINING, BATCH_SIZE, build_command, mean_jaccard,
@@ -117,7 +121,35 @@ def negforge_build(data: Path, work: Path, dataset: str, settings: dict[str, Any
             "manifest": json.loads((version / "manifest.json").read_text())}
 
 
-def measure(label: str, data: Path, model: Path, work: Path, ivf: bool) -> dict[str, Any]:
+@contextmanager
+def external_cluster(workers: int = 2) -> Iterator[str]:
+    """A local Prefect server, then `dask scheduler` and `workers` `dask worker`s (one thread each) on loopback that
+    report to it; yields the scheduler's address, with PREFECT_API_URL set for the build meanwhile."""
+    from distributed import Client
+
+    from negforge.flows.runtime import free_port, local_server
+
+    with local_server() as api:
+        os.environ["PREFECT_API_URL"] = api
+        port = free_port()
+        dask = [sys.executable, "-m", "dask"]
+        processes = [subprocess.Popen([*dask, "scheduler", "--host", "127.0.0.1", "--port", str(port),
+                                       "--no-dashboard"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+        address = f"tcp://127.0.0.1:{port}"
+        processes += [subprocess.Popen([*dask, "worker", address, "--nthreads", "1", "--no-dashboard"],
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(workers)]
+        try:
+            with Client(address, timeout=60) as client:
+                client.wait_for_workers(workers, timeout=120)
+            yield address
+        finally:
+            os.environ.pop("PREFECT_API_URL", None)
+            for process in reversed(processes):
+                process.terminate()
+                process.wait(timeout=30)
+
+
+def measure(label: str, data: Path, model: Path, work: Path, ivf: bool, external: bool) -> dict[str, Any]:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     stamp = time.strftime("%Y%m%dT%H%M%S")
@@ -133,6 +165,16 @@ def measure(label: str, data: Path, model: Path, work: Path, ivf: bool) -> dict[
            "st_peak_rss_mb": round(st.peak_rss_mb), "negforge_peak_rss_mb": round(ours["rss"]),
            "task_runs": ours["task_runs"], "stages": ours["manifest"]["timings"],
            "jaccard": round(mean_jaccard(ours["version"] / "data", work / "st.parquet"), 4)}
+    if external:
+        (work / "external").mkdir()
+        with external_cluster() as address:
+            outside = run_measured(build_command(data, work / "external", f"scale-{label}-external-{stamp}",
+                                                 SCALE_SETTINGS | {"embed.model": model,
+                                                                   "runtime.dask_address": address}),
+                                   work / "external.log")
+        manifest = json.loads((published_version(outside.stdout) / "manifest.json").read_text())
+        row |= {"external_s": round(outside.seconds, 1),
+                "external_same_data_hash": manifest["data_hash"] == ours["manifest"]["data_hash"]}
     if ivf and not ivf_supported():
         row["ivf"] = "unsupported"
     elif ivf:
@@ -152,6 +194,8 @@ def main() -> None:
                            help="where the corpora and the static model are kept")
     arguments.add_argument("--seed", type=int, default=0)
     arguments.add_argument("--ivf", action="store_true", help="also build with search.index: ivf")
+    arguments.add_argument("--external", action="store_true",
+                           help="also build on an external dask scheduler with two dask workers")
     args = arguments.parse_args()
     sizes = args.sizes.lower().split(",")
     if unknown := [s for s in sizes if s not in SIZES]:
@@ -166,7 +210,7 @@ def main() -> None:
                       "negforge_ivf": IVF_SETTINGS if args.ivf else None}), flush=True)
     for label in sizes:
         data = corpus(args.cache, args.data, SIZES[label], args.seed)
-        print(json.dumps(measure(label, data, model, args.work / label, args.ivf)), flush=True)
+        print(json.dumps(measure(label, data, model, args.work / label, args.ivf, args.external)), flush=True)
 
 
 if __name__ == "__main__":

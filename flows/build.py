@@ -208,6 +208,9 @@ def mine_and_publish(config: BuildConfig, texts: Texts, parts: list[MinedPartiti
     mining = mining or config
     with _timed(timings, "combine"):
         mined = combine_all(parts, texts, mining, run_dir)
+    runner = current_task_runner()
+    if runner:
+        runner.close_in_background()  # the last Dask task is done
     deepened = Deepened.total([p.deepened for p in parts])
     if deepened.needs_deeper:
         logger.warning("%d queries stay short of negatives: a build would search them deeper than the stored "

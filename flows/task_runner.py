@@ -85,6 +85,8 @@ class BuildTaskRunner(DaskTaskRunner):
     """A DaskTaskRunner whose cluster comes from the run's `config.runtime`, decided at the first submit, or earlier
     with `start_in_background` (the local cluster then starts while the flow ingests)."""
 
+    _closer: threading.Thread | None = None
+
     def duplicate(self) -> BuildTaskRunner:
         return type(self)()
 
@@ -103,10 +105,12 @@ class BuildTaskRunner(DaskTaskRunner):
         """A run stopped by a signal (a BaseException: KeyboardInterrupt, Prefect's TerminationSignal) kills its local
         workers first: a worker busy in a model call would otherwise get 4 s to finish before being killed. Dask's
         warnings about the lost work and the killed workers are expected then, and muted."""
-        if self.cluster_class and self._cluster and exc_type and not issubclass(exc_type, Exception):
+        if self._closer:
+            self._closer.join()
+        elif self.cluster_class and self._cluster and exc_type and not issubclass(exc_type, Exception):
             logging.getLogger("distributed").setLevel(logging.ERROR)
             self._cluster.sync(_kill_workers, self._cluster)
-        super().__exit__(exc_type, *rest)
+        super().__exit__(exc_type, *rest)  # what close_in_background closed is closed once
 
     def start_in_background(self, warm_up: Callable[[], Any] | None = None) -> threading.Thread:
         """Start (or connect to) the cluster in a thread that sees this flow run's context; join it to wait.
@@ -125,6 +129,14 @@ class BuildTaskRunner(DaskTaskRunner):
                                    name="negforge-dask-start")
         starter.start()
         return starter
+
+    def close_in_background(self) -> None:
+        """Close a local cluster of the run's own (client, scheduler, workers) in a thread, when the run needs it no
+        more: what is left (writing, validating, publishing) runs on the flow process, and the ~2 s the workers take
+        to stop overlap it instead of following it. The flow run's end waits for it (`__exit__`)."""
+        if self.cluster_class and self._cluster and not self._closer:
+            self._closer = threading.Thread(target=self._exit_stack.close, daemon=True, name="negforge-dask-close")
+            self._closer.start()
 
     def worker_count(self) -> int:
         """How many workers the cluster has (waits for the cluster)."""
