@@ -119,10 +119,8 @@ def _build(config: BuildConfig, worker_count: Any) -> dict[str, Any]:
     for line in reject_lines(ingested.reject_reasons, ingested.reject_samples):
         logger.warning("rows rejected: %s", line)
     check_index_settings(config.search, counts.unique_texts)
-
-    def validate_inputs() -> None:
-        with _timed(timings, "validate_inputs"):
-            validate_inputs_task(ingested, str(run_dir / "validation" / "inputs"))
+    with _timed(timings, "validate_inputs"):
+        validate_inputs_task(ingested, str(run_dir / "validation" / "inputs"))
 
     dimension = embedding_dimension(resolve_model(config.embed.model))
     if dimension:
@@ -131,7 +129,7 @@ def _build(config: BuildConfig, worker_count: Any) -> dict[str, Any]:
     if shortfall:
         logger.warning(shortfall)
     with _timed(timings, "embed"):
-        embedded = embed_stage(texts, config, run_dir, worker_count(), meanwhile=validate_inputs)
+        embedded = embed_stage(texts, config, run_dir, worker_count())
     logger.info("embedded %d texts, %d from the store", embedded.texts_embedded, embedded.texts_cached)
     if embedded.store_repaired:
         logger.warning("embedding store: damaged parts set aside and their texts embedded again: %s",
@@ -208,9 +206,6 @@ def mine_and_publish(config: BuildConfig, texts: Texts, parts: list[MinedPartiti
     mining = mining or config
     with _timed(timings, "combine"):
         mined = combine_all(parts, texts, mining, run_dir)
-    runner = current_task_runner()
-    if runner:
-        runner.close_in_background()  # the last Dask task is done
     deepened = Deepened.total([p.deepened for p in parts])
     if deepened.needs_deeper:
         logger.warning("%d queries stay short of negatives: a build would search them deeper than the stored "

@@ -14,7 +14,6 @@ from typing import Callable
 
 from negforge.flows.stage_progress import StageProgress
 from negforge.flows.task_options import negforge_task
-from negforge.flows.task_runner import current_task_runner
 from negforge.schemas.config import BuildConfig
 from negforge.schemas.stages import Embedded, Texts, VectorFile
 from negforge.tasks.embed import copy_stored, create_matrices, embed_texts, plan_embedding
@@ -45,14 +44,8 @@ def model_warm_up(config: BuildConfig) -> Callable[[], None]:
     return functools.partial(warm_up, encoder_specs(config)["corpus"])
 
 
-def embed_stage(texts: Texts, config: BuildConfig, run_dir: Path, workers: int,
-                meanwhile: Callable[[], object] | None = None) -> Embedded:
-    """Fill the run's query and corpus vector matrices: what the store has is copied, the rest embedded and stored.
-
-    `meanwhile` runs on the flow process once the tasks are submitted (the input validation: its Great Expectations
-    run then overlaps the embedding instead of delaying it); what it raises stops the build, and the tasks in flight
-    are abandoned (flows/task_runner.py).
-    """
+def embed_stage(texts: Texts, config: BuildConfig, run_dir: Path, workers: int) -> Embedded:
+    """Fill the run's query and corpus vector matrices: what the store has is copied, the rest embedded and stored."""
     specs = encoder_specs(config)
     store_root = str(Path(config.runtime.workdir) / "embeddings")
     fingerprints = sorted({spec.fingerprint for spec in specs.values()})
@@ -67,14 +60,6 @@ def embed_stage(texts: Texts, config: BuildConfig, run_dir: Path, workers: int,
                .submit(plan, i, specs, store_root, str(progress_dir)) for i in range(embeds)]
     futures += [copy_task.with_options(task_run_name=f"copy stored vectors {i + 1}/{copies}")
                 .submit(plan, i, specs, store_root, str(progress_dir)) for i in range(copies)]
-    if meanwhile:
-        try:
-            meanwhile()
-        except BaseException:
-            runner = current_task_runner()
-            if runner:
-                runner.abandon(futures)
-            raise
     total = (plan.embed_ranges[-1][1] if embeds else 0) + (plan.copy_ranges[-1][1] if copies else 0)
     filled = StageProgress(config.publish.dataset, "embed", total, str(progress_dir)).results(futures)
 

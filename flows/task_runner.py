@@ -18,7 +18,7 @@ import logging
 import os
 import signal
 import threading
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 import distributed
 from prefect.context import FlowRunContext
@@ -85,8 +85,6 @@ class BuildTaskRunner(DaskTaskRunner):
     """A DaskTaskRunner whose cluster comes from the run's `config.runtime`, decided at the first submit, or earlier
     with `start_in_background` (the local cluster then starts while the flow ingests)."""
 
-    _closer: threading.Thread | None = None
-
     def duplicate(self) -> BuildTaskRunner:
         return type(self)()
 
@@ -105,20 +103,10 @@ class BuildTaskRunner(DaskTaskRunner):
         """A run stopped by a signal (a BaseException: KeyboardInterrupt, Prefect's TerminationSignal) kills its local
         workers first: a worker busy in a model call would otherwise get 4 s to finish before being killed. Dask's
         warnings about the lost work and the killed workers are expected then, and muted."""
-        if self._closer:
-            self._closer.join()  # what it closed, super() finds closed
-        elif exc_type and not issubclass(exc_type, Exception):
-            self.abandon(())
-        super().__exit__(exc_type, *rest)
-
-    def abandon(self, futures: Iterable[Any]) -> None:
-        """Drop work in flight at once (a stop, or a failure on the flow process while tasks run): a local cluster's
-        workers are killed, an existing cluster's tasks (`futures`, Prefect's Dask futures) cancelled."""
-        if self.cluster_class and self._cluster:
+        if self.cluster_class and self._cluster and exc_type and not issubclass(exc_type, Exception):
             logging.getLogger("distributed").setLevel(logging.ERROR)
             self._cluster.sync(_kill_workers, self._cluster)
-        elif self._client:
-            self._client.cancel([future.wrapped_future for future in futures])
+        super().__exit__(exc_type, *rest)
 
     def start_in_background(self, warm_up: Callable[[], Any] | None = None) -> threading.Thread:
         """Start (or connect to) the cluster in a thread that sees this flow run's context; join it to wait.
@@ -137,21 +125,6 @@ class BuildTaskRunner(DaskTaskRunner):
                                    name="negforge-dask-start")
         starter.start()
         return starter
-
-    def close_in_background(self) -> None:
-        """Close a local cluster of the run's own (client, scheduler, workers) in a thread, when the run needs it no
-        more: what is left (writing, validating, publishing) runs on the flow process, and the ~2 s the workers take
-        to stop overlap it instead of following it. The flow run's end waits for it (`__exit__`)."""
-        if self.cluster_class and self._cluster and not self._closer:
-            closer = threading.Thread(target=self._close, daemon=True, name="negforge-dask-close")
-            closer.start()
-            self._closer = closer  # only once started: __exit__ joins it
-
-    def _close(self) -> None:
-        try:
-            self._exit_stack.close()
-        except Exception as error:  # the run's work is done: a cluster that closed badly is worth a warning only
-            logging.getLogger(__name__).warning("closing the local Dask cluster: %s", error)
 
     def worker_count(self) -> int:
         """How many workers the cluster has (waits for the cluster)."""

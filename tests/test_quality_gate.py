@@ -154,27 +154,3 @@ def test_drift_fails_the_gate_when_configured(candidate, tmp_path):
     cfg.validate_.drift_fails = True
     with pytest.raises(ValidationFailed, match=r"(?s)nothing was published.*drift: row count 1000 ->"):
         check_candidate(str(stage()), MINED, summary.texts, cfg, previous, str(tmp_path / "fail"))
-
-
-def test_inputs_refused_while_embedding_stop_the_build(small_config, dask_address, monkeypatch):
-    """The input expectations run while the embedding tasks do (flows/embed_stage.py): a refusal ends the run with
-    its message, publishes nothing, and leaves the (shared) cluster idle for the next run."""
-    import time
-
-    from distributed import Client
-
-    import negforge.flows.build as build
-
-    def refuse(*args, **kwargs):
-        raise ValidationFailed("the inputs failed validation (injected)")
-
-    monkeypatch.setattr(build, "validate_inputs_task", refuse)
-    cfg = load_config(small_config)
-    with pytest.raises(ValidationFailed, match="injected"):
-        build.build_training_set(cfg)
-    assert Registry(cfg.publish.registry, cfg.publish.dataset).latest() is None
-    with Client(dask_address) as client:
-        deadline = time.monotonic() + 60
-        while any(client.processing().values()) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert not any(client.processing().values()), client.processing()
