@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import polars as pl
-from prefect import flow, get_run_logger, tags, task
+from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from negforge.flows.corpus_dedup_stage import dedup_corpus
@@ -28,7 +28,7 @@ from negforge.flows.embed_stage import embed_stage, model_warm_up
 from negforge.flows.calibration_stage import build_calibration, calibrated, lexical_index
 from negforge.flows.partition_stage import combine_all, search_and_mine_all, search_job
 from negforge.flows.run_report import publish_artifacts, reject_lines
-from negforge.flows.task_options import negforge_task
+from negforge.flows.task_options import negforge_task, untagged_task_runs
 from negforge.flows.task_runner import BuildTaskRunner, current_task_runner
 from negforge.flows.versions_info import code_version, package_versions
 from negforge.schemas.config import BuildConfig
@@ -88,7 +88,7 @@ def build_training_set(config: BuildConfig) -> dict[str, Any]:
     Returns:
         The version folder, whether it was newly published, and the manifest's counts.
     """
-    with tags("negforge", config.publish.dataset):  # on every task run, so the UI filters a dataset's work
+    with untagged_task_runs():
         unchanged = unchanged_version(config, code_version())
         if unchanged:
             get_run_logger().info("up to date: %s (inputs, config, model and code unchanged)", unchanged)

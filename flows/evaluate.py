@@ -24,11 +24,11 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-from prefect import flow, get_run_logger, tags
+from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from negforge.flows.run_report import image_markdown, slug
-from negforge.flows.task_options import negforge_task
+from negforge.flows.task_options import negforge_task, untagged_task_runs
 from negforge.schemas.config import BuildConfig, EvaluateConfig, validate_config
 from negforge.schemas.stages import Encoder, EvaluationSplit, Retrieval
 from negforge.tasks.base_model import base_encoder, load
@@ -326,7 +326,7 @@ def evaluate_training_set(dataset: str, version: str = "latest", registry: str =
     Returns:
         The evaluation record (with `path`), or the comparison (with `path` and `first`, the first's record).
     """
-    with tags("negforge", dataset):
+    with untagged_task_runs():
         request = check_request(registry, dataset, version, settings, compare)
         if not compare:
             record = _recorded(request, request.first, save_model)

@@ -12,11 +12,12 @@ from datetime import datetime, timezone
 from typing import Any
 
 import polars as pl
-from prefect import flow, tags
+from prefect import flow
 
 from negforge.flows.build import mine_and_publish, new_run_dir
 from negforge.flows.calibration_stage import calibrated
 from negforge.flows.partition_stage import mine_stored_all
+from negforge.flows.task_options import untagged_task_runs
 from negforge.schemas.config import BuildConfig
 from negforge.schemas.stages import COUNT_KEYS
 from negforge.tasks.adaptive_depth import depth_levels
@@ -28,7 +29,7 @@ from negforge.tasks.registry import Registry
 @flow(name="remine-training-set", flow_run_name="remine {config.publish.dataset}", validate_parameters=True)
 def remine_training_set(source: str, config: BuildConfig) -> dict[str, Any]:
     """Mine the candidates stored in `source` (a version of config.publish.dataset) again and publish the result."""
-    with tags("negforge", config.publish.dataset):
+    with untagged_task_runs():
         return _remine(source, config)
 
 

@@ -6,10 +6,12 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from prefect.context import TagsContext
 
 from negforge.tasks.preflight import permanent
 
@@ -50,3 +52,14 @@ def negforge_task(fn: Any, name: str, retried: bool = False) -> Any:
     retry transient errors with backoff."""
     retry = {"retries": 2, "retry_delay_seconds": [2, 10], "retry_condition_fn": _transient} if retried else {}
     return task(_returning_freed_memory(fn), name=name, task_run_name=name, cache_policy=NO_CACHE, **retry)
+
+
+@contextmanager
+def untagged_task_runs() -> Iterator[None]:
+    """Run a flow's body with no tags on its task runs; the flow run keeps its own (the CLI's `negforge` and dataset
+    tags, or the deployment's), so the UI still filters a dataset's runs. Prefect checks tag concurrency limits before
+    every tagged task run starts and remembers "no limit for these tags" for 5 s only: on a build's own cluster the
+    first tasks of each stage then waited ~2 s (py-spy: in `acquire_concurrency_slots_with_lease`, all else idle;
+    a 100k build had ~7 s of such gaps, and none without tags)."""
+    with TagsContext(current_tags=set()):
+        yield

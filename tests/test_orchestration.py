@@ -109,7 +109,7 @@ def test_trigger_applies_overrides_keeps_the_rest_and_reports(served, dataset_co
     names = {t.name for t in task_runs}
     assert {"plan embedding", "combine partitions", "publish"} <= names
     assert {name.rsplit(" ", 1)[0] for name in names} >= {"embed texts", "search and mine"}  # a few tasks per stage
-    assert all("served" in t.tags for t in task_runs)
+    assert "served" in run.tags and not any(t.tags for t in task_runs)  # tagged task runs wait on Prefect's limit check
 
     again = run_cli("trigger", "served", "--set", "mine.num_negatives=2", "--wait").stdout
     assert "Completed" in again
