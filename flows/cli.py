@@ -227,9 +227,8 @@ def _run_flow(args: argparse.Namespace, dataset: str, prepare: Callable[[], Call
     tagged with the dataset, as deployment runs are. SIGINT or SIGTERM stops it with one line and exit code 128 +
     the signal's number, after the local server and Dask cluster it started have stopped.
     """
-    from prefect import tags
-
     from negforge.flows.runtime import prefect_api
+    from negforge.flows.task_options import dataset_tags
 
     try:
         with _stop_on_signals() as received, prefect_api() as api_ready:
@@ -238,7 +237,7 @@ def _run_flow(args: argparse.Namespace, dataset: str, prepare: Callable[[], Call
                 _console_without_tracebacks()
                 _quiet_task_runs()
             api_ready()
-            with tags("negforge", dataset):
+            with dataset_tags(dataset):
                 try:
                     result = run()
                 except Exception as error:

@@ -28,7 +28,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from negforge.flows.run_report import image_markdown, slug
-from negforge.flows.task_options import negforge_task, untagged_task_runs
+from negforge.flows.task_options import dataset_tags, negforge_task, untagged_task_runs
 from negforge.schemas.config import BuildConfig, EvaluateConfig, validate_config
 from negforge.schemas.stages import Encoder, EvaluationSplit, Retrieval
 from negforge.tasks.base_model import base_encoder, load
@@ -256,7 +256,8 @@ def _baseline(request: Request, baseline: str, scratch: Path) -> TrainingSet:
                                     "lexical": raw.get("lexical", {}) | {"ratio": None, "fusion": None},
                                     "publish": {"registry": str(scratch), "dataset": dataset},
                                     "evaluate": {}}, f"{baseline} baseline")
-    result = remine_training_set(first.name, config)
+    with dataset_tags(request.registry.dataset):  # the evaluated dataset's, as before
+        result = remine_training_set(first.name, config)
     folder = Path(result["version_dir"])
     manifest = Registry(scratch, dataset).manifest(folder.name)
     return training_set(baseline, folder, manifest, request.evaluation)
@@ -343,7 +344,9 @@ def evaluate_after_publish(config: BuildConfig, version: str) -> dict[str, Any] 
     """The build's last step with `evaluate.eval` set: evaluate the version it just published. A refusal (leakage,
     no rows, ...) is a warning: the version is published either way."""
     try:
-        return evaluate_training_set(config.publish.dataset, version, config.publish.registry, config.evaluate)
+        with dataset_tags(config.publish.dataset):
+            return evaluate_training_set(config.publish.dataset, version, config.publish.registry,
+                                         config.evaluate)
     except EvaluationError as error:
         get_run_logger().warning("evaluation of %s refused: %s", version, error)
         return None

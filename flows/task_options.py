@@ -9,7 +9,7 @@ import functools
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-from prefect import task
+from prefect import tags, task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import TagsContext
 
@@ -52,6 +52,12 @@ def negforge_task(fn: Any, name: str, retried: bool = False) -> Any:
     retry transient errors with backoff."""
     retry = {"retries": 2, "retry_delay_seconds": [2, 10], "retry_condition_fn": _transient} if retried else {}
     return task(_returning_freed_memory(fn), name=name, task_run_name=name, cache_policy=NO_CACHE, **retry)
+
+
+def dataset_tags(dataset: str) -> Any:
+    """The tags of a dataset's flow runs, for the CLI's runs and the subflows a flow starts (inside a flow's body the
+    task runs are untagged, and a subflow run takes its tags from there)."""
+    return tags("negforge", dataset)
 
 
 @contextmanager
