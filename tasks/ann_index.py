@@ -75,7 +75,8 @@ def build_index(corpus: VectorFile, excluded_docs: str | None, cfg: SearchConfig
     if excluded_docs:
         rows = np.setdiff1d(rows, pl.read_parquet(excluded_docs)["dropped_row"].to_numpy().astype(np.int64))
     rng = np.random.default_rng(cfg.seed)
-    sample_size = min(len(rows), max(1, budget_bytes // (4 * corpus.dim * 4)), TRAINING_POINTS_PER_LIST * list_count(cfg, len(rows)))
+    sample_size = min(len(rows), max(1, budget_bytes // (4 * corpus.dim * 4)),
+                      TRAINING_POINTS_PER_LIST * list_count(cfg, len(rows)))
     sample = np.ascontiguousarray(vectors[np.sort(rng.choice(rows, sample_size, replace=False))], dtype=np.float32)
     if cfg.index == "ivf":
         quantizer = faiss.IndexFlatIP(corpus.dim)
