@@ -8,7 +8,7 @@ import logging
 import os
 import signal
 import sys
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -220,10 +220,12 @@ def _stop_in_disguise(error: Exception, received: list[int]) -> int | None:
 
 
 def _run_flow(args: argparse.Namespace, dataset: str, prepare: Callable[[], Callable[[], dict]],
-              report: Callable[[dict], int] | None = None) -> int:
+              report: Callable[[dict], int] | None = None,
+              cluster: Callable[[], AbstractContextManager] | None = None) -> int:
     """Run a flow against the Prefect API (a local one when none is set) and print its result.
 
-    `prepare` imports the flow and returns the call that runs it; it runs while a local server starts. The run is
+    `prepare` imports the flow and returns the call that runs it; it runs while a local server starts, and while
+    `cluster` (the run's Dask cluster, started early) starts. The run is
     tagged with the dataset, as deployment runs are. SIGINT or SIGTERM stops it with one line and exit code 128 +
     the signal's number, after the local server and Dask cluster it started have stopped.
     """
@@ -232,19 +234,20 @@ def _run_flow(args: argparse.Namespace, dataset: str, prepare: Callable[[], Call
 
     try:
         with _stop_on_signals() as received, prefect_api() as api_ready:
-            run = prepare()
-            if not args.debug:
+            if not args.debug:  # before the cluster starts: its workers read the console level when they start
                 _console_without_tracebacks()
                 _quiet_task_runs()
-            api_ready()
-            with dataset_tags(dataset):
-                try:
-                    result = run()
-                except Exception as error:
-                    signum = _stop_in_disguise(error, received)
-                    if signum:
-                        raise Stopped(signum) from None
-                    raise
+            with (cluster or nullcontext)():
+                run = prepare()
+                api_ready()
+                with dataset_tags(dataset):
+                    try:
+                        result = run()
+                    except Exception as error:
+                        signum = _stop_in_disguise(error, received)
+                        if signum:
+                            raise Stopped(signum) from None
+                        raise
     except Stopped as stopped:
         print(f"negforge: stopped by {signal.Signals(stopped.signum).name}; nothing was published", file=sys.stderr)
         return 128 + stopped.signum
@@ -366,13 +369,18 @@ def cmd_build(args: argparse.Namespace) -> int:
 
         return lambda: build_training_set(config)
 
-    return _run_flow(args, config.publish.dataset, prepare)
+    def cluster() -> AbstractContextManager:
+        from negforge.flows.embed_stage import model_warm_up
+        from negforge.flows.task_runner import local_cluster_started_early
+
+        return local_cluster_started_early(config.runtime, model_warm_up(config))
+
+    return _run_flow(args, config.publish.dataset, prepare, cluster=cluster)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     import os
     import signal
-    from contextlib import nullcontext
 
     from negforge.flows import deployments
     from negforge.flows.runtime import local_server

@@ -6,7 +6,8 @@ run's parameters are known: that is when `BuildTaskRunner` reads `runtime` and e
 `runtime.dask_address` or starts a local cluster.
 
 A local cluster belongs to the run: its workers leave the run's process group (a Ctrl-C reaches the whole group), and a
-run stopped by a signal kills them at once instead of waiting for the task each is running.
+run stopped by a signal kills them at once instead of waiting for the task each is running. The CLI starts that cluster
+before the flow run begins (`local_cluster_started_early`), and the run's task runner adopts it.
 """
 
 from __future__ import annotations
@@ -18,9 +19,12 @@ import logging
 import os
 import signal
 import threading
-from typing import Any, Callable
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
 
 import distributed
+import psutil
+from distributed.core import Status
 from prefect.context import FlowRunContext
 from prefect_dask import DaskTaskRunner
 
@@ -35,6 +39,7 @@ def local_cluster_kwargs(runtime: RuntimeConfig) -> dict:
     does not), no statistical profiler, and not Dask's
     default MALLOC_TRIM_THRESHOLD_: setting it freezes glibc's mmap threshold, so every activation tensor is a fresh
     mmap; embedding then page-faulted twice as often and ran 15-30% slower (measured in README "Benchmark").
+    They fork from a server process that has imported torch and sentence-transformers (`_preload_forkserver`).
     """
     import dask
 
@@ -44,18 +49,42 @@ def local_cluster_kwargs(runtime: RuntimeConfig) -> dict:
     if console_level:  # the CLI quiets per-task-run lines on workers' consoles too (flows/cli.py)
         environment["PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"] = console_level
     dask.config.set({"distributed.worker.profile.enabled": False,
-                     "distributed.nanny.pre-spawn-environ": environment})
+                     "distributed.nanny.pre-spawn-environ": environment,
+                     "distributed.worker.multiprocessing-method": "forkserver"})
+    _preload_forkserver()
     workers = runtime.n_workers or max(1, (os.cpu_count() or 1) // runtime.threads_per_worker)
     return {"n_workers": workers, "threads_per_worker": runtime.threads_per_worker, "processes": True,
             "dashboard_address": None, "preload": [__name__], "env": {"TOKENIZERS_PARALLELISM": "true"}}
+
+
+def _preload_forkserver() -> None:
+    """Have local workers fork from one server process that imported torch, sentence-transformers and this module
+    once, instead of each worker importing them (~5 s of CPU each: on two cores, the wait before a +1% rebuild's
+    first embedding). distributed sets the server's preload list the first time it asks for the context; this
+    replaces it before the server starts (it starts with the first worker, in the environment Dask sets for it)."""
+    from distributed.utils import get_mp_context
+
+    get_mp_context().set_forkserver_preload(["distributed", "torch", "sentence_transformers", __name__])
 
 
 def dask_setup(worker: distributed.Worker) -> None:
     """Run in each local worker process as it starts (the cluster's `preload`): move it out of the process group of
     the run, so that a Ctrl-C or a SIGTERM to the group reaches the run only, and stopping the worker is left to its
     nanny there. Otherwise each worker would print a KeyboardInterrupt traceback (polars hooks SIGINT itself), and
-    the nanny would restart the worker it lost. A worker whose parent dies exits on its own (distributed watches)."""
+    the nanny would restart the worker it lost. A worker whose parent dies exits on its own (distributed watches).
+
+    Its torch, OpenMP and BLAS threads are set to its own thread count: it forked from a server whose libraries
+    read their thread settings from the environment of the first local cluster of this process. tqdm (the model's
+    progress bars) gets a thread lock instead of its multiprocessing one, a named semaphore that a killed worker
+    would leave behind (the resource tracker then warns about it when the run's process exits)."""
     os.setsid()
+    import torch
+    import tqdm.std
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(worker.state.nthreads)
+    torch.set_num_threads(worker.state.nthreads)
+    tqdm.std.tqdm.set_lock(threading.RLock())
 
 
 async def _kill_workers(cluster: distributed.LocalCluster) -> None:
@@ -78,12 +107,94 @@ def _run_runtime() -> RuntimeConfig:
     return (config if isinstance(config, BuildConfig) else BuildConfig.model_validate(config)).runtime
 
 
+@dataclass
+class _EarlyCluster:
+    """A local cluster started before its run, with the warm-up tasks submitted to its workers."""
+
+    kwargs: dict
+    cluster: distributed.LocalCluster | None = None
+    client: distributed.Client | None = None
+    warm_ups: list = field(default_factory=list)
+
+
+_EARLY: list[tuple[threading.Thread, _EarlyCluster]] = []  # the one the CLI is starting, until a run adopts it
+
+
+def _submit_warm_ups(client: distributed.Client, warm_up: Callable[[], Any]) -> list:
+    """Run `warm_up` once on every worker, as a plain Dask task (no Prefect task run)."""
+    return [client.submit(warm_up, workers=[address], allow_other_workers=False, pure=False)
+            for address in client.scheduler_info(n_workers=-1)["workers"]]
+
+
+@contextlib.contextmanager
+def local_cluster_started_early(runtime: RuntimeConfig, warm_up: Callable[[], Any]) -> Iterator[None]:
+    """Start the local cluster of a run about to begin, and load the model on its workers, while the caller imports
+    the flow and the Prefect API starts (the CLI: a flow run begins ~5 s after the command). The run's task runner
+    adopts it at its first use and closes it with the run; one not adopted (a run stopped before it began) is
+    closed here, and so is the server its workers forked from: this is for a process that runs one flow (the CLI).
+    Nothing starts when the run connects to `runtime.dask_address`."""
+    if runtime.dask_address:
+        yield
+        return
+    early = _EarlyCluster(local_cluster_kwargs(runtime))
+
+    def start() -> None:
+        with contextlib.suppress(Exception):  # the run then starts its own cluster, and reports what fails there
+            early.cluster = distributed.LocalCluster(**early.kwargs)
+            early.client = distributed.Client(early.cluster)
+            early.warm_ups = _submit_warm_ups(early.client, warm_up)
+
+    starter = threading.Thread(target=start, daemon=True, name="negforge-dask-early")
+    starter.start()
+    _EARLY.append((starter, early))
+    try:
+        yield
+    except BaseException:
+        starter.join()
+        if early.cluster and early.cluster.status == Status.running:  # a run stopped before it adopted the cluster
+            early.cluster.sync(_kill_workers, early.cluster)
+        raise
+    finally:
+        with contextlib.suppress(ValueError):
+            _EARLY.remove((starter, early))
+        starter.join()
+        if early.client:
+            early.client.close()
+        if early.cluster:
+            early.cluster.close()
+        _stop_forkserver()
+
+
+def _stop_forkserver() -> None:
+    """Kill the process the workers forked from, once this process has no more use for it: left to exit on its own
+    when this one does, it spends ~2 s tearing down torch while holding this process's stdout and stderr open."""
+    for child in psutil.Process().children():
+        with contextlib.suppress(psutil.Error):
+            if "multiprocessing.forkserver" in " ".join(child.cmdline()):
+                child.kill()
+
+
+def _adopt_early(kwargs: dict) -> _EarlyCluster | None:
+    """The cluster started early for a run with these LocalCluster arguments, once it is up; None if there is none
+    (or it failed to start: the run then starts its own, and reports the error if it recurs)."""
+    for starter, early in list(_EARLY):
+        if early.kwargs == kwargs:
+            _EARLY.remove((starter, early))
+            starter.join()
+            return early if early.cluster and early.warm_ups else None
+    return None
+
+
 _STARTING = threading.Lock()  # the cluster may be started from a background thread and at the first submit
 
 
 class BuildTaskRunner(DaskTaskRunner):
     """A DaskTaskRunner whose cluster comes from the run's `config.runtime`, decided at the first submit, or earlier
     with `start_in_background` (the local cluster then starts while the flow ingests)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._warm_ups: list = []
 
     def duplicate(self) -> BuildTaskRunner:
         return type(self)()
@@ -97,16 +208,32 @@ class BuildTaskRunner(DaskTaskRunner):
                     self.address = runtime.dask_address
                 else:
                     self.cluster_class, self.cluster_kwargs = distributed.LocalCluster, local_cluster_kwargs(runtime)
+                    self._adopt(_adopt_early(self.cluster_kwargs))
             return DaskTaskRunner.client.fget(self)
 
+    def _adopt(self, early: _EarlyCluster | None) -> None:
+        """Use a cluster started early as this run's own: closed with the run, its warm-ups already submitted."""
+        if early:
+            self._cluster = self._exit_stack.enter_context(early.cluster)
+            self._exit_stack.callback(early.client.close)
+            self._warm_ups = early.warm_ups
+
     def __exit__(self, exc_type: type[BaseException] | None, *rest: Any) -> None:
-        """A run stopped by a signal (a BaseException: KeyboardInterrupt, Prefect's TerminationSignal) kills its local
-        workers first: a worker busy in a model call would otherwise get 4 s to finish before being killed. Dask's
-        warnings about the lost work and the killed workers are expected then, and muted."""
-        if self.cluster_class and self._cluster and exc_type and not issubclass(exc_type, Exception):
-            logging.getLogger("distributed").setLevel(logging.ERROR)
+        """A local cluster's workers are killed first, however the run ended: a finished run has its results (closing
+        them one by one took ~2 s of every build), and a run stopped by a signal (KeyboardInterrupt, Prefect's
+        TerminationSignal) would otherwise give a worker busy in a model call 4 s to finish. Dask's warnings about
+        the killed workers are expected then, and muted while the cluster closes."""
+        if not (self.cluster_class and self._cluster):
+            super().__exit__(exc_type, *rest)
+            return
+        logger = logging.getLogger("distributed")
+        level = logger.level
+        logger.setLevel(logging.ERROR)
+        try:
             self._cluster.sync(_kill_workers, self._cluster)
-        super().__exit__(exc_type, *rest)
+            super().__exit__(exc_type, *rest)
+        finally:
+            logger.setLevel(level)
 
     def start_in_background(self, warm_up: Callable[[], Any] | None = None) -> threading.Thread:
         """Start (or connect to) the cluster in a thread that sees this flow run's context; join it to wait.
@@ -117,9 +244,8 @@ class BuildTaskRunner(DaskTaskRunner):
         existing cluster's workers keep their models between runs."""
         def start() -> None:
             client = self.client
-            if warm_up and self.cluster_class:
-                self._warm_ups = [client.submit(warm_up, workers=[address], allow_other_workers=False, pure=False)
-                                  for address in client.scheduler_info(n_workers=-1)["workers"]]
+            if warm_up and self.cluster_class and not self._warm_ups:
+                self._warm_ups = _submit_warm_ups(client, warm_up)
 
         starter = threading.Thread(target=contextvars.copy_context().run, args=(start,), daemon=True,
                                    name="negforge-dask-start")

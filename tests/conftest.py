@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -22,8 +24,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
 if "PYTEST_XDIST_WORKER" in os.environ or "PREFECT_HOME" not in os.environ:
     # each xdist worker (they inherit the controller's environment) gets its own Prefect home, so its session
-    # server has a database of its own
+    # server has a database of its own; removed when the process ends, after the session server has stopped
     os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="negforge-prefect-home-")
+    atexit.register(shutil.rmtree, os.environ["PREFECT_HOME"], ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
