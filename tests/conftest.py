@@ -142,6 +142,16 @@ runtime:
     return path
 
 
+def local_workers(processes: list) -> list:
+    """The Dask worker processes of a local cluster among `processes` (psutil): they fork from the cluster's
+    forkserver process (flows/task_runner.py)."""
+    def forked(process) -> bool:
+        parent = process.parent()
+        return parent is not None and "multiprocessing.forkserver" in " ".join(parent.cmdline())
+
+    return [process for process in processes if forked(process)]
+
+
 def run_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     """Run `negforge ARGS` as a user would, in the project root."""
     done = subprocess.run([sys.executable, "-m", "negforge.flows.cli", *args], cwd=ROOT, capture_output=True, text=True,

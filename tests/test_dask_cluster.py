@@ -15,7 +15,7 @@ import psutil
 import pytest
 
 from negforge.flows.runtime import free_port
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, local_workers, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -93,8 +93,7 @@ def test_a_killed_worker_loses_no_work_and_a_killed_run_resumes(small_config):
     # a Dask worker process dies part way: its shard runs again elsewhere (taking from the store what the dead worker
     # had stored before dying), and the run publishes once
     process = _build_until(small_config, workdir, 16)
-    workers = [p for p in psutil.Process(process.pid).children(recursive=True)
-               if "spawn_main" in " ".join(p.cmdline())]
+    workers = local_workers(psutil.Process(process.pid).children(recursive=True))
     workers[0].send_signal(signal.SIGKILL)
     out, err = process.communicate(timeout=600)
     assert process.returncode == 0, err[-3000:]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import local_workers, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -107,8 +107,7 @@ def test_a_worker_killed_during_search_reruns_its_partition_and_publishes_once(s
         assert process.poll() is None, process.stderr.read()[-2000:]
         assert time.monotonic() < deadline, "search did not start within 300 s"
         time.sleep(0.05)
-    workers = [p for p in psutil.Process(process.pid).children(recursive=True)
-               if "spawn_main" in " ".join(p.cmdline())]
+    workers = local_workers(psutil.Process(process.pid).children(recursive=True))
     workers[0].send_signal(signal.SIGKILL)
     out, err = process.communicate(timeout=600)
     assert process.returncode == 0, err[-3000:]
