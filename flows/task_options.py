@@ -54,10 +54,15 @@ def negforge_task(fn: Any, name: str, retried: bool = False) -> Any:
     return task(_returning_freed_memory(fn), name=name, task_run_name=name, cache_policy=NO_CACHE, **retry)
 
 
+def run_tags(dataset: str) -> list[str]:
+    """The tags of a dataset's flow runs, from the CLI, a deployment or a subflow: the UI filters a dataset's runs."""
+    return ["negforge", dataset]
+
+
 def dataset_tags(dataset: str) -> Any:
-    """The tags of a dataset's flow runs, for the CLI's runs and the subflows a flow starts (inside a flow's body the
-    task runs are untagged, and a subflow run takes its tags from there)."""
-    return tags("negforge", dataset)
+    """`run_tags` around the CLI's runs and the subflows a flow starts (inside a flow's body the task runs are
+    untagged, and a subflow run takes its tags from there)."""
+    return tags(*run_tags(dataset))
 
 
 @contextmanager

@@ -149,15 +149,12 @@ def local_cluster_started_early(runtime: RuntimeConfig, warm_up: Callable[[], An
     _EARLY.append((starter, early))
     try:
         yield
-    except BaseException:
-        starter.join()
-        if early.cluster and early.cluster.status == Status.running:  # a run stopped before it adopted the cluster
-            early.cluster.sync(_kill_workers, early.cluster)
-        raise
     finally:
         with contextlib.suppress(ValueError):
             _EARLY.remove((starter, early))
         starter.join()
+        if early.cluster and early.cluster.status == Status.running:  # not adopted: a run stopped before it began
+            early.cluster.sync(_kill_workers, early.cluster)
         if early.client:
             early.client.close()
         if early.cluster:
@@ -165,12 +162,17 @@ def local_cluster_started_early(runtime: RuntimeConfig, warm_up: Callable[[], An
         _stop_forkserver()
 
 
+def is_forkserver(process: psutil.Process) -> bool:
+    """Whether `process` is a multiprocessing forkserver (local workers are its children)."""
+    return "multiprocessing.forkserver" in " ".join(process.cmdline())
+
+
 def _stop_forkserver() -> None:
     """Kill the process the workers forked from, once this process has no more use for it: left to exit on its own
     when this one does, it spends ~2 s tearing down torch while holding this process's stdout and stderr open."""
     for child in psutil.Process().children():
         with contextlib.suppress(psutil.Error):
-            if "multiprocessing.forkserver" in " ".join(child.cmdline()):
+            if is_forkserver(child):
                 child.kill()
 
 

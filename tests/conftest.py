@@ -145,11 +145,9 @@ runtime:
 def local_workers(processes: list) -> list:
     """The Dask worker processes of a local cluster among `processes` (psutil): they fork from the cluster's
     forkserver process (flows/task_runner.py)."""
-    def forked(process) -> bool:
-        parent = process.parent()
-        return parent is not None and "multiprocessing.forkserver" in " ".join(parent.cmdline())
+    from negforge.flows.task_runner import is_forkserver
 
-    return [process for process in processes if forked(process)]
+    return [process for process in processes if process.parent() is not None and is_forkserver(process.parent())]
 
 
 def run_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
