@@ -5,9 +5,10 @@ deployment, a trigger with `--set runtime.n_workers=4`). prefect-dask connects o
 run's parameters are known: that is when `BuildTaskRunner` reads `runtime` and either connects to
 `runtime.dask_address` or starts a local cluster.
 
-A local cluster belongs to the run: its workers leave the run's process group (a Ctrl-C reaches the whole group), and a
-run stopped by a signal kills them at once instead of waiting for the task each is running. The CLI starts that cluster
-before the flow run begins (`local_cluster_started_early`), and the run's task runner adopts it.
+A local cluster belongs to the run: its workers fork from a server outside the run's process group (a Ctrl-C reaches
+the whole group), and a run stopped by a signal kills them at once instead of waiting for the task each is running.
+The CLI starts that cluster before the flow run begins (`local_cluster_started_early`), and the run's task runner
+adopts it.
 """
 
 from __future__ import annotations
@@ -64,20 +65,18 @@ def _preload_forkserver() -> None:
     replaces it before the server starts (it starts with the first worker, in the environment Dask sets for it)."""
     from distributed.utils import get_mp_context
 
-    get_mp_context().set_forkserver_preload(["distributed", "torch", "sentence_transformers", __name__])
+    get_mp_context().set_forkserver_preload(["negforge.flows.forkserver_session", "distributed", "torch",
+                                             "sentence_transformers", __name__])
 
 
 def dask_setup(worker: distributed.Worker) -> None:
-    """Run in each local worker process as it starts (the cluster's `preload`): move it out of the process group of
-    the run, so that a Ctrl-C or a SIGTERM to the group reaches the run only, and stopping the worker is left to its
-    nanny there. Otherwise each worker would print a KeyboardInterrupt traceback (polars hooks SIGINT itself), and
-    the nanny would restart the worker it lost. A worker whose parent dies exits on its own (distributed watches).
+    """Run in each local worker process as it starts (the cluster's `preload`). It forked from a server outside the
+    run's process group (flows/forkserver_session.py), so a signal to the group does not reach it.
 
     Its torch, OpenMP and BLAS threads are set to its own thread count: it forked from a server whose libraries
     read their thread settings from the environment of the first local cluster of this process. tqdm (the model's
     progress bars) gets a thread lock instead of its multiprocessing one, a named semaphore that a killed worker
     would leave behind (the resource tracker then warns about it when the run's process exits)."""
-    os.setsid()
     import torch
     import tqdm.std
     from threadpoolctl import threadpool_limits
