@@ -1,28 +1,32 @@
 """The lexical index and the calibration, before the search-and-mine stage; also what a remine calibrates on.
 
 The BM25 index is built once per run (a task; cached by corpus content under runtime.workdir). With `mine.strategy:
-auto`, one task searches the multi-positive queries to the grid's largest depth and a second mines every grid
-setting in every fold and chooses (tasks/calibration.py); the build then mines with the choice. Nothing is published
-from a calibration that did not finish: it runs before mining, in the same run.
+auto`, one task per worker searches its share of the multi-positive queries to the grid's largest depth, one task per
+worker mines its share of the grid's settings in every fold, and the flow chooses (tasks/calibration.py); the build
+then mines with the choice. Nothing is published from a calibration that did not finish: it runs before mining, in
+the same run.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 from prefect import get_run_logger
 
 from negforge.flows.task_options import negforge_task
+from negforge.flows.task_runner import current_task_runner
 from negforge.schemas.config import BuildConfig
 from negforge.schemas.stages import Calibration, CalibrationFiles, SearchJob, Texts
-from negforge.tasks.calibration import MIN_QUERIES, applied, calibrate, calibration_rows, fallback
-from negforge.tasks.calibration_search import calibration_candidates
+from negforge.tasks.calibration import (MIN_QUERIES, applicable_settings, applied, calibration_rows, chosen_setting,
+                                        fallback, grid_depth, measure_settings, save_calibration)
+from negforge.tasks.calibration_search import TABLES, calibration_candidates
 from negforge.tasks.lexical import LexicalError, build_index
 
 lexical_index_task = negforge_task(build_index, "build lexical index", retried=True)
 calibration_candidates_task = negforge_task(calibration_candidates, "calibration candidates", retried=True)
-calibrate_task = negforge_task(calibrate, "calibrate")
+measure_settings_task = negforge_task(measure_settings, "calibrate settings")
 
 
 def lexical_index(texts: Texts, config: BuildConfig) -> str | None:
@@ -45,10 +49,37 @@ def multi_positive_queries(positives: str) -> int:
 
 
 def build_calibration(job: SearchJob, config: BuildConfig, run_dir: Path) -> CalibrationFiles | None:
-    """The calibration candidates of a build with mine.strategy auto (None: fixed, or too few queries to calibrate)."""
-    if config.mine.strategy != "auto" or multi_positive_queries(job.texts.positives) < MIN_QUERIES:
+    """The calibration candidates of a build with mine.strategy auto (None: fixed, or too few queries to calibrate):
+    the multi-positive queries split into one contiguous share per worker, the parts joined in query order."""
+    if config.mine.strategy != "auto":
         return None
-    return calibration_candidates_task.submit(job, config, str(run_dir / "calibration")).result()
+    rows = calibration_rows(pl.read_parquet(job.texts.positives))
+    if len(rows) < MIN_QUERIES:
+        return None
+    depth = grid_depth(config, job.texts.max_positives, job.corpus.rows)
+    futures = [calibration_candidates_task.submit(job, config, share.tolist(), depth)
+               for share in np.array_split(np.array(rows), _workers()) if len(share)]
+    parts = [future.result() for future in futures]
+    meta = {"depth": depth, "folds": config.mine.calibration_folds, "seed": config.mine.seed,
+            "max_positives": job.texts.max_positives, "documents": job.corpus.rows, "searchable": job.searchable}
+    return save_calibration(run_dir / "calibration",
+                            {name: pl.concat([part[name] for part in parts]) for name in TABLES}, meta)
+
+
+def _workers() -> int:
+    runner = current_task_runner()
+    return runner.worker_count() if runner else 1
+
+
+def _calibrate_on_workers(files: CalibrationFiles, positives: str, config: BuildConfig) -> Calibration:
+    """The grid's settings split across the cluster's workers (28 settings x 3 folds took ~2 s on one), then the
+    choice, here."""
+    names, skipped = applicable_settings(files)
+    workers = _workers()
+    futures = [measure_settings_task.submit(files, positives, config, names[start::workers])
+               for start in range(min(workers, len(names)))]
+    measured = {name: frame for future in futures for name, frame in future.result().items()}
+    return chosen_setting(files, {name: measured[name] for name in names}, skipped)
 
 
 def calibrated(config: BuildConfig, positives: str, files: CalibrationFiles | None) -> tuple[BuildConfig,
@@ -61,7 +92,7 @@ def calibrated(config: BuildConfig, positives: str, files: CalibrationFiles | No
         calibration = fallback(multi_positive_queries(positives), config)
         logger.warning("calibration: %s", calibration.message)
         return config, calibration
-    calibration = calibrate_task.submit(files, positives, config).result()
+    calibration = _calibrate_on_workers(files, positives, config)
     for name, reason in calibration.skipped.items():
         logger.warning("calibration: setting %r skipped: %s", name, reason)
     (logger.info if calibration.outcome in ("lowest_false_negative_rate", "tied_and_harder") else logger.warning)(

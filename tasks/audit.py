@@ -23,13 +23,22 @@ def _judged(path: str, fmt: str, positive_threshold: float) -> pl.DataFrame:
     return rows.filter(pl.col("score") > positive_threshold).select("query_id", "doc_id").unique()
 
 
-def rate_with_interval(per_query: pl.DataFrame, seed: int = 0) -> tuple[float, list[float]]:
-    """Ratio of sums (relevant / all) and its 95% percentile-bootstrap interval over queries."""
+def bootstrap_picks(queries: int, seed: int = 0) -> np.ndarray:
+    """BOOTSTRAP_SAMPLES resamples (with replacement) of `queries` query positions, one per line."""
+    return np.random.default_rng(seed).integers(0, queries, size=(BOOTSTRAP_SAMPLES, queries))
+
+
+def bootstrap_rates(per_query: pl.DataFrame, picks: np.ndarray) -> np.ndarray:
+    """The ratio of sums (relevant / all) in each resample of the queries."""
     relevant, total = per_query["relevant"].to_numpy(), per_query["total"].to_numpy()
-    rate = float(relevant.sum() / total.sum())
-    rng = np.random.default_rng(seed)
-    picks = rng.integers(0, len(total), size=(BOOTSTRAP_SAMPLES, len(total)))
-    rates = relevant[picks].sum(axis=1) / np.maximum(total[picks].sum(axis=1), 1)
+    return relevant[picks].sum(axis=1) / np.maximum(total[picks].sum(axis=1), 1)
+
+
+def rate_with_interval(per_query: pl.DataFrame, picks: np.ndarray | None = None) -> tuple[float, list[float]]:
+    """Ratio of sums (relevant / all) and its 95% percentile-bootstrap interval over queries (`picks`: the resamples,
+    default `bootstrap_picks` of these queries)."""
+    rate = float(per_query["relevant"].sum() / per_query["total"].sum())
+    rates = bootstrap_rates(per_query, bootstrap_picks(per_query.height) if picks is None else picks)
     return round(rate, 4), [round(float(x), 4) for x in np.quantile(rates, [0.025, 0.975])]
 
 

@@ -33,7 +33,7 @@ from negforge.schemas.config import BuildConfig
 from negforge.schemas.stages import Calibration, CalibrationFiles
 from negforge.schemas.tables import HIDDEN, frame
 from negforge.tasks.adaptive_depth import depth_levels, mine_adaptively
-from negforge.tasks.audit import BOOTSTRAP_SAMPLES, rate_with_interval
+from negforge.tasks.audit import bootstrap_picks, bootstrap_rates, rate_with_interval
 from negforge.tasks.mine import query_rng
 from negforge.tasks.similarity import candidate_similarity
 
@@ -134,16 +134,14 @@ def grid_depth(config: BuildConfig, max_positives: int, documents: int) -> int:
     return max(depths)
 
 
-def save_calibration(folder: Path, hits: pl.DataFrame, positive_scores: pl.DataFrame, near: pl.DataFrame,
-                     hidden: pl.DataFrame, similarity: pl.DataFrame, meta: dict[str, Any]) -> CalibrationFiles:
-    """Write the calibration's candidates into `folder` (a version keeps them in candidates/calibration/)."""
+def save_calibration(folder: Path, tables: dict[str, pl.DataFrame], meta: dict[str, Any]) -> CalibrationFiles:
+    """Write the calibration's candidates (tasks/calibration_search.py's tables, `hits` with `pos_sim`) into
+    `folder` (a version keeps them in candidates/calibration/)."""
     folder.mkdir(parents=True, exist_ok=True)
-    tables = {"hits": hits.drop("pos_sim"), "positive-scores": positive_scores, "near-pairs": near,
-              "hidden": hidden, "fold-similarity": similarity}
-    for name, table in tables.items():
+    for name, table in (tables | {"hits": tables["hits"].drop("pos_sim")}).items():
         table.write_parquet(folder / f"{name}.parquet")
     (folder / "meta.json").write_text(json.dumps(meta, allow_nan=False))
-    return CalibrationFiles(folder=str(folder), queries=hidden["query_row"].n_unique(), **meta)
+    return CalibrationFiles(folder=str(folder), queries=tables["hidden"]["query_row"].n_unique(), **meta)
 
 
 def load_calibration(folder: Path) -> CalibrationFiles | None:
@@ -177,32 +175,31 @@ def _measure(candidates: pl.DataFrame, hidden: pl.DataFrame, queries: list[int],
 
 
 def _pooled(measured: pl.DataFrame) -> pl.DataFrame:
-    """Per query, its kept negatives and hidden positives among them, summed over the folds (sorted by query)."""
-    return measured.group_by("query_row").agg(pl.col("relevant").sum(), pl.col("total").sum()).sort("query_row")
+    """Per query, summed over the folds: its kept negatives, the hidden positives among them, their score sum, and
+    the folds in which it got all its negatives (sorted by query)."""
+    return (measured.group_by("query_row")
+            .agg(pl.col("relevant", "total", "score_sum").sum(), pl.col("full").cast(pl.UInt32).sum())
+            .sort("query_row"))
 
 
-def _row(name: str, measured: pl.DataFrame, baseline_mean: float | None) -> dict[str, Any]:
+def _row(name: str, pooled: pl.DataFrame, folds: int, baseline_mean: float | None,
+         picks: np.ndarray) -> dict[str, Any]:
     """One line of the table: a setting measured over all folds (rates pooled by query across folds)."""
-    negatives = int(measured["total"].sum())
-    rate, interval = rate_with_interval(_pooled(measured)) if negatives else (None, None)
-    mean = float(measured["score_sum"].sum() / negatives) if negatives else None
+    negatives = int(pooled["total"].sum())
+    rate, interval = rate_with_interval(pooled, picks) if negatives else (None, None)
+    mean = float(pooled["score_sum"].sum() / negatives) if negatives else None
     hardness = round(mean / baseline_mean, 4) if mean is not None and baseline_mean else None
     return {"setting": name, "false_negative_rate": rate, "ci95": interval,
-            "coverage": round(float(measured["full"].mean()), 4), "hardness": hardness,
+            "coverage": round(float(pooled["full"].sum() / (pooled.height * folds)), 4), "hardness": hardness,
             "mean_negative_score": None if mean is None else round(mean, 4), "negatives": negatives}
 
 
-def difference_interval(lowest: pl.DataFrame, other: pl.DataFrame, seed: int = 0) -> list[float]:
+def difference_interval(lowest: pl.DataFrame, other: pl.DataFrame, picks: np.ndarray | None = None) -> list[float]:
     """95% bootstrap interval of `other`'s false-negative rate less `lowest`'s, resampling the same queries for
-    both (paired: each pooled per query, both sorted by query)."""
-    rng = np.random.default_rng(seed)
-    picks = rng.integers(0, lowest.height, size=(BOOTSTRAP_SAMPLES, lowest.height))
-
-    def rates(frame: pl.DataFrame) -> np.ndarray:
-        relevant, total = frame["relevant"].to_numpy(), frame["total"].to_numpy()
-        return relevant[picks].sum(axis=1) / np.maximum(total[picks].sum(axis=1), 1)
-
-    return [round(float(x), 4) for x in np.quantile(rates(other) - rates(lowest), [0.025, 0.975])]
+    both (paired: each pooled per query, both sorted by query; `picks`: the resamples)."""
+    picks = bootstrap_picks(lowest.height) if picks is None else picks
+    differences = bootstrap_rates(other, picks) - bootstrap_rates(lowest, picks)
+    return [round(float(x), 4) for x in np.quantile(differences, [0.025, 0.975])]
 
 
 def choose(table: list[dict[str, Any]], tied: Callable[[str, str], bool]) -> tuple[str, str, str]:
@@ -233,17 +230,23 @@ def choose(table: list[dict[str, Any]], tied: Callable[[str, str], bool]) -> tup
         f"it is the hardest of the {len(ties)} tied settings (hardness {best['hardness']})")
 
 
-def calibrate(files: CalibrationFiles, positives_path: str, config: BuildConfig) -> Calibration:
-    """Mine the calibration candidates with every grid setting in every fold, measure, and choose; `positives_path`
-    is the positives table of the build (tables.POSITIVES)."""
+def applicable_settings(files: CalibrationFiles) -> tuple[list[str], dict[str, str]]:
+    """The grid settings these candidates can be mined with, in grid order, and the skipped ones with the reason."""
+    problem = _lexical_problem(pl.read_parquet(Path(files.folder) / "hits.parquet"))
+    skipped = {name: problem for name in GRID if problem and _uses_lexical(name)}
+    return [name for name in GRID if name not in skipped], skipped
+
+
+def measure_settings(files: CalibrationFiles, positives_path: str, config: BuildConfig,
+                     names: list[str]) -> dict[str, pl.DataFrame]:
+    """Mine the calibration candidates with each named grid setting in every fold: per setting, its per-query
+    measures pooled over the folds. Settings are independent, so a build splits them across its workers."""
     folder = Path(files.folder)
     hits = pl.read_parquet(folder / "hits.parquet")
     positive_scores, near = (pl.read_parquet(folder / f"{name}.parquet") for name in ("positive-scores", "near-pairs"))
     hidden, similarity = (pl.read_parquet(folder / f"{name}.parquet") for name in ("hidden", "fold-similarity"))
     rows = hidden["query_row"].unique().sort().to_list()
     positives = pl.read_parquet(positives_path).filter(pl.col("query_row").is_in(rows))
-    lexical_problem = _lexical_problem(hits)
-    names = [name for name in GRID if not (lexical_problem and _uses_lexical(name))]
     measured: dict[str, list[pl.DataFrame]] = {name: [] for name in names}
     key = ["query_row", "doc_row"]
     for fold in range(files.folds):
@@ -260,22 +263,34 @@ def calibrate(files: CalibrationFiles, positives_path: str, config: BuildConfig)
             candidates, _ = mine_adaptively(fold_hits, fold_positives, fold_scores, near, setting, range_max, levels,
                                             files.searchable)
             measured[name].append(_measure(candidates, hide, rows, config.mine.num_negatives))
-    baseline = pl.concat(measured[BASELINE])
+    return {name: _pooled(pl.concat(frames)) for name, frames in measured.items()}
+
+
+def chosen_setting(files: CalibrationFiles, pooled: dict[str, pl.DataFrame], skipped: dict[str, str]) -> Calibration:
+    """The table of the measured settings (in the order given) and the setting the rule chooses. Every interval
+    resamples the queries the same way, so the table's and the differences' intervals are paired."""
+    baseline = pooled[BASELINE]
     baseline_mean = float(baseline["score_sum"].sum() / baseline["total"].sum()) if baseline["total"].sum() else None
-    table = [_row(name, pl.concat(measured[name]), baseline_mean) for name in names]
-    pooled = {name: _pooled(pl.concat(frames)) for name, frames in measured.items()}
+    picks = bootstrap_picks(baseline.height)
+    table = [_row(name, frame, files.folds, baseline_mean, picks) for name, frame in pooled.items()]
     differences: dict[str, list[float]] = {}
 
     def tied(lowest: str, other: str) -> bool:
-        low, high = differences.setdefault(other, difference_interval(pooled[lowest], pooled[other]))
+        low, high = differences.setdefault(other, difference_interval(pooled[lowest], pooled[other], picks))
         return low <= 0 <= high
 
     choice, outcome, reason = choose(table, tied)
     for row in table:
         row["difference_ci95"] = differences.get(row["setting"])
-    skipped = {name: lexical_problem for name in GRID if name not in names}
     return Calibration(outcome=outcome, choice=choice, settings=setting_fields(choice), message=reason,
-                       queries=len(rows), folds=files.folds, table=tuple(table), skipped=skipped)
+                       queries=baseline.height, folds=files.folds, table=tuple(table), skipped=skipped)
+
+
+def calibrate(files: CalibrationFiles, positives_path: str, config: BuildConfig) -> Calibration:
+    """Mine the calibration candidates with every grid setting in every fold, measure, and choose, in this process;
+    `positives_path` is the positives table of the build (tables.POSITIVES)."""
+    names, skipped = applicable_settings(files)
+    return chosen_setting(files, measure_settings(files, positives_path, config, names), skipped)
 
 
 def fallback(queries: int, config: BuildConfig) -> Calibration:

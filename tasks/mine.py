@@ -36,14 +36,29 @@ def _mark(reason: np.ndarray, mask: np.ndarray, name: str) -> None:
     reason[mask & (reason == 0)] = _CODE[name]
 
 
+def _found(sorted_keys: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each of `keys`, its position in `sorted_keys` (unique, sorted; clipped when absent) and whether it is there.
+    numpy, not a polars join: mining runs once per depth level and per calibration setting, on small tables."""
+    if not len(sorted_keys):
+        return np.zeros(len(keys), dtype=np.int64), np.zeros(len(keys), dtype=bool)
+    at = np.minimum(np.searchsorted(sorted_keys, keys), len(sorted_keys) - 1)
+    return at, sorted_keys[at] == keys
+
+
+def _pair_keys(q: np.ndarray, d: np.ndarray) -> np.ndarray:
+    return (np.asarray(q, dtype=np.uint64) << np.uint64(32)) | np.asarray(d, dtype=np.uint64)
+
+
 def _positive_flags(q: np.ndarray, d: np.ndarray, positives: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """Whether each candidate is a positive of its query by id, or only by text (a duplicate document)."""
-    flags = (positives.group_by(["query_row", "doc_row"]).agg(pl.col("canonical").any())
-             .with_columns(pl.col("query_row", "doc_row").cast(pl.UInt32)))
-    joined = (pl.DataFrame({"query_row": q, "doc_row": d}, schema={"query_row": pl.UInt32, "doc_row": pl.UInt32})
-              .join(flags, on=["query_row", "doc_row"], how="left", maintain_order="left")["canonical"])
-    by_id = joined.fill_null(False).to_numpy()
-    return by_id, (joined.is_not_null() & ~joined.fill_null(True)).to_numpy()
+    pairs, where = np.unique(_pair_keys(positives["query_row"].to_numpy(), positives["doc_row"].to_numpy()),
+                             return_inverse=True)
+    canonical = np.zeros(len(pairs), dtype=bool)
+    np.logical_or.at(canonical, where, positives["canonical"].to_numpy())
+    at, found = _found(pairs, _pair_keys(q, d))
+    by_id = np.zeros(len(found), dtype=bool)
+    by_id[found] = canonical[at[found]]
+    return by_id, found & ~by_id
 
 
 def _position_among(q: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -171,10 +186,15 @@ def _lowest_positive(q: np.ndarray, positive_scores: pl.DataFrame, column: str) 
 
     RocketQA drops a candidate the cross-encoder scores above its threshold; GISTEmbed one the guide scores above the
     query's lowest positive less the margin: both are RescoreConfig.bound of this value."""
-    lowest = positive_scores.group_by("query_row").agg(pl.col(column).min().cast(pl.Float32))
-    joined = pl.DataFrame({"query_row": q}, schema={"query_row": pl.UInt32}).join(
-        lowest.with_columns(pl.col("query_row").cast(pl.UInt32)), on="query_row", how="left", maintain_order="left")
-    return joined[column].fill_null(float("nan")).to_numpy()
+    order = np.argsort(positive_scores["query_row"].to_numpy(), kind="stable")
+    rows = positive_scores["query_row"].to_numpy()[order]
+    values = positive_scores[column].cast(pl.Float32).to_numpy()[order]
+    queries, starts = np.unique(rows, return_index=True)
+    lowest = np.fmin.reduceat(values, starts) if len(values) else values  # fmin: a missing score is skipped
+    at, found = _found(queries.astype(np.int64), np.asarray(q, dtype=np.int64))
+    per_candidate = np.full(len(found), np.nan, dtype=np.float32)
+    per_candidate[found] = lowest[at[found]]
+    return per_candidate
 
 
 def _query_ids(positives: pl.DataFrame) -> dict[int, str]:
