@@ -1,8 +1,12 @@
-"""Command-line arguments shared by the benchmarks: where SciFact is and where to work."""
+"""Shared by the benchmarks: their command-line arguments (where SciFact is, where to work) and a timed build."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,3 +30,17 @@ def data_and_work(description: str) -> tuple[Path, Path]:
     """Parse --data and --work only."""
     args = parser(description).parse_args()
     return args.data, args.work
+
+
+def timed_build(overrides: list[str], what: str) -> tuple[dict, float]:
+    """One `negforge build` of the demo config with `--set` overrides, in a fresh process: its manifest and wall
+    seconds; a failed build stops the benchmark, naming `what`."""
+    command = [sys.executable, "-m", "negforge.flows.cli", "build", "--config", str(DEMO_CONFIG)]
+    for override in overrides:
+        command += ["--set", override]
+    start = time.perf_counter()
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if done.returncode:
+        raise SystemExit(f"{what}: negforge build failed:\n{done.stderr[-3000:]}")
+    return json.loads((Path(done.stdout.strip().splitlines()[-1]) / "manifest.json").read_text()), seconds

@@ -14,30 +14,19 @@ from __future__ import annotations
 
 import json
 import statistics
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-from bench_args import DEMO_CONFIG, ROOT, parser
+from bench_args import parser, timed_build
 
 
 def build(data: Path, work: Path, strategy: str, negatives: int) -> tuple[float, dict]:
     """One `negforge build` of SciFact train with `strategy`: its wall seconds and manifest."""
-    command = [sys.executable, "-m", "negforge.flows.cli", "build", "--config", str(DEMO_CONFIG)]
-    for override in [f"input.corpus={data / 'corpus.jsonl'}", f"input.queries={data / 'queries.jsonl'}",
-                     f"input.qrels={data / 'qrels' / 'train.tsv'}", "validate.eval_qrels=null",
-                     "output.exports=[]", f"mine.strategy={strategy}", f"mine.num_negatives={negatives}",
-                     f"publish.registry={work / 'registry'}", f"publish.dataset=cost-{strategy}",
-                     f"runtime.workdir={work / 'negforge'}"]:
-        command += ["--set", override]
-    start = time.perf_counter()
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
-    seconds = time.perf_counter() - start
-    if done.returncode:
-        raise SystemExit(f"{strategy} build failed:\n{done.stderr[-3000:]}")
-    version = Path(done.stdout.strip().splitlines()[-1])
-    return seconds, json.loads((version / "manifest.json").read_text())
+    manifest, seconds = timed_build(
+        [f"input.corpus={data / 'corpus.jsonl'}", f"input.queries={data / 'queries.jsonl'}",
+         f"input.qrels={data / 'qrels' / 'train.tsv'}", "validate.eval_qrels=null", "output.exports=[]",
+         f"mine.strategy={strategy}", f"mine.num_negatives={negatives}", f"publish.registry={work / 'registry'}",
+         f"publish.dataset=cost-{strategy}", f"runtime.workdir={work / 'negforge'}"], strategy)
+    return seconds, manifest
 
 
 def main() -> None:

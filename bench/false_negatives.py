@@ -20,12 +20,9 @@ from __future__ import annotations
 import json
 import random
 import statistics
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-from bench_args import DEMO_CONFIG, ROOT, parser
+from bench_args import parser, timed_build
 
 SETTINGS = {
     "plain top-k": ["mine.strategy=fixed", "mine.relative_margin=null", "mine.max_positive_similarity=null",
@@ -58,17 +55,10 @@ def hide_one(qrels: Path, fold: int, out: Path) -> tuple[Path, Path]:
 
 def build(data: Path, qrels: Path, hidden: Path, work: Path, dataset: str, overrides: list[str]) -> tuple[dict, float]:
     """One `negforge build` in a fresh process: its manifest and wall seconds."""
-    command = [sys.executable, "-m", "negforge.flows.cli", "build", "--config", str(DEMO_CONFIG)]
-    for override in [f"input.corpus={data / 'corpus.jsonl'}", f"input.queries={data / 'queries.jsonl'}",
-                     f"input.qrels={qrels}", f"audit.qrels={hidden}", f"publish.registry={work / 'registry'}",
-                     f"publish.dataset={dataset}", f"runtime.workdir={work / 'negforge'}", *COMMON, *overrides]:
-        command += ["--set", override]
-    start = time.perf_counter()
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
-    seconds = time.perf_counter() - start
-    if done.returncode:
-        raise SystemExit(f"{dataset}: negforge build failed:\n{done.stderr[-3000:]}")
-    return json.loads((Path(done.stdout.strip().splitlines()[-1]) / "manifest.json").read_text()), seconds
+    return timed_build([f"input.corpus={data / 'corpus.jsonl'}", f"input.queries={data / 'queries.jsonl'}",
+                        f"input.qrels={qrels}", f"audit.qrels={hidden}", f"publish.registry={work / 'registry'}",
+                        f"publish.dataset={dataset}", f"runtime.workdir={work / 'negforge'}", *COMMON, *overrides],
+                       dataset)
 
 
 def main() -> None:
