@@ -57,7 +57,8 @@ def audit(candidates: pl.DataFrame, positives: pl.DataFrame, doc_ids: pl.DataFra
     if not audited:
         return {"n_queries": 0}
     kept = named.filter(pl.col("reason").is_null())
-    per_query = kept.group_by("query_id").agg(pl.col("relevant").sum().alias("relevant"), pl.len().alias("total"))
+    per_query = (kept.group_by("query_id").agg(pl.col("relevant").sum().alias("relevant"), pl.len().alias("total"))
+                 .sort("query_id"))  # in a fixed order: the bootstrap's resamples are positions
     rate, interval = rate_with_interval(per_query) if per_query.height else (None, None)  # no negatives: undefined
     by_reason = (named.filter(pl.col("reason").is_not_null()).group_by("reason")
                  .agg(pl.col("relevant").mean().round(4).alias("judged_relevant"), pl.len().alias("candidates"))

@@ -27,3 +27,19 @@ def test_audit_counts_judged_relevant_negatives_overall_and_per_reason(tmp_path)
     assert report["by_reason"]["max_score"] == {"judged_relevant": 0.5, "candidates": 2}
     assert report["coverage"] == 1.0
     assert report["negative_score"]["mean"] == round((0.88 + 0.87) / 2, 4)
+
+
+def test_the_audit_interval_does_not_depend_on_the_order_of_the_candidates(tmp_path):
+    """The bootstrap resamples query positions: the per-query table must come in a fixed order, or the same build's
+    interval changes from run to run."""
+    candidates = {q: [(d, 0.9 - d / 100) for d in range(1, 9)] for q in range(40)}
+    hits, pos, scores, ids = _case(candidates, {q: [(0, 0.95, True)] for q in range(40)})
+    mined = mine(hits, pos, scores, MineConfig(num_negatives=4, relative_margin=None), 10)
+    judged = [f"q{q}\td{d}\t1" for q in range(40) for d in range(1, 1 + q % 5)]  # 0-4 of 4 negatives relevant
+    qrels = tmp_path / "heldout.tsv"
+    qrels.write_text("query-id\tcorpus-id\tscore\n" + "\n".join(judged) + "\n")
+    doc_ids = pl.DataFrame({"row": range(9), "id": [f"d{i}" for i in range(9)]},
+                           schema={"row": pl.UInt32, "id": pl.String})
+    intervals = {tuple(audit(mined.sample(fraction=1.0, shuffle=True, seed=seed), pos, doc_ids, str(qrels), "auto",
+                             0.0, 4)["ci95"]) for seed in range(8)}
+    assert len(intervals) == 1, intervals
