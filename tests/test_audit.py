@@ -33,7 +33,7 @@ def test_the_audit_interval_does_not_depend_on_the_order_of_the_candidates(tmp_p
     """The bootstrap resamples query positions: the per-query table must come in a fixed order, or the same build's
     interval changes from run to run."""
     candidates = {q: [(d, 0.9 - d / 100) for d in range(1, 9)] for q in range(40)}
-    hits, pos, scores, ids = _case(candidates, {q: [(0, 0.95, True)] for q in range(40)})
+    hits, pos, scores, _ = _case(candidates, {q: [(0, 0.95, True)] for q in range(40)})
     mined = mine(hits, pos, scores, MineConfig(num_negatives=4, relative_margin=None), 10)
     judged = [f"q{q}\td{d}\t1" for q in range(40) for d in range(1, 1 + q % 5)]  # 0-4 of 4 negatives relevant
     qrels = tmp_path / "heldout.tsv"
