@@ -151,8 +151,8 @@ def _build(config: BuildConfig, worker_count: Any) -> dict[str, Any]:
     mining, calibration, calibration_files = config, None, None
     if config.mine.strategy == "auto":
         with _timed(timings, "calibrate"):
-            calibration_files = build_calibration(job, config, run_dir)
-            mining, calibration = calibrated(config, texts.positives, calibration_files)
+            calibration_files = build_calibration(job, config, run_dir, worker_count())
+            mining, calibration = calibrated(config, texts.positives, calibration_files, worker_count())
     job = replace(job, bound=mining.depth_bound(texts.max_positives, embedded.corpus.rows))
     with _timed(timings, "search_and_mine"):
         parts, probe = search_and_mine_all(job, mining, run_dir, worker_count())

@@ -16,7 +16,6 @@ import polars as pl
 from prefect import get_run_logger
 
 from negforge.flows.task_options import negforge_task
-from negforge.flows.task_runner import current_task_runner
 from negforge.schemas.config import BuildConfig
 from negforge.schemas.stages import Calibration, CalibrationFiles, SearchJob, Texts
 from negforge.tasks.calibration import (MIN_QUERIES, applicable_settings, applied, calibration_rows, chosen_setting,
@@ -48,7 +47,7 @@ def multi_positive_queries(positives: str) -> int:
     return len(calibration_rows(pl.read_parquet(positives)))
 
 
-def build_calibration(job: SearchJob, config: BuildConfig, run_dir: Path) -> CalibrationFiles | None:
+def build_calibration(job: SearchJob, config: BuildConfig, run_dir: Path, workers: int) -> CalibrationFiles | None:
     """The calibration candidates of a build with mine.strategy auto (None: fixed, or too few queries to calibrate):
     the multi-positive queries split into one contiguous share per worker, the parts joined in query order."""
     if config.mine.strategy != "auto":
@@ -58,7 +57,7 @@ def build_calibration(job: SearchJob, config: BuildConfig, run_dir: Path) -> Cal
         return None
     depth = grid_depth(config, job.texts.max_positives, job.corpus.rows)
     futures = [calibration_candidates_task.submit(job, config, share.tolist(), depth)
-               for share in np.array_split(np.array(rows), _workers()) if len(share)]
+               for share in np.array_split(np.array(rows), workers) if len(share)]
     parts = [future.result() for future in futures]
     meta = {"depth": depth, "folds": config.mine.calibration_folds, "seed": config.mine.seed,
             "max_positives": job.texts.max_positives, "documents": job.corpus.rows, "searchable": job.searchable}
@@ -66,24 +65,18 @@ def build_calibration(job: SearchJob, config: BuildConfig, run_dir: Path) -> Cal
                             {name: pl.concat([part[name] for part in parts]) for name in TABLES}, meta)
 
 
-def _workers() -> int:
-    runner = current_task_runner()
-    return runner.worker_count() if runner else 1
-
-
-def _calibrate_on_workers(files: CalibrationFiles, positives: str, config: BuildConfig) -> Calibration:
+def _calibrate_on_workers(files: CalibrationFiles, positives: str, config: BuildConfig, workers: int) -> Calibration:
     """The grid's settings split across the cluster's workers (28 settings x 3 folds took ~2 s on one), then the
     choice, here."""
     names, skipped = applicable_settings(files)
-    workers = _workers()
     futures = [measure_settings_task.submit(files, positives, config, names[start::workers])
                for start in range(min(workers, len(names)))]
     measured = {name: frame for future in futures for name, frame in future.result().items()}
     return chosen_setting(files, {name: measured[name] for name in names}, skipped)
 
 
-def calibrated(config: BuildConfig, positives: str, files: CalibrationFiles | None) -> tuple[BuildConfig,
-                                                                                          Calibration | None]:
+def calibrated(config: BuildConfig, positives: str, files: CalibrationFiles | None,
+               workers: int) -> tuple[BuildConfig, Calibration | None]:
     """The config to mine with (the chosen setting applied) and the calibration that chose it (None: fixed)."""
     if config.mine.strategy != "auto":
         return config, None
@@ -92,7 +85,7 @@ def calibrated(config: BuildConfig, positives: str, files: CalibrationFiles | No
         calibration = fallback(multi_positive_queries(positives), config)
         logger.warning("calibration: %s", calibration.message)
         return config, calibration
-    calibration = _calibrate_on_workers(files, positives, config)
+    calibration = _calibrate_on_workers(files, positives, config, workers)
     for name, reason in calibration.skipped.items():
         logger.warning("calibration: setting %r skipped: %s", name, reason)
     (logger.info if calibration.outcome in ("lowest_false_negative_rate", "tied_and_harder") else logger.warning)(

@@ -42,7 +42,8 @@ def _remine(source: str, config: BuildConfig) -> dict[str, Any]:
     started = datetime.now(timezone.utc)
     run_dir = new_run_dir(config, started)
     timings: dict[str, float] = {}
-    mining, calibration = calibrated(config, stored.texts.positives, stored.calibration)
+    workers = os.cpu_count() or 1
+    mining, calibration = calibrated(config, stored.texts.positives, stored.calibration, workers)
     meta = stored.meta
     range_max, mine_depth = mining.window_and_depth(meta.max_positives)
     base = {
@@ -55,7 +56,7 @@ def _remine(source: str, config: BuildConfig) -> dict[str, Any]:
     queries = pl.scan_parquet(stored.texts.query_files).select(pl.len()).collect().item()
     levels = depth_levels(mine_depth, mining.depth_bound(meta.max_positives, meta.documents))
     parts = mine_stored_all(stored.texts, stored.files, queries, mining, range_max, levels, meta.searchable, run_dir,
-                            workers=os.cpu_count() or 1)
+                            workers=workers)
     base["task_runs"] = {"mine": len(parts)}
     return mine_and_publish(config, stored.texts, parts, run_dir, timings, base, meta, parent=source, mining=mining,
                             corpus_duplicates=stored.corpus_duplicates, calibration_files=stored.calibration)

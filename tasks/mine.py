@@ -186,9 +186,9 @@ def _lowest_positive(q: np.ndarray, positive_scores: pl.DataFrame, column: str) 
 
     RocketQA drops a candidate the cross-encoder scores above its threshold; GISTEmbed one the guide scores above the
     query's lowest positive less the margin: both are RescoreConfig.bound of this value."""
-    order = np.argsort(positive_scores["query_row"].to_numpy(), kind="stable")
-    rows = positive_scores["query_row"].to_numpy()[order]
-    values = positive_scores[column].cast(pl.Float32).to_numpy()[order]
+    rows = positive_scores["query_row"].to_numpy()
+    order = np.argsort(rows, kind="stable")
+    rows, values = rows[order], positive_scores[column].cast(pl.Float32).to_numpy()[order]
     queries, starts = np.unique(rows, return_index=True)
     lowest = np.fmin.reduceat(values, starts) if len(values) else values  # fmin: a missing score is skipped
     at, found = _found(queries.astype(np.int64), np.asarray(q, dtype=np.int64))

@@ -91,7 +91,7 @@ def test_a_signal_during_embedding_stops_the_build_and_everything_it_started(emb
 
 def test_a_build_killed_outright_leaves_no_process(embedding):
     cli, tree, _ = embedding
-    cli.kill()  # SIGKILL to the build alone: its server and workers' forkserver, in their own sessions, stop by themselves
+    cli.kill()  # SIGKILL to the build alone: its server and the workers' forkserver stop by themselves
     _wait(lambda: not any(_alive(p) for p in tree), 10, "the whole process tree gone")
 
 
