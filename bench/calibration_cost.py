@@ -21,7 +21,7 @@ from bench_args import parser, timed_build
 
 def build(data: Path, work: Path, strategy: str, negatives: int) -> tuple[float, dict]:
     """One `negforge build` of SciFact train with `strategy`: its wall seconds and manifest."""
-    manifest, seconds = timed_build(
+    manifest, seconds, _ = timed_build(
         [f"input.corpus={data / 'corpus.jsonl'}", f"input.queries={data / 'queries.jsonl'}",
          f"input.qrels={data / 'qrels' / 'train.tsv'}", "validate.eval_qrels=null", "output.exports=[]",
          f"mine.strategy={strategy}", f"mine.num_negatives={negatives}", f"publish.registry={work / 'registry'}",

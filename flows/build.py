@@ -25,7 +25,7 @@ from prefect.cache_policies import NO_CACHE
 
 from negforge.flows.corpus_dedup_stage import dedup_corpus
 from negforge.flows.embed_stage import embed_stage, model_warm_up
-from negforge.flows.calibration_stage import build_calibration, calibrated, lexical_index
+from negforge.flows.calibration_stage import build_calibration, calibrated, lexical_index, topic_sample
 from negforge.flows.partition_stage import combine_all, search_and_mine_all, search_job
 from negforge.flows.run_report import publish_artifacts, reject_lines
 from negforge.flows.task_options import negforge_task, untagged_task_runs
@@ -148,12 +148,15 @@ def _build(config: BuildConfig, worker_count: Any) -> dict[str, Any]:
         with _timed(timings, "lexical_index"):
             index = lexical_index(texts, config)
     job = search_job(texts, embedded, config, corpus_dedup, index, run_dir, worker_count())
-    mining, calibration, calibration_files = config, None, None
-    if config.mine.strategy == "auto":
+    mining, calibration, calibration_files, sample, topic = config, None, None, None, None
+    if config.mine.strategy == "auto" or config.mine.topic_quantile is not None:
         with _timed(timings, "calibrate"):
+            sample = topic_sample(job, config, run_dir, worker_count())
             calibration_files = build_calibration(job, config, run_dir, worker_count())
-            mining, calibration = calibrated(config, texts.positives, calibration_files, worker_count())
-    job = replace(job, bound=mining.depth_bound(texts.max_positives, embedded.corpus.rows))
+            mining, calibration, topic = calibrated(config, texts.positives, calibration_files, worker_count(), sample)
+    range_max, depth = mining.window_and_depth(texts.max_positives)  # the window of the options mined with
+    job = replace(job, depth=depth, range_max=range_max,
+                  bound=mining.depth_bound(texts.max_positives, embedded.corpus.rows))
     with _timed(timings, "search_and_mine"):
         parts, probe = search_and_mine_all(job, mining, run_dir, worker_count())
     if probe:
@@ -172,7 +175,7 @@ def _build(config: BuildConfig, worker_count: Any) -> dict[str, Any]:
         "counts": counts.as_dict(),
         "rejects": {"path": ingested.rejects_path, "reasons": ingested.reject_reasons,
                     "samples": ingested.reject_samples},
-        "calibration": calibration.as_dict() if calibration else None,
+        "calibration": calibration.as_dict() if calibration else None, "topic": topic,
         "run_dir": str(run_dir),
         "task_runs": {"embed": embedded.task_runs, "dedup_corpus": corpus_dedup.task_runs if corpus_dedup else 0,
                       "approximate_index": 2 if probe else 0, "search_and_mine": len(parts)},
@@ -180,16 +183,16 @@ def _build(config: BuildConfig, worker_count: Any) -> dict[str, Any]:
         if corpus_dedup else None,
     }
     stored = StoreMeta(depth=job.depth, max_positives=texts.max_positives, documents=embedded.corpus.rows,
-                       searchable=job.searchable, lexical=job.lexical_index is not None)
+                       searchable=job.searchable, lexical=job.lexical_index is not None, topic=True)
     return mine_and_publish(config, texts, parts, run_dir, timings, base, stored, mining=mining,
                             corpus_duplicates=corpus_dedup.corpus_duplicates if corpus_dedup else None,
-                            calibration_files=calibration_files)
+                            calibration_files=calibration_files, topic_sample=sample)
 
 
 def mine_and_publish(config: BuildConfig, texts: Texts, parts: list[MinedPartition], run_dir: Path,
                      timings: dict[str, float], base: dict[str, Any], stored: StoreMeta, parent: str | None = None,
                      mining: BuildConfig | None = None, corpus_duplicates: str | None = None,
-                     calibration_files: CalibrationFiles | None = None) -> dict[str, Any]:
+                     calibration_files: CalibrationFiles | None = None, topic_sample: str | None = None) -> dict[str, Any]:
     """The tail shared by build and remine: combine the mined partitions, write (with the candidates), validate,
     publish.
 
@@ -201,6 +204,7 @@ def mine_and_publish(config: BuildConfig, texts: Texts, parts: list[MinedPartiti
         mining: the config mined with (the calibration's choice applied; default: config).
         corpus_duplicates: the corpus deduplication record, kept with the candidates.
         calibration_files: the calibration's candidates, kept with the candidates.
+        topic_sample: the topic sample (tasks/topic.py), kept with the candidates.
     """
     logger = get_run_logger()
     mining = mining or config
@@ -218,7 +222,7 @@ def mine_and_publish(config: BuildConfig, texts: Texts, parts: list[MinedPartiti
         with _timed(timings, "write"):
             written = write_task(mined, texts, mining, str(staging))
             save_candidates(staging / "candidates", [p.candidates for p in parts], texts, stored, corpus_duplicates,
-                            calibration_files.folder if calibration_files else None)
+                            calibration_files.folder if calibration_files else None, topic_sample)
         latest = registry.latest()
         with _timed(timings, "validate"):
             validation = validate_candidate_task(str(staging), mined, texts, mining,

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from negforge.schemas.config import apply_overrides, validate_config
-from negforge.tasks.calibration import CalibrationError, calibrate
+from negforge.tasks.calibration import CalibrationError, calibrate, false_negative_estimate
 from negforge.tasks.candidate_store import load_candidates
 from negforge.tasks.registry import NotFound, Registry
 
@@ -25,7 +25,8 @@ def _cell(value: Any) -> str:
 
 def table_lines(table: list[dict[str, Any]]) -> list[str]:
     """The calibration table as aligned text lines."""
-    header = ("setting", "false_negative_rate", "ci95", "coverage", "hardness", "mean_negative_score")
+    header = ("setting", "false_negative_rate", "ci95", "vs_plain", "vs_plain_ci95", "coverage", "hardness",
+              "mean_negative_score")
     rows = [header] + [tuple(_cell(row[key]) for key in header) for row in table]
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
@@ -44,10 +45,11 @@ def calibrate_version(registry_folder: str, target: str, overrides: list[str]) -
     if stored.calibration is None:
         raise CalibrationError(f"{dataset}@{version} holds no calibration candidates (built with mine.strategy fixed, "
                                f"or fewer than 20 queries with several positives); build it with mine.strategy=auto")
-    result = calibrate(stored.calibration, stored.texts.positives, config)
-    lines = [f"{dataset}@{version}: {result.queries} queries with two or more positives, {result.folds} folds",
-             *table_lines(list(result.table))]
+    result = calibrate(stored.calibration, stored.texts.positives, config, stored.topic_sample)
+    lines = [f"{dataset}@{version}: {result.queries} queries with two or more positives, at most {result.folds} "
+             f"folds, each hiding another of their positives", *table_lines(list(result.table))]
     lines += [f"skipped {name!r}: {reason}" for name, reason in result.skipped.items()]
     lines += [f"chosen: {result.choice} ({result.message})",
-              "settings: " + " ".join(f"{key}={value}" for key, value in result.settings.items())]
+              "settings: " + " ".join(f"{key}={value}" for key, value in result.settings.items()),
+              false_negative_estimate(result.as_dict(), None)]
     return lines

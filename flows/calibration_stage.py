@@ -1,15 +1,19 @@
-"""The lexical index and the calibration, before the search-and-mine stage; also what a remine calibrates on.
+"""The lexical index, the topic sample and the calibration, before the search-and-mine stage; also what a remine
+calibrates on.
 
-The BM25 index is built once per run (a task; cached by corpus content under runtime.workdir). With `mine.strategy:
-auto`, one task per worker searches its share of the multi-positive queries to the grid's largest depth, one task per
-worker mines its share of the grid's settings in every fold, and the flow chooses (tasks/calibration.py); the build
-then mines with the choice. Nothing is published from a calibration that did not finish: it runs before mining, in
-the same run.
+The BM25 index is built once per run (a task; cached by corpus content under runtime.workdir). The topic sample
+(tasks/topic.py; with `mine.strategy: auto` or `mine.topic_quantile`) is one task per worker searching its share of
+the sampled queries to TOPIC_SIZE. With `mine.strategy: auto`, one task per worker searches its share of the
+multi-positive queries to the grid's largest depth, one task per worker mines its share of the grid's settings in
+every fold, and the flow chooses (tasks/calibration.py); the build then mines with the choice, its topic quantile
+turned into a bound from the sample. Nothing is published from a calibration that did not finish: it runs before
+mining, in the same run.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -22,10 +26,13 @@ from negforge.tasks.calibration import (MIN_QUERIES, applicable_settings, applie
                                         fallback, grid_depth, measure_settings, save_calibration)
 from negforge.tasks.calibration_search import TABLES, calibration_candidates
 from negforge.tasks.lexical import LexicalError, build_index
+from negforge.tasks.topic import sample_rows, with_topic_bound
+from negforge.tasks.topic_sample import sample_topic_similarity
 
 lexical_index_task = negforge_task(build_index, "build lexical index", retried=True)
 calibration_candidates_task = negforge_task(calibration_candidates, "calibration candidates", retried=True)
 measure_settings_task = negforge_task(measure_settings, "calibrate settings")
+topic_sample_task = negforge_task(sample_topic_similarity, "topic sample", retried=True)
 
 
 def lexical_index(texts: Texts, config: BuildConfig) -> str | None:
@@ -65,30 +72,56 @@ def build_calibration(job: SearchJob, config: BuildConfig, run_dir: Path, worker
                             {name: pl.concat([part[name] for part in parts]) for name in TABLES}, meta)
 
 
-def _calibrate_on_workers(files: CalibrationFiles, positives: str, config: BuildConfig, workers: int) -> Calibration:
+def topic_sample(job: SearchJob, config: BuildConfig, run_dir: Path, workers: int) -> str | None:
+    """The topic sample's file (None when nothing derives a topic bound: mine.strategy fixed without
+    mine.topic_quantile): the sampled queries split into one contiguous share per worker, joined in query order."""
+    if config.mine.strategy != "auto" and config.mine.topic_quantile is None:
+        return None
+    rows = sample_rows(pl.read_parquet(job.texts.positives, columns=["query_row", "query_id"]))
+    futures = [topic_sample_task.submit(job, share.tolist()) for share in np.array_split(np.array(rows), workers)
+               if len(share)]
+    path = run_dir / "topic-sample.parquet"
+    pl.concat([future.result() for future in futures]).write_parquet(path)
+    return str(path)
+
+
+def _calibrate_on_workers(files: CalibrationFiles, positives: str, config: BuildConfig, workers: int,
+                          sample: str | None) -> Calibration:
     """The grid's settings split across the cluster's workers (28 settings x 3 folds took ~2 s on one), then the
     choice, here."""
-    names, skipped = applicable_settings(files)
-    futures = [measure_settings_task.submit(files, positives, config, names[start::workers])
+    names, skipped = applicable_settings(files, sample)
+    futures = [measure_settings_task.submit(files, positives, config, names[start::workers], sample)
                for start in range(min(workers, len(names)))]
     measured = {name: frame for future in futures for name, frame in future.result().items()}
     return chosen_setting(files, {name: measured[name] for name in names}, skipped)
 
 
-def calibrated(config: BuildConfig, positives: str, files: CalibrationFiles | None,
-               workers: int) -> tuple[BuildConfig, Calibration | None]:
-    """The config to mine with (the chosen setting applied) and the calibration that chose it (None: fixed)."""
-    if config.mine.strategy != "auto":
-        return config, None
+def calibrated(config: BuildConfig, positives: str, files: CalibrationFiles | None, workers: int,
+               sample: str | None) -> tuple[BuildConfig, Calibration | None, dict[str, Any] | None]:
+    """The config to mine with (the calibration's choice applied, a topic quantile turned into its bound from the
+    topic sample `sample`), the calibration that chose it (None: fixed) and the topic bound derived (None: none)."""
+    calibration = None
+    if config.mine.strategy == "auto":
+        calibration = _calibration(config, positives, files, workers, sample)
+        config = applied(config, calibration.settings)
+    mining, topic = with_topic_bound(config, pl.read_parquet(sample) if sample else None)
+    if topic:
+        get_run_logger().info("topic bound: max_topic_similarity %s, the %s quantile of %d positives of %d queries",
+                              topic["max_topic_similarity"], topic["quantile"], topic["positives"], topic["queries"])
+    return mining, calibration, topic
+
+
+def _calibration(config: BuildConfig, positives: str, files: CalibrationFiles | None, workers: int,
+                 sample: str | None) -> Calibration:
     logger = get_run_logger()
     if files is None:
         calibration = fallback(multi_positive_queries(positives), config)
         logger.warning("calibration: %s", calibration.message)
-        return config, calibration
-    calibration = _calibrate_on_workers(files, positives, config, workers)
+        return calibration
+    calibration = _calibrate_on_workers(files, positives, config, workers, sample)
     for name, reason in calibration.skipped.items():
         logger.warning("calibration: setting %r skipped: %s", name, reason)
-    (logger.info if calibration.outcome in ("lowest_false_negative_rate", "tied_and_harder") else logger.warning)(
+    (logger.info if calibration.outcome in ("default", "fewer_false_negatives") else logger.warning)(
         "calibration on %d queries, %d folds: %s (%s)", calibration.queries, calibration.folds, calibration.choice,
         calibration.message)
-    return applied(config, calibration.settings), calibration
+    return calibration

@@ -43,7 +43,8 @@ def _remine(source: str, config: BuildConfig) -> dict[str, Any]:
     run_dir = new_run_dir(config, started)
     timings: dict[str, float] = {}
     workers = os.cpu_count() or 1
-    mining, calibration = calibrated(config, stored.texts.positives, stored.calibration, workers)
+    mining, calibration, topic = calibrated(config, stored.texts.positives, stored.calibration, workers,
+                                            stored.topic_sample)
     meta = stored.meta
     range_max, mine_depth = mining.window_and_depth(meta.max_positives)
     base = {
@@ -52,6 +53,7 @@ def _remine(source: str, config: BuildConfig) -> dict[str, Any]:
         "counts": {key: parent["counts"][key] for key in COUNT_KEYS}, "rejects": parent["rejects"],
         "remined_from": f"{config.publish.dataset}@{source}", "run_dir": str(run_dir),
         "corpus_dedup": parent.get("corpus_dedup"), "calibration": calibration.as_dict() if calibration else None,
+        "topic": topic,
     }
     queries = pl.scan_parquet(stored.texts.query_files).select(pl.len()).collect().item()
     levels = depth_levels(mine_depth, mining.depth_bound(meta.max_positives, meta.documents))
@@ -59,4 +61,5 @@ def _remine(source: str, config: BuildConfig) -> dict[str, Any]:
                             workers=workers)
     base["task_runs"] = {"mine": len(parts)}
     return mine_and_publish(config, stored.texts, parts, run_dir, timings, base, meta, parent=source, mining=mining,
-                            corpus_duplicates=stored.corpus_duplicates, calibration_files=stored.calibration)
+                            corpus_duplicates=stored.corpus_duplicates, calibration_files=stored.calibration,
+                            topic_sample=stored.topic_sample)

@@ -17,6 +17,8 @@ from typing import Any
 import polars as pl
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
+from negforge.tasks.calibration import false_negative_estimate
+
 SAMPLE_ROWS = 10
 SAMPLE_CHARS = 160
 
@@ -60,18 +62,19 @@ def _search_line(search: dict[str, Any]) -> str:
     return line
 
 
-def _calibration_section(calibration: dict[str, Any] | None) -> str:
-    """The calibration's table and choice (mine.strategy auto), or a line saying mining used fixed options."""
-    if not calibration:
-        return "Fixed options (`mine.strategy: fixed`)."
-    if calibration["outcome"] == "fallback":
-        return f"Fixed options: {calibration['message']}."
-    table = _table(("setting", "false-negative rate", "95% interval", "coverage", "hardness"),
-                   [(row["setting"], row["false_negative_rate"], row["ci95"], row["coverage"], row["hardness"])
-                    for row in calibration["table"]])
+def _calibration_section(calibration: dict[str, Any] | None, topic: dict[str, Any] | None) -> str:
+    """What is known of the version's false negatives, then the calibration's table and choice (mine.strategy auto)."""
+    known = false_negative_estimate(calibration, topic)
+    if not calibration or calibration["outcome"] == "fallback":
+        return known
+    table = _table(("setting", "false-negative rate", "95% interval", "x plain top-k", "95% interval", "coverage",
+                    "hardness"),
+                   [(row["setting"], row["false_negative_rate"], row["ci95"], row.get("vs_plain"),
+                     row.get("vs_plain_ci95"), row["coverage"], row["hardness"]) for row in calibration["table"]])
     skipped = "".join(f"\n- skipped {name}: {reason}" for name, reason in calibration["skipped"].items())
-    return (f"{calibration['queries']} queries with several positives, {calibration['folds']} folds, one positive "
-            f"hidden in each.\n\n{table}{skipped}\n\nChosen: **{calibration['choice']}**: {calibration['message']}.")
+    return (f"{known}\n\n{calibration['queries']} queries with several positives, at most {calibration['folds']} "
+            f"folds, each hiding another of their positives.\n\n{table}{skipped}\n\nChosen: "
+            f"**{calibration['choice']}**: {calibration['message']}.")
 
 
 def report_markdown(manifest: dict[str, Any], version_dir: str, published: bool) -> str:
@@ -115,7 +118,7 @@ Task runs per stage: {', '.join(f'{k} {v}' for k, v in manifest.get('task_runs',
 {_search_line(manifest['search'])}
 
 ## Calibration
-{_calibration_section(manifest.get('calibration'))}
+{_calibration_section(manifest.get('calibration'), manifest.get('topic'))}
 
 ## Candidates and why they were dropped
 {reasons}

@@ -136,6 +136,16 @@ class MineConfig(_Section):
         0.8, description="Drop a candidate whose cosine to any positive of its query is at least this (paraphrases; "
                          "0.8 chosen by bench/false_negatives.py)."
     )
+    max_topic_similarity: float | None = Field(
+        None, description="Drop a candidate whose cosine to its query's topic (the normalized mean of the query's 10 "
+                          "best-ranked candidates) is at least this (null: off).",
+    )
+    topic_quantile: float | None = Field(
+        None, gt=0, lt=1,
+        description="Set max_topic_similarity from the data: this quantile of the known positives' cosines to their "
+                    "own queries' topics (0.2: drop a candidate more central to its query's topic than 80% of known "
+                    "positives are to theirs; null: off).",
+    )
     max_depth: int | Literal["auto"] | None = Field(
         "auto", description="Search queries left short of negatives deeper, doubling the search depth up to this "
                             "bound (auto: DEPTH_MULTIPLE x the search depth, at most the corpus size; null: off)."
@@ -145,7 +155,10 @@ class MineConfig(_Section):
                             "positive of multi-positive queries, try the declared grid, keep the setting with the "
                             "fewest false negatives at full coverage and hardness) and mine with its choice.",
     )
-    calibration_folds: int = Field(3, ge=3, description="auto: seeded folds, each hiding one positive per query.")
+    calibration_folds: int = Field(
+        3, ge=2, description="auto: at most this many folds; fold f hides the f-th positive (in a seeded order) of "
+                             "each query with several, so each positive of a query with two is hidden once.",
+    )
     promote_suspected: bool = Field(
         False, description="Add suspected positives (ranked at or above the lowest positive by every signal that is "
                            "on) as extra positives (RLHN's relabel), instead of only listing them.",
@@ -159,6 +172,13 @@ class MineConfig(_Section):
         if isinstance(value, bool) or (isinstance(value, int) and value < 1):
             raise ValueError(f"must be an integer of at least 1, auto, or null (got {value!r})")
         return value
+
+    @model_validator(mode="after")
+    def _one_topic_bound(self) -> MineConfig:
+        if self.max_topic_similarity is not None and self.topic_quantile is not None:
+            raise ValueError("set max_topic_similarity (a cosine) or topic_quantile (derived from the positives), "
+                             "not both")
+        return self
 
     @model_validator(mode="after")
     def _score_bounds_ordered(self) -> MineConfig:
@@ -196,10 +216,14 @@ class MineConfig(_Section):
         return rules
 
     def effective_range_max(self, max_positives: int) -> int:
-        """The window size, derived like sentence-transformers' mine_hard_negatives when range_max is unset."""
+        """The window size, derived like sentence-transformers' mine_hard_negatives when range_max is unset: ten
+        times the negatives when a filter removes candidates (its margins and max_score, and negforge's bounds on
+        the similarity to the positives and to the query's topic), else the negatives alone."""
         if self.range_max is not None:
             return self.range_max
-        filtered = self.absolute_margin is not None or self.relative_margin is not None or self.max_score is not None
+        filtered = any(bound is not None for bound in (
+            self.absolute_margin, self.relative_margin, self.max_score, self.max_positive_similarity,
+            self.max_topic_similarity, self.topic_quantile))
         return self.range_min + self.num_negatives * (10 if filtered else 1) + max_positives
 
 

@@ -199,25 +199,28 @@ class Mined:
 @dataclass(frozen=True)
 class StoreMeta:
     """What stored candidates are: the search depth (short queries may go deeper), the most positives of a query,
-    the corpus size and how many documents a search could return, and whether they carry BM25 scores."""
+    the corpus size and how many documents a search could return, and whether they carry BM25 scores and topic
+    similarities."""
 
     depth: int
     max_positives: int
     documents: int
     searchable: int
     lexical: bool = False
+    topic: bool = False
 
 
 @dataclass(frozen=True)
 class StoredCandidates:
     """The candidates kept inside a version, for re-mining: the texts they name, the candidates, what they are,
-    the corpus deduplication record and the calibration's candidates when there were some."""
+    the corpus deduplication record, the calibration's candidates and the topic sample when there were some."""
 
     texts: Texts
     files: CandidateFiles
     meta: StoreMeta
     corpus_duplicates: str | None = None
     calibration: CalibrationFiles | None = None
+    topic_sample: str | None = None
 
 
 @dataclass(frozen=True)
@@ -237,9 +240,11 @@ class CalibrationFiles:
 
 @dataclass(frozen=True)
 class Calibration:
-    """What calibration chose and why (`outcome`: lowest_false_negative_rate, tied_and_harder, highest_coverage,
-    hardest_with_coverage, or fallback), the chosen setting's fields, and the whole table; `skipped` names the grid
-    settings that could not be applied, with the reason."""
+    """What calibration chose and why (`outcome`: default, fewer_false_negatives, harder_not_worse,
+    lowest_false_negative_rate, highest_coverage, hardest_with_coverage, or fallback), the chosen setting's fields,
+    and the whole table; `skipped` names the grid settings that could not be applied, with the reason; `estimate`:
+    the chosen setting's false-negative rate over plain top-k's with its 95% interval (None: nothing to measure on);
+    `compared_with`: the setting the choice started from (the table's `difference_ci95` is against it)."""
 
     outcome: str
     choice: str | None
@@ -249,6 +254,8 @@ class Calibration:
     folds: int
     table: tuple[dict[str, Any], ...]
     skipped: dict[str, str]
+    estimate: dict[str, Any] | None = None
+    compared_with: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self) | {"table": list(self.table)}

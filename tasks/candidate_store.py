@@ -19,15 +19,18 @@ import polars as pl
 from negforge.schemas.stages import CandidateFiles, StoredCandidates, StoreMeta, Texts
 from negforge.tasks.calibration import MIN_QUERIES, calibration_rows, load_calibration
 
+TOPIC_SAMPLE_FILE = "topic-sample.parquet"
+
 
 class RemineError(ValueError):
     """The stored candidates cannot serve the requested options."""
 
 
 def save_candidates(folder: Path, parts: list[CandidateFiles], texts: Texts, meta: StoreMeta,
-                    corpus_duplicates: str | None = None, calibration: str | None = None) -> None:
+                    corpus_duplicates: str | None = None, calibration: str | None = None,
+                    topic_sample: str | None = None) -> None:
     """Write what re-mining needs into `folder`: the partitions' candidates, in query order, streamed into one file
-    each, the texts they name, and the calibration's candidates."""
+    each, the texts they name, the calibration's candidates and the topic sample."""
     folder.mkdir(parents=True)
     sources = list(dict.fromkeys(parts))  # a remine's partitions share one stored file
     for name, field in (("hits", "hits"), ("positive-scores", "positive_scores"), ("near-pairs", "near_pairs")):
@@ -36,6 +39,8 @@ def save_candidates(folder: Path, parts: list[CandidateFiles], texts: Texts, met
         shutil.copy(corpus_duplicates, folder / "corpus-duplicates.parquet")
     if calibration:
         shutil.copytree(calibration, folder / "calibration")
+    if topic_sample:
+        shutil.copy(topic_sample, folder / TOPIC_SAMPLE_FILE)
     shutil.copy(texts.positives, folder / "positives.parquet")
     pl.scan_parquet(texts.query_files).sink_parquet(folder / "queries.parquet")
     needed = pl.concat([pl.scan_parquet(folder / "hits.parquet").select("doc_row"),
@@ -56,12 +61,13 @@ def load_candidates(folder: Path) -> StoredCandidates:
                   positives=str(folder / "positives.parquet"), max_positives=meta["max_positives"])
     files = CandidateFiles(hits=str(folder / "hits.parquet"), positive_scores=str(folder / "positive-scores.parquet"),
                            near_pairs=str(folder / "near-pairs.parquet"))
-    duplicates = folder / "corpus-duplicates.parquet"
+    duplicates, sample = folder / "corpus-duplicates.parquet", folder / TOPIC_SAMPLE_FILE
     # versions from before adaptive depth by default recorded only the depth and the most positives
     sizes = {"documents": meta["depth"], "searchable": meta["depth"]} | meta
     return StoredCandidates(texts=texts, files=files, meta=StoreMeta(**sizes),
                             corpus_duplicates=str(duplicates) if duplicates.exists() else None,
-                            calibration=load_calibration(folder / "calibration"))
+                            calibration=load_calibration(folder / "calibration"),
+                            topic_sample=str(sample) if sample.exists() else None)
 
 
 def check_remine(parent_config: dict[str, Any], config: Any, stored: StoredCandidates) -> None:
@@ -95,3 +101,12 @@ def check_remine(parent_config: dict[str, Any], config: Any, stored: StoredCandi
             calibration_rows(pl.read_parquet(stored.texts.positives))) >= MIN_QUERIES:
         raise RemineError("mine.strategy auto needs the calibration's candidates, which this version does not hold "
                           "(built with mine.strategy fixed); run negforge build, or remine with mine.strategy=fixed")
+    topic_rule = config.mine.strategy == "auto" or config.mine.topic_quantile is not None
+    if (topic_rule or config.mine.max_topic_similarity is not None) and not stored.meta.topic:
+        raise RemineError("the topic rule (mine.strategy auto, mine.topic_quantile, mine.max_topic_similarity) needs "
+                          "the candidates' topic similarities, which this version's do not have (built before the "
+                          "topic rule); run negforge build")
+    if topic_rule and stored.topic_sample is None:
+        raise RemineError("mine.strategy auto and mine.topic_quantile derive the topic bound from the topic sample, "
+                          "which this version does not hold (built with mine.strategy fixed); run negforge build, or "
+                          "remine with mine.strategy=fixed")

@@ -6,6 +6,8 @@ from typing import Any
 
 import yaml
 
+from negforge.tasks.calibration import false_negative_estimate
+
 
 CHART_TITLES = {"scores": "Positive and negative scores", "reasons": "Candidates removed, per reason",
                 "negative_rank": "Negative score by rank", "audit": "False-negative audit"}
@@ -47,6 +49,7 @@ Hard-negative training set built by negforge from {', '.join(i['path'] for i in 
   (config `default`), {counts['id_rows']} id rows (config `ids`: query_id, positive_id, negative_ids, scores).
 - Model: `{manifest['model']['name']}` (weights sha256 `{manifest['model']['weights_sha256'][:16]}...`).
 - Mining: {', '.join(f'{k}={v}' for k, v in mine.items())}.
+- {false_negative_estimate(manifest.get('calibration'), manifest.get('topic'))}
 - Queries short of negatives: {manifest['short_queries']['count']}.
 - Parent version: {manifest['parent'] or 'none'}; data hash `{manifest['data_hash'][:16]}...`.
 

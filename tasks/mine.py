@@ -20,8 +20,8 @@ from negforge.schemas.config import LexicalConfig, MineConfig, RescoreConfig
 from negforge.schemas.tables import CANDIDATES, frame
 
 REASONS = ("positive_id", "positive_text", "promoted_positive", "too_similar_to_positive",
-           "near_duplicate_of_positive", "absolute_margin", "relative_margin", "max_score", "min_score",
-           "rescorer_relevant", "lexical_relevant", "rank_window", "near_duplicate_negative", "over_used",
+           "near_duplicate_of_positive", "too_central_to_topic", "absolute_margin", "relative_margin", "max_score",
+           "min_score", "rescorer_relevant", "lexical_relevant", "rank_window", "near_duplicate_negative", "over_used",
            "not_sampled")
 _CODE = {name: code for code, name in enumerate(REASONS, start=1)}
 
@@ -80,8 +80,9 @@ def mine(hits: pl.DataFrame, positives: pl.DataFrame, positive_scores: pl.DataFr
     null) for `sample_window`, which then runs over all partitions in query order.
 
     Args:
-        hits: merged search hits (query_row, doc_row, score, rank, and pos_sim: the highest cosine to a positive of
-            the query, when computed), sorted by query_row then rank.
+        hits: merged search hits (query_row, doc_row, score, rank, and, when computed, pos_sim: the highest cosine
+            to a positive of the query, and topic_sim: the cosine to the query's topic), sorted by query_row then
+            rank.
         positives: the positives table of ingest (at least the rows of the hits' queries).
         positive_scores: (query_row, doc_row, score) of the positives.
         cfg: the mining options.
@@ -111,6 +112,8 @@ def mine(hits: pl.DataFrame, positives: pl.DataFrame, positive_scores: pl.DataFr
             _mark(reason, pos_sim >= np.float32(cfg.max_positive_similarity), "too_similar_to_positive")
         if eps is not None and not cfg.include_positives:
             _mark(reason, pos_sim >= np.float32(1 - eps), "near_duplicate_of_positive")
+    if cfg.max_topic_similarity is not None and "topic_sim" in hits.columns:
+        _mark(reason, hits["topic_sim"].to_numpy() >= np.float32(cfg.max_topic_similarity), "too_central_to_topic")
 
     for name, broken in cfg.score_filters(s, s_p).items():
         _mark(reason, broken, name)

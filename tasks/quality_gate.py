@@ -41,7 +41,8 @@ def coverage_shortfall(queries: int, mined: Mined, config: BuildConfig) -> str:
     short = len(mined.short_queries)
     mine = config.mine
     filters = {f"mine.{name}": getattr(mine, name) for name in
-               ("relative_margin", "absolute_margin", "max_score", "min_score", "max_positive_similarity")}
+               ("relative_margin", "absolute_margin", "max_score", "min_score", "max_positive_similarity",
+                "max_topic_similarity")}
     filters |= {f"lexical.{name}": getattr(config.lexical, name) for name in ("ratio", "fusion")}
     on = ", ".join(f"{name}={value}" for name, value in filters.items() if value is not None) or "none"
     return (f"  coverage: {queries - short} of {queries} queries got all {mine.num_negatives} negatives "

@@ -54,7 +54,7 @@ def test_each_query_is_mined_to_the_first_depth_that_fills_it():
 
 @pytest.mark.slow
 def test_a_default_build_searches_short_queries_deeper_and_passes_the_coverage_gate(config, prefect_server):
-    strict = ["mine.relative_margin=0.2", "mine.num_negatives=5", "mine.range_max=6"]
+    strict = ["mine.strategy=fixed", "mine.relative_margin=0.2", "mine.num_negatives=5", "mine.range_max=6"]
     fixed = _manifest(config, *strict, "mine.max_depth=null", "validate.min_coverage=0")
     adaptive = _manifest(config, *strict)  # default max_depth (auto) and validate.min_coverage (0.9)
     assert fixed["adaptive_depth"]["bound"] is None and fixed["short_queries"]["count"] > 0

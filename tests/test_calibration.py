@@ -1,5 +1,5 @@
-"""Calibration (mine.strategy auto): folds, the choice rule, and real builds that calibrate, fall back and skip what
-cannot be applied."""
+"""Calibration (mine.strategy auto): folds, the choice rule, what a version says of its false negatives, and real
+builds that calibrate, fall back to the default and skip what cannot be applied."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import pytest
 
 from negforge.schemas.config import ConfigError, load_config, validate_config
 from negforge.schemas.tables import POSITIVES, frame
-from negforge.tasks.calibration import (GRID, MIN_QUERIES, _uses_lexical, calibrate, choose, difference_interval,
-                                        hidden_positives)
+from negforge.tasks.calibration import (DEFAULT, GRID, MIN_QUERIES, _uses, calibrate, choose, difference_interval,
+                                        false_negative_estimate, hidden_positives, setting_fields)
 from negforge.tasks.candidate_store import load_candidates
 from tests.conftest import DEMO, DEMO_CONFIG, run_cli, write_beir, write_config
 
@@ -25,36 +25,52 @@ def _positives(per_query: dict[int, list[int]]) -> pl.DataFrame:
                              "text_hash": [f"h{d}" for _, d in rows], "canonical": [True] * len(rows)})
 
 
-def test_each_fold_hides_one_positive_per_query_whatever_the_row_order():
-    positives = _positives({q: list(range(10 * q, 10 * q + 4)) for q in range(30)})
+def test_each_positive_of_a_query_is_hidden_in_turn_up_to_the_folds_whatever_the_row_order():
+    positives = _positives({q: list(range(10 * q, 10 * q + 2 + q % 3)) for q in range(30)})  # 2, 3 or 4 positives
     hidden = hidden_positives(positives, list(range(30)), 3, seed=42)
-    assert hidden.height == 90 and hidden.group_by("fold", "query_row").len()["len"].max() == 1
+    assert hidden.group_by("fold", "query_row").len()["len"].max() == 1
+    per_query = hidden.group_by("query_row").agg(pl.col("doc_row").n_unique().alias("docs"), pl.len().alias("folds"))
+    assert per_query.filter(pl.col("query_row") % 3 == 0)["folds"].to_list() == [2] * 10  # two positives: two folds
+    assert (per_query["docs"] == per_query["folds"]).all()  # each fold hides another positive
+    assert per_query["folds"].max() == 3  # four positives: at most `folds`
     assert hidden.join(positives, on=["query_row", "doc_row"], how="anti").is_empty()  # always one of its own
     shuffled = hidden_positives(positives.sample(fraction=1.0, shuffle=True, seed=1), list(range(30)), 3, seed=42)
     assert shuffled.equals(hidden)
-    per_fold = [hidden.filter(pl.col("fold") == f)["doc_row"].to_list() for f in range(3)]
-    assert per_fold[0] != per_fold[1] != per_fold[2]  # each fold hides other positives
 
 
-def _row(name: str, rate: float, ci: list[float], coverage: float = 1.0, hardness: float = 0.8) -> dict:
-    return {"setting": name, "false_negative_rate": rate, "ci95": ci, "coverage": coverage, "hardness": hardness}
+def _row(name: str, rate: float, coverage: float = 1.0, hardness: float = 0.8) -> dict:
+    return {"setting": name, "false_negative_rate": rate, "coverage": coverage, "hardness": hardness}
 
 
-def test_the_choice_prefers_the_lowest_rate_and_among_ties_the_harder_setting():
-    table = [_row("plain", 0.2, [0.15, 0.25], hardness=1.0), _row("strict", 0.01, [0.0, 0.03], hardness=0.75),
-             _row("mild", 0.02, [0.0, 0.05], hardness=0.85), _row("easy", 0.0, [0.0, 0.0], hardness=0.5)]
-    assert choose(table, lambda lowest, other: False)[:2] == ("strict", "lowest_false_negative_rate")
-    name, outcome, message = choose(table, lambda lowest, other: other in ("mild", "plain"))
-    assert (name, outcome) == ("plain", "tied_and_harder") and "strict" in message
-    assert choose(table, lambda lowest, other: other == "mild")[:2] == ("mild", "tied_and_harder")
+def _differences(intervals: dict[str, list[float]]):
+    """difference(start, other) from {other: interval}; an interval holding 0 for any other not named."""
+    return lambda start, other: intervals.get(other, [-0.01, 0.01])
+
+
+def test_the_default_stays_unless_a_setting_is_shown_to_keep_fewer_hidden_positives():
+    table = [_row("plain top-k", 0.02, hardness=1.0), _row(DEFAULT, 0.004, hardness=0.75),
+             _row("harder", 0.006, hardness=0.9), _row("safer", 0.0, hardness=0.65), _row("safest", 0.0, hardness=0.7)]
+    # the issue's case: every estimate small, every interval holding 0: the harder setting does not win a tie
+    assert choose(table, _differences({}))[:2] == (DEFAULT, "default")
+    name, outcome, message, start = choose(table, _differences({"safer": [-0.01, -0.001],
+                                                                 "safest": [-0.008, -0.002]}))
+    assert (name, outcome, start) == ("safest", "fewer_false_negatives", DEFAULT)  # equal rates: the harder
+    assert DEFAULT in message
+    assert choose(table, _differences({"plain top-k": [-0.03, -0.01]}))[0] == "plain top-k"  # evidence, not taste
+
+
+def test_a_default_short_of_coverage_or_hardness_gives_way_to_the_lowest_rate_that_reaches_them():
+    table = [_row("plain top-k", 0.02, hardness=1.0), _row(DEFAULT, 0.001, hardness=0.5),
+             _row("mild", 0.01, hardness=0.8), _row("strict", 0.005, hardness=0.7)]
+    name, outcome, message, start = choose(table, _differences({}))
+    assert (name, outcome, start) == ("strict", "lowest_false_negative_rate", "strict") and "default" in message
 
 
 def test_without_coverage_the_highest_coverage_wins_and_without_hardness_the_hardest():
-    low = [_row("a", 0.01, [0, 0.02], coverage=0.5), _row("b", 0.05, [0, 0.1], coverage=0.8)]
-    assert choose(low, lambda *_: True)[:2] == ("b", "highest_coverage")
-    soft = [_row("a", 0.01, [0, 0.02], hardness=0.5), _row("b", 0.05, [0, 0.1], hardness=0.6),
-            _row("c", 0.0, [0, 0], coverage=0.9, hardness=0.9)]
-    assert choose(soft, lambda *_: True)[:2] == ("b", "hardest_with_coverage")
+    low = [_row("a", 0.01, coverage=0.5), _row("b", 0.05, coverage=0.8)]
+    assert choose(low, _differences({}))[:2] == ("b", "highest_coverage")
+    soft = [_row("a", 0.01, hardness=0.5), _row("b", 0.05, hardness=0.55), _row("c", 0.0, coverage=0.9, hardness=0.9)]
+    assert choose(soft, _differences({}))[:2] == ("b", "hardest_with_coverage")
 
 
 def test_ties_are_judged_on_the_same_queries():
@@ -71,7 +87,19 @@ def test_an_unknown_strategy_or_too_few_folds_is_refused_naming_the_field(tmp_pa
     with pytest.raises(ConfigError, match=r"mine\.strategy"):
         load_config(DEMO_CONFIG, ["mine.strategy=sometimes"])
     with pytest.raises(ConfigError, match=r"mine\.calibration_folds"):
-        load_config(DEMO_CONFIG, ["mine.calibration_folds=2"])
+        load_config(DEMO_CONFIG, ["mine.calibration_folds=1"])
+
+
+def test_a_version_says_what_is_known_of_its_false_negatives():
+    topic = {"quantile": 0.2, "max_topic_similarity": 0.61, "positives": 300, "queries": 290}
+    fallback = {"outcome": "fallback", "queries": 3, "choice": DEFAULT}
+    assert "no estimate is possible" in false_negative_estimate(fallback, topic)
+    assert DEFAULT in false_negative_estimate(fallback, topic) and "0.61" in false_negative_estimate(fallback, topic)
+    measured = {"outcome": "default", "queries": 40, "choice": DEFAULT,
+                "estimate": {"vs_plain": 0.25, "ci95": [0.1, 0.5], "false_negative_reduction": 0.75}}
+    line = false_negative_estimate(measured, topic)
+    assert "0.25x plain top-k's rate (95% interval 0.10-0.50x)" in line and "75% reduction" in line
+    assert "not estimated" in false_negative_estimate(None, None)
 
 
 @pytest.fixture
@@ -99,6 +127,9 @@ def test_a_default_build_calibrates_and_mines_with_its_choice(multi_positive, pr
     assert calibration["queries"] >= MIN_QUERIES and calibration["folds"] == 3
     assert [row["setting"] for row in calibration["table"]] == list(GRID)
     assert calibration["choice"] in GRID and calibration["outcome"] != "fallback"
+    assert calibration["compared_with"] in GRID and set(calibration["estimate"]) == {
+        "vs_plain", "ci95", "false_negative_reduction"}
+    assert "False negatives: " in (version / "README.md").read_text()
     assert all(0 <= row["coverage"] <= 1 for row in calibration["table"])
     assert manifest["config"]["mine"]["strategy"] == "auto"  # the config as given; the choice beside it
     assert "calibrate" in manifest["timings"] and (version / "candidates" / "calibration" / "hidden.parquet").exists()
@@ -115,18 +146,23 @@ def test_a_default_build_calibrates_and_mines_with_its_choice(multi_positive, pr
     pl.read_parquet(copy / "hits.parquet").drop("bm25").write_parquet(copy / "hits.parquet")
     config = validate_config(manifest["config"])
     result = calibrate(type(stored.calibration)(**{**stored.calibration.__dict__, "folder": str(copy)}),
-                       stored.texts.positives, config)
-    lexical = [name for name in GRID if _uses_lexical(name)]
+                       stored.texts.positives, config, stored.topic_sample)
+    lexical = [name for name in GRID if _uses(name, "lexical")]
     assert sorted(result.skipped) == sorted(lexical) and "BM25" in result.skipped[lexical[0]]
     assert not {row["setting"] for row in result.table} & set(lexical)
 
 
 @pytest.mark.slow
-def test_too_few_multi_positive_queries_fall_back_to_the_fixed_options(small_config, prefect_server):
+def test_too_few_multi_positive_queries_fall_back_to_the_default_and_say_no_estimate_is_possible(small_config,
+                                                                                                 prefect_server):
     done = run_cli("build", "--config", str(small_config))
     version = Path(done.stdout.strip().splitlines()[-1])
     manifest = json.loads((version / "manifest.json").read_text())
-    assert manifest["calibration"]["outcome"] == "fallback" and manifest["calibration"]["settings"] == {}
-    assert "calibration needs 20" in done.stderr and "mining with the configured options" in done.stderr
+    calibration = manifest["calibration"]
+    assert calibration["outcome"] == "fallback" and calibration["settings"] == setting_fields(DEFAULT)
+    assert manifest["topic"]["quantile"] == 0.15 and manifest["config"]["mine"]["topic_quantile"] is None
+    assert "too_central_to_topic" in manifest["reasons"]  # mined with the default's topic bound
+    assert "calibration needs 20" in done.stderr and "mining with the default" in done.stderr
+    assert "no estimate is possible" in (version / "README.md").read_text()
     alone = run_cli("calibrate", f"tiny@{version.name}", "--registry", str(version.parent.parent), check=False)
     assert alone.returncode == 2 and "holds no calibration candidates" in alone.stderr

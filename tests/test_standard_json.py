@@ -24,7 +24,7 @@ def _strict(path: Path) -> list:
 
 
 def test_a_build_without_negatives_writes_standard_json_with_nulls(config, tiny_beir, prefect_server):
-    overrides = ["mine.max_score=-1", "validate.min_coverage=0", "validate.min_rows=0",  # nothing survives
+    overrides = ["mine.strategy=fixed", "mine.max_score=-1", "validate.min_coverage=0", "validate.min_rows=0",  # none
                  f"audit.qrels={tiny_beir / 'qrels' / 'train.tsv'}"]
     done = run_cli("build", "--config", str(config), *[arg for o in overrides for arg in ("--set", o)])
     version = Path(done.stdout.strip().splitlines()[-1])
