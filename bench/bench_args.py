@@ -34,16 +34,17 @@ def data_and_work(description: str) -> tuple[Path, Path]:
 
 def timed_build(overrides: list[str], what: str, refusals: bool = False) -> tuple[dict | None, float, str]:
     """One `negforge build` of the demo config with `--set` overrides, in a fresh process: its manifest, wall
-    seconds and "" ; a failed build stops the benchmark, naming `what`. With `refusals`, a build refused with exit 2 (a
-    user error, such as the quality gate's) gives (None, seconds, its message) instead."""
+    seconds and ""; a failed build stops the benchmark, naming `what`. With `refusals`, a candidate the quality gate
+    refused (exit 1, "failed validation") gives (None, seconds, the gate's message) instead."""
     command = [sys.executable, "-m", "negforge.flows.cli", "build", "--config", str(DEMO_CONFIG)]
     for override in overrides:
         command += ["--set", override]
     start = time.perf_counter()
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     seconds = time.perf_counter() - start
-    if refusals and done.returncode == 2:
-        return None, seconds, done.stderr.strip().splitlines()[-1][-500:]
+    if refusals and done.returncode == 1 and "candidate version failed validation" in done.stderr:
+        gate = done.stderr[done.stderr.index("candidate version failed validation"):]
+        return None, seconds, " ".join(gate.split())[:600]
     if done.returncode:
         raise SystemExit(f"{what}: negforge build failed:\n{done.stderr[-3000:]}")
     return json.loads((Path(done.stdout.strip().splitlines()[-1]) / "manifest.json").read_text()), seconds, ""

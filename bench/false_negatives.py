@@ -8,9 +8,10 @@ two or more positives hides one of them and keeps the others, the regime of a da
 labelled. Each setting is a real `negforge build` (5 negatives, range_max 50, top sampling; the embedding store is
 shared, so only the first build embeds): plain top-k, the old default (relative_margin 0.05,
 max_positive_similarity 0.8, no adaptive depth), the fixed default (`mine.strategy: fixed`, the config's defaults)
-and auto (the defaults). The last two keep the default `validate.min_coverage`, so their gate may refuse a build:
-that is reported (`refused`, with the gate's message) and the bench goes on; the first two run with it at 0 (their
-coverage is measured). Prints one JSON line per setting and fold, then the frontier: per setting, the mean over folds
+and auto (the defaults; with `--known 1` no query has two positives left, so auto mines with its declared default,
+unmeasured). The last two keep the default `validate.min_coverage`, so their gate may refuse a build: that is
+reported (`refused`, with the gate's message) and the bench goes on; the first two run with it at 0 (their coverage
+is measured). Prints one JSON line per setting and fold, then the frontier: per setting, the mean over folds
 of the false-negative rate, its 95% interval's bounds, its ratio to plain top-k's, the coverage and the hardness
 (mean negative score over plain top-k's in the same fold), the build seconds, what auto chose and its estimate.
 
@@ -87,6 +88,8 @@ def build(data: Path, qrels: Path, hidden: Path, work: Path, dataset: str,
 
 def _measured(name: str, fold: int, manifest: dict, seconds: float, plain: dict | None) -> dict:
     audit, calibration = manifest["audit"], manifest.get("calibration")
+    if not audit.get("n_queries"):
+        raise SystemExit("no query hides a positive in this protocol: nothing to audit (lower --known)")
     row = {"setting": name, "fold": fold, "n_queries": audit["n_queries"],
            "false_negative_rate": audit["false_negative_rate"], "ci95": audit["ci95"], "coverage": audit["coverage"],
            "gate_coverage": round(1 - manifest["short_queries"]["count"] / manifest["counts"]["queries_used"], 4),
@@ -94,10 +97,11 @@ def _measured(name: str, fold: int, manifest: dict, seconds: float, plain: dict 
            "timings": manifest["timings"], "chosen": calibration and calibration["choice"],
            "outcome": calibration and calibration["outcome"], "estimate": calibration and calibration.get("estimate"),
            "topic": manifest.get("topic")}
-    row["hardness"] = round(row["mean_negative_score"] / plain["mean_negative_score"], 4) if plain else 1.0
-    row["vs_plain"] = (round(row["false_negative_rate"] / plain["false_negative_rate"], 4)
-                       if plain and plain["false_negative_rate"] else None)
-    return row
+    if plain is None:  # plain top-k itself
+        return row | {"hardness": 1.0, "vs_plain": 1.0}
+    rate = plain["false_negative_rate"]
+    return row | {"hardness": round(row["mean_negative_score"] / plain["mean_negative_score"], 4),
+                  "vs_plain": round(row["false_negative_rate"] / rate, 4) if rate else None}
 
 
 def _frontier(name: str, rows: list[dict], refused: list[dict]) -> dict:
@@ -118,7 +122,8 @@ def main() -> None:
     arguments.add_argument("--known", type=int, default=None, help="positives each query keeps (the others are "
                                                                      "hidden); default: hide one of each")
     arguments.add_argument("--folds", type=int, default=3, help="outer folds, each hiding other positives")
-    arguments.add_argument("--settings", default=",".join(SETTINGS), help="comma-separated, from: " + ", ".join(SETTINGS))
+    arguments.add_argument("--settings", default=",".join(SETTINGS),
+                           help="comma-separated, from: " + ", ".join(SETTINGS))
     arguments.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                            help="a config override for every build (repeatable)")
     args = arguments.parse_args()

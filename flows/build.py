@@ -192,7 +192,8 @@ def _build(config: BuildConfig, worker_count: Any) -> dict[str, Any]:
 def mine_and_publish(config: BuildConfig, texts: Texts, parts: list[MinedPartition], run_dir: Path,
                      timings: dict[str, float], base: dict[str, Any], stored: StoreMeta, parent: str | None = None,
                      mining: BuildConfig | None = None, corpus_duplicates: str | None = None,
-                     calibration_files: CalibrationFiles | None = None, topic_sample: str | None = None) -> dict[str, Any]:
+                     calibration_files: CalibrationFiles | None = None,
+                     topic_sample: str | None = None) -> dict[str, Any]:
     """The tail shared by build and remine: combine the mined partitions, write (with the candidates), validate,
     publish.
 

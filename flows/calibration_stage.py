@@ -87,8 +87,8 @@ def topic_sample(job: SearchJob, config: BuildConfig, run_dir: Path, workers: in
 
 def _calibrate_on_workers(files: CalibrationFiles, positives: str, config: BuildConfig, workers: int,
                           sample: str | None) -> Calibration:
-    """The grid's settings split across the cluster's workers (28 settings x 3 folds took ~2 s on one), then the
-    choice, here."""
+    """The grid's settings split across the cluster's workers (each setting is a remine of the candidates in every
+    fold), then the choice, here."""
     names, skipped = applicable_settings(files, sample)
     futures = [measure_settings_task.submit(files, positives, config, names[start::workers], sample)
                for start in range(min(workers, len(names)))]

@@ -258,7 +258,7 @@ def _run_flow(args: argparse.Namespace, dataset: str, prepare: Callable[[], Call
 
 def cmd_remine(args: argparse.Namespace) -> int:
     from negforge.schemas.config import ConfigError, apply_overrides, validate_config
-    from negforge.tasks.candidate_store import check_remine, load_candidates
+    from negforge.tasks.candidate_store import check_depth, check_remine, load_candidates
     from negforge.tasks.registry import Registry
 
     dataset, sep, version = args.source.partition("@")
@@ -271,6 +271,8 @@ def cmd_remine(args: argparse.Namespace) -> int:
     config = validate_config(raw, f"{args.source} config")
     stored = load_candidates(registry.folder / version / "candidates")
     check_remine(parent["config"], config, stored)  # refuse before any run starts
+    if config.mine.strategy == "fixed":
+        check_depth(config, stored)  # with auto, the window is the calibration's choice's: judged in the flow
 
     def prepare() -> Callable[[], dict]:
         from negforge.flows.remine import remine_training_set
@@ -354,11 +356,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_build(args: argparse.Namespace) -> int:
     from negforge.schemas.config import load_config
+    from negforge.tasks.calibration import replaced_fields
 
     from negforge.flows.versions_info import code_version
     from negforge.tasks.up_to_date import unchanged_version, up_to_date_result
 
     config = load_config(args.config or default_config(), args.overrides)
+    replaced = replaced_fields(config)
+    if replaced:
+        print(f"negforge: mine.strategy auto mines with the setting calibration chooses (or its default), not with "
+              f"{', '.join(replaced)} as set; set mine.strategy=fixed to mine with them", file=sys.stderr)
     unchanged = unchanged_version(config, code_version())
     if unchanged:  # before any Prefect server or Dask cluster starts: the UI shows no run for this
         return _print_result(up_to_date_result(unchanged))

@@ -21,7 +21,7 @@ from negforge.flows.task_options import untagged_task_runs
 from negforge.schemas.config import BuildConfig
 from negforge.schemas.stages import COUNT_KEYS
 from negforge.tasks.adaptive_depth import depth_levels
-from negforge.tasks.candidate_store import check_remine, load_candidates
+from negforge.tasks.candidate_store import check_depth, check_remine, load_candidates
 from negforge.tasks.preflight import preflight
 from negforge.tasks.registry import Registry
 
@@ -45,6 +45,7 @@ def _remine(source: str, config: BuildConfig) -> dict[str, Any]:
     workers = os.cpu_count() or 1
     mining, calibration, topic = calibrated(config, stored.texts.positives, stored.calibration, workers,
                                             stored.topic_sample)
+    check_depth(mining, stored)
     meta = stored.meta
     range_max, mine_depth = mining.window_and_depth(meta.max_positives)
     base = {

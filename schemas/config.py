@@ -143,17 +143,18 @@ class MineConfig(_Section):
     topic_quantile: float | None = Field(
         None, gt=0, lt=1,
         description="Set max_topic_similarity from the data: this quantile of the known positives' cosines to their "
-                    "own queries' topics (0.2: drop a candidate more central to its query's topic than 80% of known "
-                    "positives are to theirs; null: off).",
+                    "own queries' topics (0.15: drop a candidate at least as central to its query's topic as 85% of "
+                    "known positives are to theirs; null: off).",
     )
     max_depth: int | Literal["auto"] | None = Field(
         "auto", description="Search queries left short of negatives deeper, doubling the search depth up to this "
                             "bound (auto: DEPTH_MULTIPLE x the search depth, at most the corpus size; null: off)."
     )
     strategy: Literal["fixed", "auto"] = Field(
-        "auto", description="fixed: mine with these options as set; auto: calibrate on this dataset first (hide one "
-                            "positive of multi-positive queries, try the declared grid, keep the setting with the "
-                            "fewest false negatives at full coverage and hardness) and mine with its choice.",
+        "auto", description="fixed: mine with these options as set; auto: calibrate on this dataset first (hide each "
+                            "positive of multi-positive queries in turn, try the declared grid, leave the declared "
+                            "default only for a setting shown to keep fewer hidden positives at full coverage and "
+                            "hardness) and mine with its choice; too few multi-positive queries: the default.",
     )
     calibration_folds: int = Field(
         3, ge=2, description="auto: at most this many folds; fold f hides the f-th positive (in a seeded order) of "

@@ -96,8 +96,9 @@ class Partition:
 
 @dataclass(frozen=True)
 class CandidateFiles:
-    """What search hands mining (per partition, or stored in a version): hits (tables.HITS + rank, pos_sim and,
-    with a rescorer, rescore), the positives' scores, and near-duplicate candidate pairs (tables.NEAR_PAIRS)."""
+    """What search hands mining (per partition, or stored in a version): hits (tables.HITS + rank, pos_sim,
+    topic_sim, and bm25 or rescore when there are such scores), the positives' scores, and near-duplicate candidate
+    pairs (tables.NEAR_PAIRS)."""
 
     hits: str
     positive_scores: str
@@ -240,11 +241,12 @@ class CalibrationFiles:
 
 @dataclass(frozen=True)
 class Calibration:
-    """What calibration chose and why (`outcome`: default, fewer_false_negatives, harder_not_worse,
-    lowest_false_negative_rate, highest_coverage, hardest_with_coverage, or fallback), the chosen setting's fields,
-    and the whole table; `skipped` names the grid settings that could not be applied, with the reason; `estimate`:
-    the chosen setting's false-negative rate over plain top-k's with its 95% interval (None: nothing to measure on);
-    `compared_with`: the setting the choice started from (the table's `difference_ci95` is against it)."""
+    """What calibration chose and why (`outcome`: default, fewer_false_negatives, lowest_false_negative_rate,
+    highest_coverage, hardest_with_coverage, or fallback), the chosen setting's fields, and the whole table;
+    `skipped` names the grid settings that could not be applied, with the reason; `estimate`: the chosen setting's
+    false-negative rate over plain top-k's with its 95% interval (None: nothing to measure on; its fields None: too
+    few hidden positives among plain top-k's negatives);
+    `compared_with`: the setting the choice started from (the table's `difference_interval` is against it)."""
 
     outcome: str
     choice: str | None

@@ -14,15 +14,17 @@ where the data has many unlabelled ones, so it is far too small, but the share o
 removes of the unlabelled ones), each with a 95% bootstrap interval over queries, the coverage (queries that got all
 their negatives) and the hardness (mean kept negative score over plain top-k's, in the same folds).
 
-The choice starts from DEFAULT, the setting measured to hold with one known positive per query (README,
+The choice starts from DEFAULT, the setting measured to hold with one and two known positives per query (README,
 "Calibration"), and moves only on evidence, judged on the same queries (a paired bootstrap of the difference of two
-settings' rates): to a setting whose false-negative rate is lower (the 95% interval of the difference below 0; the
-lowest such rate wins). Never to a harder setting whose rate merely cannot be told from the default's: an
-underpowered comparison (few queries, few hidden positives among the negatives) cannot tell most settings apart, and
-"tied, so the harder wins" then chose settings that kept many unlabelled relevant documents; DEFAULT stays. Settings count only with
-coverage >= MIN_COVERAGE and hardness >= MIN_HARDNESS; if DEFAULT falls short of them, the lowest false-negative
-rate among those that reach them is the start instead. If no setting reaches the coverage, the highest coverage
-wins; if some reach it but none the hardness, the hardest of those wins.
+settings' rates): to a setting whose false-negative rate is lower (the upper bound of the difference below 0, one-
+sided, at a family-wise error of FAMILY_ERROR over the settings compared (Bonferroni); the lowest such rate wins).
+Never to a harder setting whose rate merely cannot be told from the default's: an underpowered comparison (few
+queries, few hidden positives among the negatives) cannot tell most settings apart, and "tied, so the harder wins"
+then chose settings that kept many unlabelled relevant documents. Settings count only with coverage >= MIN_COVERAGE
+and hardness >= MIN_HARDNESS; if DEFAULT falls short of them, the lowest false-negative rate among those that reach
+them is the start instead. If no setting reaches the coverage, the highest coverage wins; if some reach it but none
+the hardness, the hardest of those wins. The ratio to plain top-k is estimated only where plain top-k kept at least
+MIN_EVENTS hidden positives.
 Fewer than MIN_QUERIES multi-positive queries: DEFAULT, with a warning that no estimate is possible.
 """
 
@@ -47,6 +49,8 @@ from negforge.tasks.topic import with_topic_bound
 MIN_QUERIES = 20
 MIN_COVERAGE = 0.95
 MIN_HARDNESS = 0.6
+MIN_EVENTS = 10
+FAMILY_ERROR = 0.05
 BASELINE = "plain top-k"
 # The fields every setting sets (section, field), at these values unless the setting names them.
 CALIBRATED = {("mine", "relative_margin"): None, ("mine", "absolute_margin"): None,
@@ -80,6 +84,16 @@ class CalibrationError(ValueError):
     """Stored candidates that cannot be calibrated on."""
 
 
+def replaced_fields(config: BuildConfig) -> list[str]:
+    """The fields a config sets explicitly (in its YAML or with --set) that mine.strategy auto replaces with the
+    calibration's choice: a user who set them may expect them mined with."""
+    if config.mine.strategy != "auto":
+        return []
+    given = {("mine", name) for name in config.mine.model_fields_set} | {
+        ("lexical", name) for name in config.lexical.model_fields_set}
+    return [f"{section}.{field}" for section, field in CALIBRATED if (section, field) in given]
+
+
 def setting_fields(name: str) -> dict[str, Any]:
     """A grid setting as dotted fields (`mine.relative_margin`: value), every calibrated field included."""
     return {f"{section}.{field}": value for (section, field), value in (CALIBRATED | GRID[name]).items()}
@@ -103,13 +117,13 @@ def calibration_rows(positives: pl.DataFrame) -> list[int]:
 
 def hidden_positives(positives: pl.DataFrame, rows: list[int], folds: int, seed: int) -> pl.DataFrame:
     """The positive fold f hides from each query: the f-th of its positive documents in an order drawn from a stream
-    seeded by (seed, query id), so folds do not depend on order or partitioning; a query takes part in as many folds
-    as it has positives, up to `folds`, each hiding another of them."""
+    seeded by (seed, query id) (apart from mining's own), so folds do not depend on order or partitioning; a query
+    takes part in as many folds as it has positives, up to `folds`, each hiding another of them."""
     own = (positives.filter(pl.col("query_row").is_in(rows)).group_by("query_row", maintain_order=True)
            .agg(pl.col("query_id").first(), pl.col("doc_row").unique().sort()))
     picked: dict[str, list[int]] = {"fold": [], "query_row": [], "doc_row": []}
     for query_row, query_id, docs in own.iter_rows():
-        order = query_rng(seed, query_id).permutation(len(docs))
+        order = query_rng(seed, f"calibration folds:{query_id}").permutation(len(docs))
         for fold in range(min(folds, len(docs))):
             picked["fold"].append(fold)
             picked["query_row"].append(query_row)
@@ -203,10 +217,11 @@ def _pooled(measured: pl.DataFrame) -> pl.DataFrame:
 
 def _ratio(setting: pl.DataFrame, baseline: pl.DataFrame, picks: np.ndarray) -> tuple[float | None, list[float] | None]:
     """A setting's false-negative rate over plain top-k's, and its 95% interval (paired: the same resamples of the
-    queries for both; resamples where plain top-k keeps no hidden positive are left out)."""
-    base_rate = baseline["relevant"].sum() / max(baseline["total"].sum(), 1)
-    if not base_rate:
+    queries for both; resamples where plain top-k keeps no hidden positive are left out). None when plain top-k kept
+    fewer than MIN_EVENTS hidden positives: too few to compare with."""
+    if baseline["relevant"].sum() < MIN_EVENTS:
         return None, None
+    base_rate = baseline["relevant"].sum() / max(baseline["total"].sum(), 1)
     rate = setting["relevant"].sum() / max(setting["total"].sum(), 1)
     base = bootstrap_rates(baseline, picks)
     ratios = bootstrap_rates(setting, picks)[base > 0] / base[base > 0]
@@ -227,12 +242,14 @@ def _row(name: str, pooled: pl.DataFrame, baseline: pl.DataFrame, baseline_mean:
             "mean_negative_score": None if mean is None else round(mean, 4), "negatives": negatives}
 
 
-def difference_interval(start: pl.DataFrame, other: pl.DataFrame, picks: np.ndarray | None = None) -> list[float]:
-    """95% bootstrap interval of `other`'s false-negative rate less `start`'s, resampling the same queries for both
-    (paired: each pooled per query, both sorted by query; `picks`: the resamples)."""
+def difference_interval(start: pl.DataFrame, other: pl.DataFrame, picks: np.ndarray | None = None,
+                        tail: float = 0.025) -> list[float]:
+    """The bootstrap interval of `other`'s false-negative rate less `start`'s, from the `tail` quantile to the 1 -
+    `tail` one (0.025: 95%), resampling the same queries for both (paired: each pooled per query, both sorted by
+    query; `picks`: the resamples)."""
     picks = bootstrap_picks(start.height) if picks is None else picks
     differences = bootstrap_rates(other, picks) - bootstrap_rates(start, picks)
-    return [round(float(x), 4) for x in np.quantile(differences, [0.025, 0.975])]
+    return [round(float(x), 4) for x in np.quantile(differences, [tail, 1 - tail])]
 
 
 def _lowest(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -242,8 +259,8 @@ def _lowest(rows: list[dict[str, Any]]) -> dict[str, Any]:
 def choose(table: list[dict[str, Any]],
            difference: Callable[[str, str], list[float]]) -> tuple[str, str, str, str | None]:
     """The chosen setting's name, what decided it, a sentence saying so, and the setting the choice started from
-    (None when no setting reached the coverage and hardness). `difference(start, other)`: the 95% interval of other's
-    false-negative rate less start's."""
+    (None when no setting reached the coverage and hardness). `difference(start, other)`: the interval of other's
+    false-negative rate less start's, whose upper bound is a one-sided bound at the family-wise FAMILY_ERROR."""
     measured = [row for row in table if row.get("false_negative_rate") is not None]
     covered = [row for row in measured if row["coverage"] >= MIN_COVERAGE]
     if not covered:
@@ -259,21 +276,24 @@ def choose(table: list[dict[str, Any]],
     start = next((row for row in eligible if row["setting"] == DEFAULT), None)
     if start is None:
         start = _lowest(eligible)
+        missing = ("was not measured here" if DEFAULT not in {row["setting"] for row in measured}
+                   else f"falls short of coverage {MIN_COVERAGE} or hardness {MIN_HARDNESS} here")
         outcome, why = "lowest_false_negative_rate", (
-            f"the default ({DEFAULT}) falls short of coverage {MIN_COVERAGE} or hardness {MIN_HARDNESS} here; "
-            f"{start['setting']} has the lowest false-negative rate ({start['false_negative_rate']}) of those that "
-            f"reach them")
+            f"the default ({DEFAULT}) {missing}; {start['setting']} has the lowest false-negative rate "
+            f"({start['false_negative_rate']}) of the settings that reach them")
     else:
         outcome, why = "default", (
-            "the default: no setting is shown to keep fewer hidden positives (the 95% interval of the difference "
-            "of rates, paired over the calibration queries, below 0)")
+            "the default: no setting is shown to keep fewer hidden positives (the upper bound of the difference of "
+            f"rates, paired over the calibration queries, at a family-wise error of {FAMILY_ERROR:g} over the "
+            "settings compared, is not below 0)")
     others = [row for row in eligible if row is not start]
     safer = [row for row in others if difference(start["setting"], row["setting"])[1] < 0]
     if safer:
         best = _lowest(safer)
         return best["setting"], "fewer_false_negatives", (
             f"its false-negative rate ({best['false_negative_rate']}) is lower than {start['setting']}'s "
-            f"({start['false_negative_rate']}): the 95% interval of the difference is below 0"), start["setting"]
+            f"({start['false_negative_rate']}): the upper bound of the difference, at a family-wise error of "
+            f"{FAMILY_ERROR:g} over the settings compared, is below 0"), start["setting"]
     return start["setting"], outcome, why, start["setting"]
 
 
@@ -294,18 +314,20 @@ def measure_settings(files: CalibrationFiles, positives_path: str, config: Build
                      topic_sample: str | None = None) -> dict[str, pl.DataFrame]:
     """Mine the calibration candidates with each named grid setting in every fold: per setting, its per-query
     measures pooled over the folds. Settings are independent, so a build splits them across its workers.
-    `topic_sample`: the build's topic sample (tasks/topic.py), which topic settings derive their bound from."""
+    `topic_sample`: the build's topic sample (tasks/topic.py), which topic settings derive their bound from (in each
+    fold without the positives it hides)."""
     folder = Path(files.folder)
     hits = pl.read_parquet(folder / "hits.parquet")
     positive_scores, near = (pl.read_parquet(folder / f"{name}.parquet") for name in ("positive-scores", "near-pairs"))
     hidden, similarity = (pl.read_parquet(folder / f"{name}.parquet") for name in ("hidden", "fold-similarity"))
     positives = pl.read_parquet(positives_path).filter(pl.col("query_row").is_in(hidden["query_row"].unique()))
     sample = pl.read_parquet(topic_sample) if topic_sample else None
-    settings = {name: with_topic_bound(applied(config, setting_fields(name)), sample)[0] for name in names}
     measured: dict[str, list[pl.DataFrame]] = {name: [] for name in names}
     key = ["query_row", "doc_row"]
     for fold in hidden["fold"].unique().sort().to_list():
         hide = hidden.filter(pl.col("fold") == fold).select(key)
+        known = None if sample is None else sample.join(hide, on=key, how="anti")  # a hidden positive is not known
+        settings = {name: with_topic_bound(applied(config, setting_fields(name)), known)[0] for name in names}
         rows = hide["query_row"].sort().to_list()
         fold_hits = hits.join(similarity.filter(pl.col("fold") == fold).drop("fold"), on=key, how="inner",
                               maintain_order="left")
@@ -329,14 +351,15 @@ def chosen_setting(files: CalibrationFiles, pooled: dict[str, pl.DataFrame], ski
     picks = bootstrap_picks(baseline.height)
     table = [_row(name, frame, baseline, baseline_mean, picks) for name, frame in pooled.items()]
     differences: dict[str, dict[str, list[float]]] = {}
+    tail = FAMILY_ERROR / max(len(table) - 1, 1)  # Bonferroni over the settings a start is compared with
 
     def difference(start: str, other: str) -> list[float]:
         measured = differences.setdefault(start, {})
-        return measured.setdefault(other, difference_interval(pooled[start], pooled[other], picks))
+        return measured.setdefault(other, difference_interval(pooled[start], pooled[other], picks, tail))
 
     choice, outcome, reason, start = choose(table, difference)
     for row in table:
-        row["difference_ci95"] = differences.get(start, {}).get(row["setting"])
+        row["difference_interval"] = differences.get(start, {}).get(row["setting"])
     chosen = next(row for row in table if row["setting"] == choice)
     estimate = {"vs_plain": chosen["vs_plain"], "ci95": chosen["vs_plain_ci95"],
                 "false_negative_reduction": None if chosen["vs_plain"] is None else round(1 - chosen["vs_plain"], 4)}
@@ -374,15 +397,17 @@ def false_negative_estimate(calibration: dict[str, Any] | None, topic: dict[str,
     if calibration["outcome"] == "fallback":
         return (f"False negatives: no estimate is possible: {calibration['queries']} queries have two or more known "
                 f"positives, {MIN_QUERIES} are needed to hide one and count it among the negatives. Mined with the "
-                f"fixed rule {calibration['choice']}{bound}, the default measured with one known positive per query "
-                f"(README, Calibration).")
+                f"fixed rule {calibration['choice']}{bound}, the default measured with one and two known positives per "
+                f"query (README, Calibration).")
     estimate = calibration.get("estimate") or {}
+    plain = next((row for row in calibration.get("table", ()) if row["setting"] == BASELINE), {})
     if estimate.get("vs_plain") is None:
-        measured = "plain top-k kept no hidden positive, so no ratio to it can be estimated"
+        measured = (f"not estimated: plain top-k kept {plain.get('hidden_kept', 0)} hidden positives among its "
+                    f"negatives, fewer than the {MIN_EVENTS} a ratio needs")
     else:
         low, high = estimate["ci95"]
-        measured = (f"estimated at {estimate['vs_plain']:.2f}x plain top-k's rate (95% interval {low:.2f}-"
-                    f"{high:.2f}x), a {estimate['false_negative_reduction']:.0%} reduction")
+        measured = (f"estimated at {estimate['vs_plain']:.2f}x plain top-k's rate (95% interval {low:.2f}-{high:.2f}x; "
+                    f"plain top-k kept {plain.get('hidden_kept')} hidden positives)")
     return (f"False negatives: {measured}, measured on {calibration['queries']} queries with several known positives, "
             f"each hidden in turn as a stand-in for the unlabelled relevant documents. Mined with "
             f"{calibration['choice']}{bound} ({calibration['outcome']}).")

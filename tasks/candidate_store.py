@@ -72,8 +72,9 @@ def load_candidates(folder: Path) -> StoredCandidates:
 
 def check_remine(parent_config: dict[str, Any], config: Any, stored: StoredCandidates) -> None:
     """Refuse options the stored candidates cannot serve: other inputs, model, search, corpus deduplication, rescoring
-    model or BM25 settings, a deeper window, a lexical rule without BM25 scores, or calibration without the
-    calibration's candidates. (The rescorer's margin and threshold and the lexical rules may change: every candidate
+    model or BM25 settings, a lexical rule without BM25 scores, calibration without the calibration's candidates, or
+    the topic rule without topic similarities or the topic sample (check_depth judges the window, once the options
+    to mine with are known). (The rescorer's margin and threshold and the lexical rules may change: every candidate
     has its scores.)"""
     new = config.content_dict()
     changed = [section for section in ("input", "embed", "search") if new[section] != parent_config[section]]
@@ -90,10 +91,6 @@ def check_remine(parent_config: dict[str, Any], config: Any, stored: StoredCandi
     if changed:
         raise RemineError(f"re-mining reuses the stored candidates, so {', '.join(changed)} cannot change; "
                           f"use negforge build for that")
-    needed = config.window_and_depth(stored.meta.max_positives)[1]
-    if needed > stored.meta.depth:
-        raise RemineError(f"these options need the top {needed} candidates per query, but the version stored "
-                          f"{stored.meta.depth} (its search depth); run negforge build with search.depth >= {needed}")
     if config.lexical.rules_on() and not stored.meta.lexical:
         raise RemineError("lexical.ratio and lexical.fusion need BM25 scores, which this version's candidates do not "
                           "have (built with mine.strategy fixed and no lexical rule); run negforge build")
@@ -108,5 +105,14 @@ def check_remine(parent_config: dict[str, Any], config: Any, stored: StoredCandi
                           "topic rule); run negforge build")
     if topic_rule and stored.topic_sample is None:
         raise RemineError("mine.strategy auto and mine.topic_quantile derive the topic bound from the topic sample, "
-                          "which this version does not hold (built with mine.strategy fixed); run negforge build, or "
-                          "remine with mine.strategy=fixed")
+                          "which this version does not hold (built with mine.strategy fixed and no topic_quantile); "
+                          "run negforge build, or remine with mine.strategy=fixed and without mine.topic_quantile")
+
+
+def check_depth(mining: Any, stored: StoredCandidates) -> None:
+    """Refuse options to mine with (the calibration's choice applied) whose window needs deeper candidates than
+    were stored."""
+    needed = mining.window_and_depth(stored.meta.max_positives)[1]
+    if needed > stored.meta.depth:
+        raise RemineError(f"these options need the top {needed} candidates per query, but the version stored "
+                          f"{stored.meta.depth} (its search depth); run negforge build with search.depth >= {needed}")

@@ -112,7 +112,9 @@ def mine(hits: pl.DataFrame, positives: pl.DataFrame, positive_scores: pl.DataFr
             _mark(reason, pos_sim >= np.float32(cfg.max_positive_similarity), "too_similar_to_positive")
         if eps is not None and not cfg.include_positives:
             _mark(reason, pos_sim >= np.float32(1 - eps), "near_duplicate_of_positive")
-    if cfg.max_topic_similarity is not None and "topic_sim" in hits.columns:
+    if cfg.max_topic_similarity is not None:
+        if "topic_sim" not in hits.columns:
+            raise ValueError("mine.max_topic_similarity is set but the candidates have no topic similarities")
         _mark(reason, hits["topic_sim"].to_numpy() >= np.float32(cfg.max_topic_similarity), "too_central_to_topic")
 
     for name, broken in cfg.score_filters(s, s_p).items():

@@ -13,7 +13,7 @@ import pytest
 from negforge.schemas.config import ConfigError, load_config, validate_config
 from negforge.schemas.tables import POSITIVES, frame
 from negforge.tasks.calibration import (DEFAULT, GRID, MIN_QUERIES, _uses, calibrate, choose, difference_interval,
-                                        false_negative_estimate, hidden_positives, setting_fields)
+                                        false_negative_estimate, hidden_positives, replaced_fields, setting_fields)
 from negforge.tasks.candidate_store import load_candidates
 from tests.conftest import DEMO, DEMO_CONFIG, run_cli, write_beir, write_config
 
@@ -90,15 +90,27 @@ def test_an_unknown_strategy_or_too_few_folds_is_refused_naming_the_field(tmp_pa
         load_config(DEMO_CONFIG, ["mine.calibration_folds=1"])
 
 
+def test_options_that_calibration_replaces_are_named_when_set_explicitly():
+    assert replaced_fields(load_config(DEMO_CONFIG)) == []  # defaults are not the user's
+    named = replaced_fields(load_config(DEMO_CONFIG, ["mine.relative_margin=0.1", "lexical.ratio=2"]))
+    assert named == ["mine.relative_margin", "lexical.ratio"]
+    assert replaced_fields(load_config(DEMO_CONFIG, ["mine.strategy=fixed", "mine.relative_margin=0.1"])) == []
+
+
 def test_a_version_says_what_is_known_of_its_false_negatives():
     topic = {"quantile": 0.2, "max_topic_similarity": 0.61, "positives": 300, "queries": 290}
     fallback = {"outcome": "fallback", "queries": 3, "choice": DEFAULT}
     assert "no estimate is possible" in false_negative_estimate(fallback, topic)
     assert DEFAULT in false_negative_estimate(fallback, topic) and "0.61" in false_negative_estimate(fallback, topic)
-    measured = {"outcome": "default", "queries": 40, "choice": DEFAULT,
+    table = [{"setting": "plain top-k", "hidden_kept": 24}]
+    measured = {"outcome": "default", "queries": 40, "choice": DEFAULT, "table": table,
                 "estimate": {"vs_plain": 0.25, "ci95": [0.1, 0.5], "false_negative_reduction": 0.75}}
     line = false_negative_estimate(measured, topic)
-    assert "0.25x plain top-k's rate (95% interval 0.10-0.50x)" in line and "75% reduction" in line
+    assert "0.25x plain top-k's rate (95% interval 0.10-0.50x; plain top-k kept 24 hidden positives)" in line
+    few = measured | {"table": [{"setting": "plain top-k", "hidden_kept": 3}],
+                      "estimate": {"vs_plain": None, "ci95": None, "false_negative_reduction": None}}
+    assert "plain top-k kept 3 hidden positives among its negatives, fewer than the 10" in false_negative_estimate(
+        few, topic)
     assert "not estimated" in false_negative_estimate(None, None)
 
 

@@ -56,7 +56,7 @@ def test_equal_data_give_equal_bytes(tmp_path):
     assert first == second
 
 
-CALIBRATION = {"outcome": "tied_and_harder", "choice": "relative_margin 0.05", "queries": 25, "folds": 3,
+CALIBRATION = {"outcome": "fewer_false_negatives", "choice": "relative_margin 0.05", "queries": 25, "folds": 3,
                "table": [{"setting": "plain top-k", "false_negative_rate": 0.12, "ci95": [0.08, 0.15],
                           "coverage": 1.0, "hardness": 1.0},
                          {"setting": "relative_margin 0.05", "false_negative_rate": 0.03, "ci95": [0.01, 0.05],
