@@ -42,9 +42,9 @@ def timed_build(overrides: list[str], what: str, refusals: bool = False) -> tupl
     start = time.perf_counter()
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     seconds = time.perf_counter() - start
-    if refusals and done.returncode == 1 and "candidate version failed validation" in done.stderr:
-        gate = done.stderr[done.stderr.index("candidate version failed validation"):]
-        return None, seconds, " ".join(gate.split())[:600]
+    refused = "negforge: error: the candidate version failed validation"
+    if refusals and done.returncode == 1 and refused in done.stderr:
+        return None, seconds, " ".join(done.stderr[done.stderr.index(refused):].split())
     if done.returncode:
         raise SystemExit(f"{what}: negforge build failed:\n{done.stderr[-3000:]}")
     return json.loads((Path(done.stdout.strip().splitlines()[-1]) / "manifest.json").read_text()), seconds, ""
