@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from negforge.flows.runtime import quiet_environment
+from negforge.schemas.console_text import printable_lines
 
 DEFAULT_CONFIG = Path("deployments/datasets/scifact-demo.yaml")
 
@@ -120,19 +121,20 @@ def cmd_gc(args: argparse.Namespace) -> int:
     return gc(args, args.workdir or storage.runtime.workdir, args.registry or storage.publish.registry)
 
 
-def _console_without_tracebacks() -> None:
-    """Prefect logs a failed run's traceback to the console; without --debug, show only its message lines there.
-
-    The API log handler still receives the whole record, so the Prefect UI keeps the traceback.
-    """
+def _console_lines_escaped(tracebacks: bool) -> None:
+    """Prefect's console lines carry user data (file names, ids, rejected rows): show their control characters
+    escaped, so no ESC or NUL reaches the terminal. Without tracebacks (no --debug), show only a failed run's message
+    lines; the API log handler still receives the whole record, so the Prefect UI keeps the traceback."""
     from prefect.logging.handlers import PrefectConsoleHandler
 
     formatter = PrefectConsoleHandler.format
 
-    def without_traceback(self: PrefectConsoleHandler, record: logging.LogRecord) -> str:
-        return formatter(self, logging.makeLogRecord(record.__dict__ | {"exc_info": None, "exc_text": None}))
+    def escaped(self: PrefectConsoleHandler, record: logging.LogRecord) -> str:
+        if not tracebacks:
+            record = logging.makeLogRecord(record.__dict__ | {"exc_info": None, "exc_text": None})
+        return printable_lines(formatter(self, record))
 
-    PrefectConsoleHandler.format = without_traceback
+    PrefectConsoleHandler.format = escaped
 
 
 class _NoTaskRunLines(logging.Filter):
@@ -234,8 +236,8 @@ def _run_flow(args: argparse.Namespace, dataset: str, prepare: Callable[[], Call
 
     try:
         with _stop_on_signals() as received, prefect_api() as api_ready:
+            _console_lines_escaped(tracebacks=args.debug)
             if not args.debug:  # before the cluster starts: its workers read the console level when they start
-                _console_without_tracebacks()
                 _quiet_task_runs()
             with (cluster or nullcontext)():
                 run = prepare()
@@ -445,12 +447,12 @@ def main(argv: list[str] | None = None) -> int:
             NoPrefectAPI, IndexSettingError, BudgetError, CalibrationError, LexicalError, EvaluationError) as error:
         if args.debug:
             raise
-        print(f"negforge: error: {error}", file=sys.stderr)
+        print(f"negforge: error: {printable_lines(str(error))}", file=sys.stderr)
         return 1 if isinstance(error, ValidationFailed) else 2
     except OSError as error:  # not a folder, read-only, no permission, no space: the path says where
         if args.debug or not permanent(error):
             raise
-        print(f"negforge: error: {describe(error)}", file=sys.stderr)
+        print(f"negforge: error: {printable_lines(describe(error))}", file=sys.stderr)
         return 2
 
 
