@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from negforge.flows.runtime import quiet_environment
-from negforge.schemas.console_text import printable_lines
+from negforge.schemas.console_text import printable_lines, quoted
 
 DEFAULT_CONFIG = Path("deployments/datasets/scifact-demo.yaml")
 
@@ -23,6 +23,17 @@ def default_config() -> Path:
     if DEFAULT_CONFIG.exists():
         return DEFAULT_CONFIG
     return Path(__file__).resolve().parent.parent / DEFAULT_CONFIG
+
+
+def _count(text: str) -> int:
+    """An argument that counts things: a whole number, 0 or more (a negative count would slice from the other end)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {quoted(text)}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -99,7 +110,7 @@ def _parser() -> argparse.ArgumentParser:
     gc.add_argument("--workdir", default=None, help="workdir (wins over the config's)")
     gc.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                     help="override a publish/runtime field of the config (repeatable)")
-    gc.add_argument("--keep-runs", type=int, default=3, help="newest run workspaces to keep (default 3)")
+    gc.add_argument("--keep-runs", type=_count, default=3, help="newest run workspaces to keep (default 3)")
     gc.add_argument("--dry-run", action="store_true", help="only report what would be removed")
     return parser
 

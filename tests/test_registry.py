@@ -274,6 +274,19 @@ def test_gc_reads_only_the_registry_and_workdir_and_takes_set(tmp_path, capsys):
     assert [p.name for p in (tmp_path / "elsewhere" / "runs").iterdir()] == ["20260102T000000-b"]
 
 
+
+def test_gc_refuses_a_negative_count_of_runs_to_keep_and_removes_nothing(tmp_path):
+    runs = [tmp_path / "work" / "runs" / name for name in ("20260101T000000-a", "20260102T000000-b")]
+    for run in runs:
+        run.mkdir(parents=True)
+    # -1 once removed every run (runs[len(runs) + 1:] keeps none)
+    for count, why in (("-1", "must be 0 or more, got -1"), ("two", "expected a whole number, got 'two'")):
+        done = run_cli("gc", "--registry", str(tmp_path / "registry"), "--workdir", str(tmp_path / "work"),
+                       "--keep-runs", count, check=False)
+        assert done.returncode == 2 and "Traceback" not in done.stderr
+        assert done.stderr.strip().splitlines()[-1] == f"negforge gc: error: argument --keep-runs: {why}"
+        assert all(run.is_dir() for run in runs)
+
 def test_a_key_error_is_a_bug_with_a_traceback(tmp_path, monkeypatch):
     from negforge.flows import registry_commands
     from negforge.flows.cli import main
