@@ -95,6 +95,7 @@ def report_markdown(manifest: dict[str, Any], version_dir: str, published: bool)
     scores = _table(("scores", *statistics), [(kind, *["" if stats.get(k) is None else stats[k] for k in statistics])
                                               for kind, stats in manifest["scores"].items()])
     short = manifest["short_queries"]
+    short_ids = [printable(query_id) for query_id in short["ids"][:20]]
     validation = manifest["validation"]
     outcome = "published" if published else "up to date: equal to the latest version, nothing published"
     return f"""# {manifest['dataset']} {manifest['version']}: {outcome}
@@ -129,7 +130,7 @@ Task runs per stage: {', '.join(f'{k} {v}' for k, v in manifest.get('task_runs',
 {scores}
 
 ## Queries short of negatives
-{short['count']}{': ' + ', '.join(map(printable, short['ids'][:20])) if short['ids'] else ''}{' ...' if len(short['ids']) > 20 else ''}
+{short['count']}{': ' + ', '.join(short_ids) if short_ids else ''}{' ...' if len(short['ids']) > 20 else ''}
 
 ## Validation
 Passed: {validation['expectations']} expectations; drift warnings: {'; '.join(validation['warnings']) or 'none'}.
