@@ -6,6 +6,7 @@ Every field has a default and a description, so the Prefect UI draws a documente
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 import stat
@@ -583,7 +584,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Deep-set each `a.b=value` into the raw config mapping (a section given as null is an empty one)."""
+    """A copy of the raw config mapping with each `a.b=value` deep-set (a section given as null is an empty one).
+    The mapping given is left as it was: callers compare it with the result (what a remine may not change)."""
+    raw = copy.deepcopy(raw)
     for text in overrides:
         path, value = parse_override(text)
         node = raw

@@ -11,7 +11,7 @@ import polars as pl
 import pytest
 
 from negforge.flows.cli import main
-from negforge.schemas.config import BuildConfig, ConfigError, load_config
+from negforge.schemas.config import BuildConfig, ConfigError, apply_overrides, load_config
 from tests.conftest import DEMO_CONFIG
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,6 +45,13 @@ def test_set_values_are_parsed_as_yaml(tmp_path):
     assert config.mine.num_negatives == 8
     assert config.mine.relative_margin is None
     assert config.output.exports == ["flagembedding"]
+
+
+def test_overrides_leave_the_mapping_they_are_applied_to_as_it_was():
+    stored = {"embed": {"batch_size": 32}, "mine": None}
+    assert apply_overrides(stored, ["embed.batch_size=4", "mine.seed=1"]) == {"embed": {"batch_size": 4},
+                                                                            "mine": {"seed": 1}}
+    assert stored == {"embed": {"batch_size": 32}, "mine": None}  # a remine compares the two
 
 
 def test_pairs_null_override_and_pairs_layout(tmp_path):
