@@ -357,7 +357,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     settings = evaluate_settings(args, registry, dataset, version)
     from negforge.flows.evaluate import check_request
 
-    check_request(registry, dataset, version, settings, compare)  # refuse before any run starts
+    check_request(registry, dataset, version, settings, compare, args.save_model)  # refuse before any run starts
 
     def prepare() -> Callable[[], dict]:
         from negforge.flows.evaluate import evaluate_training_set
