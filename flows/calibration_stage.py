@@ -27,12 +27,12 @@ from negforge.tasks.calibration import (MIN_QUERIES, applicable_settings, applie
 from negforge.tasks.calibration_search import TABLES, calibration_candidates
 from negforge.tasks.lexical import LexicalError, build_index
 from negforge.tasks.topic import sample_rows, with_topic_bound
-from negforge.tasks.topic_sample import sample_topic_similarity
+from negforge.tasks.topic_sample import sample_topic_centrality
 
 lexical_index_task = negforge_task(build_index, "build lexical index", retried=True)
 calibration_candidates_task = negforge_task(calibration_candidates, "calibration candidates", retried=True)
 measure_settings_task = negforge_task(measure_settings, "calibrate settings")
-topic_sample_task = negforge_task(sample_topic_similarity, "topic sample", retried=True)
+topic_sample_task = negforge_task(sample_topic_centrality, "topic sample", retried=True)
 
 
 def lexical_index(texts: Texts, config: BuildConfig) -> str | None:
@@ -106,8 +106,8 @@ def calibrated(config: BuildConfig, positives: str, files: CalibrationFiles | No
         config = applied(config, calibration.settings)
     mining, topic = with_topic_bound(config, pl.read_parquet(sample) if sample else None)
     if topic:
-        get_run_logger().info("topic bound: max_topic_similarity %s, the %s quantile of %d positives of %d queries",
-                              topic["max_topic_similarity"], topic["quantile"], topic["positives"], topic["queries"])
+        get_run_logger().info("topic bound: max_topic_centrality %s, the %s quantile of %d positives of %d queries",
+                              topic["max_topic_centrality"], topic["quantile"], topic["positives"], topic["queries"])
     return mining, calibration, topic
 
 

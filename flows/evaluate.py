@@ -49,7 +49,7 @@ BASELINES = {
     "random": {"sampling_strategy": "random"},
 }
 UNFILTERED = {"strategy": "fixed", "relative_margin": None, "absolute_margin": None, "max_score": None,
-              "min_score": None, "max_positive_similarity": None, "max_topic_similarity": None,
+              "min_score": None, "max_positive_similarity": None, "max_topic_centrality": None,
               "topic_quantile": None, "max_uses_per_negative": None, "max_depth": None, "promote_suspected": False,
               "range_min": 0}
 

@@ -141,15 +141,15 @@ class MineConfig(_Section):
         0.8, description="Drop a candidate whose cosine to any positive of its query is at least this (paraphrases; "
                          "0.8 chosen by bench/false_negatives.py)."
     )
-    max_topic_similarity: float | None = Field(
-        None, description="Drop a candidate whose cosine to its query's topic (the normalized mean of the query's 10 "
-                          "best-ranked candidates) is at least this (null: off).",
+    max_topic_centrality: float | None = Field(
+        None, description="Drop a candidate at least this central to its query's topic: its cosine to the normalized "
+                          "mean of the query's 10 best-ranked candidates, less their mean cosine to it (null: off).",
     )
     topic_quantile: float | None = Field(
         None, gt=0, lt=1,
-        description="Set max_topic_similarity from the data: this quantile of the known positives' cosines to their "
-                    "own queries' topics (0.15: drop a candidate at least as central to its query's topic as 85% of "
-                    "known positives are to theirs; null: off).",
+        description="Set max_topic_centrality from the data: this quantile of the known positives' centralities to "
+                    "their own queries' topics (0.1: drop a candidate at least as central to its query's topic as 90% "
+                    "of known positives are to theirs; null: off).",
     )
     max_depth: int | Literal["auto"] | None = Field(
         "auto", description="Search queries left short of negatives deeper, doubling the search depth up to this "
@@ -181,8 +181,8 @@ class MineConfig(_Section):
 
     @model_validator(mode="after")
     def _one_topic_bound(self) -> MineConfig:
-        if self.max_topic_similarity is not None and self.topic_quantile is not None:
-            raise ValueError("set max_topic_similarity (a cosine) or topic_quantile (derived from the positives), "
+        if self.max_topic_centrality is not None and self.topic_quantile is not None:
+            raise ValueError("set max_topic_centrality (a cosine) or topic_quantile (derived from the positives), "
                              "not both")
         return self
 
@@ -229,7 +229,7 @@ class MineConfig(_Section):
             return self.range_max
         filtered = any(bound is not None for bound in (
             self.absolute_margin, self.relative_margin, self.max_score, self.max_positive_similarity,
-            self.max_topic_similarity, self.topic_quantile))
+            self.max_topic_centrality, self.topic_quantile))
         return self.range_min + self.num_negatives * (10 if filtered else 1) + max_positives
 
 

@@ -94,7 +94,7 @@ def settings_fixed_by_candidates(parent_config: dict[str, Any], config: Any, sto
 def check_remine(parent_config: dict[str, Any], config: Any, stored: StoredCandidates) -> None:
     """Refuse options the stored candidates cannot serve: settings they were made with (settings_fixed_by_candidates),
     a lexical rule without BM25 scores, calibration without the calibration's candidates, or the topic rule without
-    topic similarities or the topic sample (check_depth judges the window, once the options to mine with are known)."""
+    topic centralities or the topic sample (check_depth judges the window, once the options to mine with are known)."""
     changed = settings_fixed_by_candidates(parent_config, config, stored)
     if changed:
         raise RemineError(f"re-mining reuses the stored candidates, so {', '.join(changed)} cannot change; "
@@ -107,9 +107,9 @@ def check_remine(parent_config: dict[str, Any], config: Any, stored: StoredCandi
         raise RemineError("mine.strategy auto needs the calibration's candidates, which this version does not hold "
                           "(built with mine.strategy fixed); run negforge build, or remine with mine.strategy=fixed")
     topic_rule = config.mine.strategy == "auto" or config.mine.topic_quantile is not None
-    if (topic_rule or config.mine.max_topic_similarity is not None) and not stored.meta.topic:
-        raise RemineError("the topic rule (mine.strategy auto, mine.topic_quantile, mine.max_topic_similarity) needs "
-                          "the candidates' topic similarities, which this version's do not have (built before the "
+    if (topic_rule or config.mine.max_topic_centrality is not None) and not stored.meta.topic:
+        raise RemineError("the topic rule (mine.strategy auto, mine.topic_quantile, mine.max_topic_centrality) needs "
+                          "the candidates' topic centralities, which this version's do not have (built before the "
                           "topic rule); run negforge build")
     if topic_rule and stored.topic_sample is None:
         raise RemineError("mine.strategy auto and mine.topic_quantile derive the topic bound from the topic sample, "

@@ -81,8 +81,8 @@ def mine(hits: pl.DataFrame, positives: pl.DataFrame, positive_scores: pl.DataFr
 
     Args:
         hits: merged search hits (query_row, doc_row, score, rank, and, when computed, pos_sim: the highest cosine
-            to a positive of the query, and topic_sim: the cosine to the query's topic), sorted by query_row then
-            rank.
+            to a positive of the query, and topic_centrality: how central to the query's topic), sorted by query_row
+            then rank.
         positives: the positives table of ingest (at least the rows of the hits' queries).
         positive_scores: (query_row, doc_row, score) of the positives.
         cfg: the mining options.
@@ -112,10 +112,10 @@ def mine(hits: pl.DataFrame, positives: pl.DataFrame, positive_scores: pl.DataFr
             _mark(reason, pos_sim >= np.float32(cfg.max_positive_similarity), "too_similar_to_positive")
         if eps is not None and not cfg.include_positives:
             _mark(reason, pos_sim >= np.float32(1 - eps), "near_duplicate_of_positive")
-    if cfg.max_topic_similarity is not None:
-        if "topic_sim" not in hits.columns:
-            raise ValueError("mine.max_topic_similarity is set but the candidates have no topic similarities")
-        _mark(reason, hits["topic_sim"].to_numpy() >= np.float32(cfg.max_topic_similarity), "too_central_to_topic")
+    if cfg.max_topic_centrality is not None:
+        if "topic_centrality" not in hits.columns:
+            raise ValueError("mine.max_topic_centrality is set but the candidates have no topic centralities")
+        _mark(reason, hits["topic_centrality"].to_numpy() >= np.float32(cfg.max_topic_centrality), "too_central_to_topic")
 
     for name, broken in cfg.score_filters(s, s_p).items():
         _mark(reason, broken, name)

@@ -42,10 +42,10 @@ def coverage_shortfall(queries: int, mined: Mined, config: BuildConfig) -> str:
     mine = config.mine
     filters = {f"mine.{name}": getattr(mine, name) for name in
                ("relative_margin", "absolute_margin", "max_score", "min_score", "max_positive_similarity",
-                "max_topic_similarity")}
+                "max_topic_centrality")}
     filters |= {f"lexical.{name}": getattr(config.lexical, name) for name in ("ratio", "fusion")}
-    filters["mine.max_topic_similarity (or the mine.topic_quantile it came from)"] = filters.pop(
-        "mine.max_topic_similarity")
+    filters["mine.max_topic_centrality (or the mine.topic_quantile it came from)"] = filters.pop(
+        "mine.max_topic_centrality")
     on = ", ".join(f"{name}={value}" for name, value in filters.items() if value is not None) or "none"
     return (f"  coverage: {queries - short} of {queries} queries got all {mine.num_negatives} negatives "
             f"({(queries - short) / max(queries, 1):.4f} < validate.min_coverage {config.validate_.min_coverage}); "

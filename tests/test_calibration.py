@@ -98,10 +98,10 @@ def test_options_that_calibration_replaces_are_named_when_set_explicitly():
 
 
 def test_a_version_says_what_is_known_of_its_false_negatives():
-    topic = {"quantile": 0.2, "max_topic_similarity": 0.61, "positives": 300, "queries": 290}
+    topic = {"quantile": 0.1, "max_topic_centrality": 0.061, "positives": 300, "queries": 290}
     fallback = {"outcome": "fallback", "queries": 3, "choice": DEFAULT}
     assert "no estimate is possible" in false_negative_estimate(fallback, topic)
-    assert DEFAULT in false_negative_estimate(fallback, topic) and "0.61" in false_negative_estimate(fallback, topic)
+    assert DEFAULT in false_negative_estimate(fallback, topic) and "0.061" in false_negative_estimate(fallback, topic)
     table = [{"setting": "plain top-k", "hidden_kept": 24}]
     measured = {"outcome": "default", "queries": 40, "choice": DEFAULT, "table": table,
                 "estimate": {"vs_plain": 0.25, "ci95": [0.1, 0.5], "false_negative_reduction": 0.75}}
@@ -183,7 +183,7 @@ def test_too_few_multi_positive_queries_fall_back_to_the_default_and_say_no_esti
     manifest = json.loads((version / "manifest.json").read_text())
     calibration = manifest["calibration"]
     assert calibration["outcome"] == "fallback" and calibration["settings"] == setting_fields(DEFAULT)
-    assert manifest["topic"]["quantile"] == 0.15 and manifest["config"]["mine"]["topic_quantile"] is None
+    assert manifest["topic"]["quantile"] == 0.1 and manifest["config"]["mine"]["topic_quantile"] is None
     assert "too_central_to_topic" in manifest["reasons"]  # mined with the default's topic bound
     assert "calibration needs 20" in done.stderr and "mining with the default" in done.stderr
     assert "no estimate is possible" in (version / "README.md").read_text()
