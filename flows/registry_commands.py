@@ -154,6 +154,8 @@ def gc(args: argparse.Namespace, workdir: str, registry: str) -> int:
     print(f"{verb} {len(report['runs_removed'])} run workspaces and {len(report['fingerprints_removed'])} "
           f"store fingerprints ({report['bytes_freed'] / 2**20:.1f} MiB)")
     print(f"{verb} {len(report['staging_removed'])} staging folders of builds that are gone")
+    for path, why in report["not_removed"].items():
+        print(f"not removed: {printable(path)}: {printable(why)}")
     if not args.dry_run:
         print(f"removed {len(report['damaged_parts_removed'])} damaged embedding-store parts")
     print(f"embedding store: {report['store_bytes_before'] / 2**20:.1f} MiB before, "

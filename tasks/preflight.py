@@ -18,7 +18,7 @@ from negforge.tasks.registry import Registry
 
 # OS errors that a second try cannot mend: never retried, reported in one line naming the path.
 PERMANENT_ERRNOS = {errno.ENOTDIR, errno.EISDIR, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC,
-                    errno.EDQUOT}
+                    errno.EDQUOT, errno.ELOOP}  # ELOOP: a symlink where negforge opens without following one
 DEFAULT_DIMENSION = 4096  # when the model's config does not say: as large as common embedding models get
 
 
