@@ -216,6 +216,11 @@ def mine_and_publish(config: BuildConfig, texts: Texts, parts: list[MinedPartiti
         logger.warning("%d queries stay short of negatives: a build would search them deeper than the stored "
                        "candidates go (to depth %s); run negforge build for them", deepened.needs_deeper,
                        mining.depth_bound(stored.max_positives, stored.documents))
+    if mined.suspected["not_promoted"]:
+        logger.warning("%d suspected positives in %d queries were not promoted (more than "
+                       "mine.max_promoted_per_positive=%s per known positive): dropped as suspected_not_promoted",
+                       mined.suspected["not_promoted"], mined.suspected["queries_not_promoted"],
+                       mining.mine.max_promoted_per_positive)
 
     registry = Registry(config.publish.registry, config.publish.dataset)
     staging = registry.staging()

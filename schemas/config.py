@@ -169,6 +169,11 @@ class MineConfig(_Section):
         False, description="Add suspected positives (ranked at or above the lowest positive by every signal that is "
                            "on) as extra positives (RLHN's relabel), instead of only listing them.",
     )
+    max_promoted_per_positive: int | None = Field(
+        3, ge=1, description="promote_suspected: promote at most this many suspected positives per known positive of "
+                             "the query, the best-ranked; the others are dropped as suspected_not_promoted, neither "
+                             "positive nor negative (null: no bound).",
+    )
     seed: int = Field(42, description="Seed of the per-query random streams (and of the calibration folds).")
     include_positives: bool = Field(False, description="Let positives be candidates (for reranking evaluation sets).")
 
