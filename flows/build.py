@@ -39,7 +39,7 @@ from negforge.tasks.dataset_card import dataset_card
 from negforge.tasks.ingest import ingest
 from negforge.tasks.ann_index import check_index_settings
 from negforge.tasks.model import embedding_dimension, resolve_model
-from negforge.tasks.preflight import preflight, store_shortfall
+from negforge.tasks.preflight import check_budget_for_the_model, preflight, store_shortfall
 from negforge.tasks.sizing import check_budget
 from negforge.tasks.quality_gate import check_candidate, check_inputs
 from negforge.tasks.registry import Registry
@@ -110,6 +110,7 @@ def _build(config: BuildConfig, worker_count: Any) -> dict[str, Any]:
     started = datetime.now(timezone.utc)
     run_dir = new_run_dir(config, started)
     preflight(config)
+    check_budget_for_the_model(config)
 
     with _timed(timings, "ingest"):
         ingested = ingest_task(config.input, str(run_dir / "ingest"), config.runtime.shard_size)

@@ -272,6 +272,7 @@ def _run_flow(args: argparse.Namespace, dataset: str, prepare: Callable[[], Call
 def cmd_remine(args: argparse.Namespace) -> int:
     from negforge.schemas.config import ConfigError, apply_overrides, validate_config
     from negforge.tasks.candidate_store import check_depth, check_remine, load_candidates
+    from negforge.tasks.preflight import check_scheduler
     from negforge.tasks.registry import Registry
 
     dataset, sep, version = args.source.partition("@")
@@ -286,6 +287,7 @@ def cmd_remine(args: argparse.Namespace) -> int:
     check_remine(parent["config"], config, stored)  # refuse before any run starts
     if config.mine.strategy == "fixed":
         check_depth(config, stored)  # with auto, the window is the calibration's choice's: judged in the flow
+    check_scheduler(config.runtime)
 
     def prepare() -> Callable[[], dict]:
         from negforge.flows.remine import remine_training_set
@@ -372,6 +374,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     from negforge.tasks.calibration import replaced_fields
 
     from negforge.flows.versions_info import code_version
+    from negforge.tasks.preflight import check_budget_for_the_model, check_scheduler
     from negforge.tasks.up_to_date import unchanged_version, up_to_date_result
 
     config = load_config(args.config or default_config(), args.overrides)
@@ -382,6 +385,8 @@ def cmd_build(args: argparse.Namespace) -> int:
     unchanged = unchanged_version(config, code_version())
     if unchanged:  # before any Prefect server or Dask cluster starts: the UI shows no run for this
         return _print_result(up_to_date_result(unchanged))
+    check_scheduler(config.runtime)  # before the Prefect server, the cluster and the flow run: refused at once
+    check_budget_for_the_model(config)
 
     def prepare() -> Callable[[], dict]:
         from negforge.flows.build import build_training_set
