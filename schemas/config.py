@@ -16,7 +16,7 @@ from typing import Any, Callable, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from negforge.schemas.console_text import quoted, shortened
+from negforge.schemas.console_text import printable, quoted, shortened
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 FileFormat = Literal["auto", "jsonl", "parquet", "csv", "tsv"]
@@ -614,7 +614,7 @@ def format_validation_error(error: ValidationError, source: str) -> str:
         message = "unknown field" if item["type"] == "extra_forbidden" else shortened(item["msg"], 300)
         got = f" (got {quoted(item['input'])})" if item["type"] != "missing" and not isinstance(item["input"],
                                                                                               dict) else ""
-        lines.append(f"{shortened(source)}: {path}: {message}{got}")
+        lines.append(f"{printable(source)}: {path}: {message}{got}")
     return "\n".join(lines)
 
 
@@ -637,9 +637,9 @@ MAX_CONFIG_BYTES = 1 << 20  # configs are a few KB; anything this large is not o
 def read_config(path: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
     """The raw mapping of a YAML build config, its paths resolved against its folder, `--set` overrides applied."""
     path = Path(path)
-    raw = _yaml_value(_config_text(path), shortened(str(path))) or {}
+    raw = _yaml_value(_config_text(path), printable(str(path))) or {}
     if not isinstance(raw, dict):
-        raise ConfigError(f"{shortened(str(path))}: expected a mapping of sections at the top level")
+        raise ConfigError(f"{printable(str(path))}: expected a mapping of sections at the top level")
     _resolve_paths(raw, path.parent.resolve())
     return apply_overrides(raw, overrides or [])
 
@@ -647,7 +647,7 @@ def read_config(path: str | Path, overrides: list[str] | None = None) -> dict[st
 def _config_text(path: Path) -> str:
     """The text of a config file: a regular file of at most MAX_CONFIG_BYTES of UTF-8. A device (/dev/zero), FIFO,
     socket or folder is refused before it is opened, so nothing reads without end or blocks."""
-    shown = shortened(str(path))
+    shown = printable(str(path))  # a path is shown whole: the user needs it to act
     try:
         status = path.stat()
     except FileNotFoundError:
