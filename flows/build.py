@@ -39,7 +39,7 @@ from negforge.tasks.dataset_card import dataset_card
 from negforge.tasks.ingest import ingest
 from negforge.tasks.ann_index import check_index_settings
 from negforge.tasks.model import embedding_dimension, resolve_model
-from negforge.tasks.preflight import preflight, store_shortfall
+from negforge.tasks.preflight import check_budget_for_the_model, preflight, store_shortfall
 from negforge.tasks.sizing import check_budget
 from negforge.tasks.quality_gate import check_candidate, check_inputs
 from negforge.tasks.registry import Registry
@@ -110,6 +110,7 @@ def _build(config: BuildConfig, worker_count: Any) -> dict[str, Any]:
     started = datetime.now(timezone.utc)
     run_dir = new_run_dir(config, started)
     preflight(config)
+    check_budget_for_the_model(config)
 
     with _timed(timings, "ingest"):
         ingested = ingest_task(config.input, str(run_dir / "ingest"), config.runtime.shard_size)
@@ -216,6 +217,11 @@ def mine_and_publish(config: BuildConfig, texts: Texts, parts: list[MinedPartiti
         logger.warning("%d queries stay short of negatives: a build would search them deeper than the stored "
                        "candidates go (to depth %s); run negforge build for them", deepened.needs_deeper,
                        mining.depth_bound(stored.max_positives, stored.documents))
+    if mined.suspected["not_promoted"]:
+        logger.warning("%d suspected positives in %d queries were not promoted (more than "
+                       "mine.max_promoted_per_positive=%s per known positive): dropped as suspected_not_promoted",
+                       mined.suspected["not_promoted"], mined.suspected["queries_not_promoted"],
+                       mining.mine.max_promoted_per_positive)
 
     registry = Registry(config.publish.registry, config.publish.dataset)
     staging = registry.staging()

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from negforge.schemas.config import apply_overrides, validate_config
-from negforge.tasks.calibration import CalibrationError, calibrate, false_negative_estimate
-from negforge.tasks.candidate_store import load_candidates
+from negforge.schemas.config import BuildConfig, apply_overrides, validate_config
+from negforge.schemas.stages import StoredCandidates
+from negforge.tasks.calibration import (CALIBRATED, GRID, CalibrationError, applied, calibrate, false_negative_estimate,
+                                        setting_fields)
+from negforge.tasks.candidate_store import load_candidates, settings_fixed_by_candidates
 from negforge.tasks.registry import NotFound, Registry
 
 
@@ -32,6 +34,33 @@ def table_lines(table: list[dict[str, Any]]) -> list[str]:
     return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
 
 
+def _refuse_what_calibration_cannot_honour(name: str, built: dict[str, Any], config: BuildConfig,
+                                           stored: StoredCandidates) -> None:
+    """Refuse a version without calibration candidates, and --set options its stored candidates cannot be mined with,
+    rather than calibrate without them: settings the candidates were made with, fields every grid setting sets
+    itself, the folds (drawn when the version was built) and windows deeper than the candidates were searched."""
+    fixed = settings_fixed_by_candidates(built, config, stored)
+    if fixed:
+        raise CalibrationError(f"{name}: calibration mines the version's stored candidates again, so "
+                               f"{', '.join(fixed)} cannot change; run negforge build with them")
+    before, after = validate_config(built).content_dict(), config.content_dict()
+    gridded = [f"{section}.{field}" for section, field in CALIBRATED if after[section][field] != before[section][field]]
+    if gridded:
+        raise CalibrationError(f"{name}: every calibration setting sets {', '.join(gridded)} itself, so --set cannot "
+                               f"choose it; to mine with it, remine with mine.strategy=fixed")
+    if after["mine"]["calibration_folds"] != before["mine"]["calibration_folds"]:
+        raise CalibrationError(f"{name}: mine.calibration_folds cannot change: the folds were drawn and searched when "
+                               f"the version was built; run negforge build with it")
+    files = stored.calibration
+    if files is None:
+        raise CalibrationError(f"{name} holds no calibration candidates (built with mine.strategy fixed, or fewer "
+                               f"than 20 queries with several positives); build it with mine.strategy=auto")
+    needed = max(applied(config, setting_fields(setting)).window_and_depth(files.max_positives)[1] for setting in GRID)
+    if needed > files.depth:
+        raise CalibrationError(f"{name}: these options need the top {needed} candidates per query, but the "
+                               f"calibration stored {files.depth}; run negforge build with them")
+
+
 def calibrate_version(registry_folder: str, target: str, overrides: list[str]) -> list[str]:
     """Calibrate on a version's stored calibration candidates (default: LATEST); the lines to print."""
     dataset, _, version = target.partition("@")
@@ -42,9 +71,7 @@ def calibrate_version(registry_folder: str, target: str, overrides: list[str]) -
     manifest = registry.whole_manifest(version)
     config = validate_config(apply_overrides(manifest["config"], overrides), f"{dataset}@{version} config")
     stored = load_candidates(registry.folder / version / "candidates")
-    if stored.calibration is None:
-        raise CalibrationError(f"{dataset}@{version} holds no calibration candidates (built with mine.strategy fixed, "
-                               f"or fewer than 20 queries with several positives); build it with mine.strategy=auto")
+    _refuse_what_calibration_cannot_honour(f"{dataset}@{version}", manifest["config"], config, stored)
     result = calibrate(stored.calibration, stored.texts.positives, config, stored.topic_sample)
     lines = [f"{dataset}@{version}: {result.queries} queries with two or more positives, at most {result.folds} "
              f"folds, each hiding another of their positives", *table_lines(list(result.table))]

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from negforge.flows.runtime import quiet_environment
+from negforge.schemas.console_text import printable_lines, quoted
 
 DEFAULT_CONFIG = Path("deployments/datasets/scifact-demo.yaml")
 
@@ -22,6 +23,17 @@ def default_config() -> Path:
     if DEFAULT_CONFIG.exists():
         return DEFAULT_CONFIG
     return Path(__file__).resolve().parent.parent / DEFAULT_CONFIG
+
+
+def _count(text: str) -> int:
+    """An argument that counts things: a whole number, 0 or more (a negative count would slice from the other end)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {quoted(text)}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -98,7 +110,7 @@ def _parser() -> argparse.ArgumentParser:
     gc.add_argument("--workdir", default=None, help="workdir (wins over the config's)")
     gc.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                     help="override a publish/runtime field of the config (repeatable)")
-    gc.add_argument("--keep-runs", type=int, default=3, help="newest run workspaces to keep (default 3)")
+    gc.add_argument("--keep-runs", type=_count, default=3, help="newest run workspaces to keep (default 3)")
     gc.add_argument("--dry-run", action="store_true", help="only report what would be removed")
     return parser
 
@@ -120,19 +132,20 @@ def cmd_gc(args: argparse.Namespace) -> int:
     return gc(args, args.workdir or storage.runtime.workdir, args.registry or storage.publish.registry)
 
 
-def _console_without_tracebacks() -> None:
-    """Prefect logs a failed run's traceback to the console; without --debug, show only its message lines there.
-
-    The API log handler still receives the whole record, so the Prefect UI keeps the traceback.
-    """
+def _console_lines_escaped(tracebacks: bool) -> None:
+    """Prefect's console lines carry user data (file names, ids, rejected rows): show their control characters
+    escaped, so no ESC or NUL reaches the terminal. Without tracebacks (no --debug), show only a failed run's message
+    lines; the API log handler still receives the whole record, so the Prefect UI keeps the traceback."""
     from prefect.logging.handlers import PrefectConsoleHandler
 
     formatter = PrefectConsoleHandler.format
 
-    def without_traceback(self: PrefectConsoleHandler, record: logging.LogRecord) -> str:
-        return formatter(self, logging.makeLogRecord(record.__dict__ | {"exc_info": None, "exc_text": None}))
+    def escaped(self: PrefectConsoleHandler, record: logging.LogRecord) -> str:
+        if not tracebacks:
+            record = logging.makeLogRecord(record.__dict__ | {"exc_info": None, "exc_text": None})
+        return printable_lines(formatter(self, record))
 
-    PrefectConsoleHandler.format = without_traceback
+    PrefectConsoleHandler.format = escaped
 
 
 class _NoTaskRunLines(logging.Filter):
@@ -234,8 +247,8 @@ def _run_flow(args: argparse.Namespace, dataset: str, prepare: Callable[[], Call
 
     try:
         with _stop_on_signals() as received, prefect_api() as api_ready:
+            _console_lines_escaped(tracebacks=args.debug)
             if not args.debug:  # before the cluster starts: its workers read the console level when they start
-                _console_without_tracebacks()
                 _quiet_task_runs()
             with (cluster or nullcontext)():
                 run = prepare()
@@ -259,6 +272,7 @@ def _run_flow(args: argparse.Namespace, dataset: str, prepare: Callable[[], Call
 def cmd_remine(args: argparse.Namespace) -> int:
     from negforge.schemas.config import ConfigError, apply_overrides, validate_config
     from negforge.tasks.candidate_store import check_depth, check_remine, load_candidates
+    from negforge.tasks.preflight import check_scheduler
     from negforge.tasks.registry import Registry
 
     dataset, sep, version = args.source.partition("@")
@@ -273,6 +287,7 @@ def cmd_remine(args: argparse.Namespace) -> int:
     check_remine(parent["config"], config, stored)  # refuse before any run starts
     if config.mine.strategy == "fixed":
         check_depth(config, stored)  # with auto, the window is the calibration's choice's: judged in the flow
+    check_scheduler(config.runtime)
 
     def prepare() -> Callable[[], dict]:
         from negforge.flows.remine import remine_training_set
@@ -344,7 +359,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     settings = evaluate_settings(args, registry, dataset, version)
     from negforge.flows.evaluate import check_request
 
-    check_request(registry, dataset, version, settings, compare)  # refuse before any run starts
+    check_request(registry, dataset, version, settings, compare, args.save_model)  # refuse before any run starts
 
     def prepare() -> Callable[[], dict]:
         from negforge.flows.evaluate import evaluate_training_set
@@ -359,6 +374,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     from negforge.tasks.calibration import replaced_fields
 
     from negforge.flows.versions_info import code_version
+    from negforge.tasks.preflight import check_budget_for_the_model, check_scheduler
     from negforge.tasks.up_to_date import unchanged_version, up_to_date_result
 
     config = load_config(args.config or default_config(), args.overrides)
@@ -369,6 +385,8 @@ def cmd_build(args: argparse.Namespace) -> int:
     unchanged = unchanged_version(config, code_version())
     if unchanged:  # before any Prefect server or Dask cluster starts: the UI shows no run for this
         return _print_result(up_to_date_result(unchanged))
+    check_scheduler(config.runtime)  # before the Prefect server, the cluster and the flow run: refused at once
+    check_budget_for_the_model(config)
 
     def prepare() -> Callable[[], dict]:
         from negforge.flows.build import build_training_set
@@ -445,12 +463,12 @@ def main(argv: list[str] | None = None) -> int:
             NoPrefectAPI, IndexSettingError, BudgetError, CalibrationError, LexicalError, EvaluationError) as error:
         if args.debug:
             raise
-        print(f"negforge: error: {error}", file=sys.stderr)
+        print(f"negforge: error: {printable_lines(str(error))}", file=sys.stderr)
         return 1 if isinstance(error, ValidationFailed) else 2
     except OSError as error:  # not a folder, read-only, no permission, no space: the path says where
         if args.debug or not permanent(error):
             raise
-        print(f"negforge: error: {describe(error)}", file=sys.stderr)
+        print(f"negforge: error: {printable_lines(describe(error))}", file=sys.stderr)
         return 2
 
 

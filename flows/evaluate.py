@@ -92,23 +92,53 @@ def training_set(name: str, folder: Path, manifest: dict[str, Any], evaluation: 
 
 
 def check_request(registry: str, dataset: str, version: str, settings: EvaluateConfig,
-                  compare: str | None = None) -> Request:
-    """Everything an evaluation could be refused for, checked before any work: the evaluation split and its qrels,
-    the version (and a compared version) with training rows and no leaked anchors, the base model offline."""
-    if not settings.eval:
-        raise EvaluationError("no evaluation data: give --eval BEIR_DIR (or set evaluate.eval in the config)")
+                  compare: str | None = None, save_model: str | None = None) -> Request:
+    """Everything an evaluation could be refused for, checked before any work: a version compared with itself, saved
+    models that would overwrite files, the evaluation split and its qrels, the version (and a compared version) with
+    training rows and no leaked anchors, the base model offline."""
     store = Registry(registry, dataset)
     name, manifest = _version(store, version)
+    other = _version(store, compare) if compare and compare not in BASELINES else None  # (name, manifest)
+    second = other[0] if other else compare
+    if second == name:
+        raise EvaluationError(f"compare: {dataset} {name} with itself; give another version, or a baseline re-mined "
+                              f"from it ({', '.join(BASELINES)})")
+    if save_model:
+        _refuse_overwriting_models(Path(save_model), [name, second] if second else [name], _training_seeds(settings))
+    if not settings.eval:
+        raise EvaluationError("no evaluation data: give --eval BEIR_DIR (or set evaluate.eval in the config)")
     config = manifest["config"]
     evaluation = evaluation_split(settings.eval, settings.split, settings.max_queries,
                                   config["input"]["doc_template"], config["input"]["positive_threshold"])
     first = training_set(name, store.folder / name, manifest, evaluation)
-    if compare and compare not in BASELINES:
-        second, second_manifest = _version(store, compare)
-        training_set(second, store.folder / second, second_manifest, evaluation)
+    if other:
+        training_set(second, store.folder / second, other[1], evaluation)
     encoder = base_encoder(settings.model, config)
     load(encoder)  # loads offline, or refuses now
     return Request(store, settings, evaluation, encoder, first, record_key(evaluation, encoder, settings))
+
+
+def _training_seeds(settings: EvaluateConfig) -> list[int]:
+    """The seeds of the fine-tuning runs: seed, seed + 1, ... (evaluate.seeds of them)."""
+    return [settings.seed + i for i in range(settings.seeds)]
+
+
+def _saved_model_folder(save_model: str | Path, name: str, seed: int) -> Path:
+    """Where --save-model keeps the model fine-tuned on training set `name` with `seed`."""
+    return Path(save_model) / f"{name}-seed{seed}"
+
+
+def _refuse_overwriting_models(folder: Path, names: list[str], seeds: list[int]) -> None:
+    """--save-model must be a folder (or not exist yet), and the models' folders in it new or empty: saving writes
+    into them, which would mix a new model's files with an old one's."""
+    if folder.exists() and not folder.is_dir():
+        raise EvaluationError(f"--save-model {folder}: exists and is not a folder")
+    for name in names:
+        for seed in seeds:
+            target = _saved_model_folder(folder, name, seed)
+            if target.exists() and not (target.is_dir() and not any(target.iterdir())):
+                raise EvaluationError(f"--save-model {folder}: {target.name} exists and is not empty; the model "
+                                      f"fine-tuned on {name} with seed {seed} would overwrite it (give another folder)")
 
 
 def _base(request: Request) -> dict[str, Any]:
@@ -150,10 +180,10 @@ def _evaluate(request: Request, trained: TrainingSet, save_model: str | None) ->
     base = base_task(request)
     logger.info("base model %s: nDCG@10 %.4f (%s)", request.encoder.name, base["metrics"]["ndcg@10"],
                 "cached" if base["cached"] else f"{base['seconds']} s")
-    seeds = [request.settings.seed + i for i in range(request.settings.seeds)]
+    seeds = _training_seeds(request.settings)
     runs = []
     for seed in seeds:
-        save_to = str(Path(save_model) / f"{trained.name}-seed{seed}") if save_model else None
+        save_to = str(_saved_model_folder(save_model, trained.name, seed)) if save_model else None
         runs.append(train_task.with_options(task_run_name=f"fine-tune and evaluate {trained.name} seed {seed}")
                     (request, trained.rows, seed, save_to))
         logger.info("%s seed %d: %d steps in %.0f s, nDCG@10 %.4f", trained.name, seed, runs[-1]["training"]["steps"],
@@ -329,7 +359,7 @@ def evaluate_training_set(dataset: str, version: str = "latest", registry: str =
         The evaluation record (with `path`), or the comparison (with `path` and `first`, the first's record).
     """
     with untagged_task_runs():
-        request = check_request(registry, dataset, version, settings, compare)
+        request = check_request(registry, dataset, version, settings, compare, save_model)
         if not compare:
             record = _recorded(request, request.first, save_model)
             return record | {"path": str(record_path(request.registry.folder, record["version"], request.key))}

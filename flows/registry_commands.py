@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from negforge.schemas.console_text import printable
 from negforge.tasks.evaluation_records import comparison_records, version_records
 from negforge.tasks.registry import NotFound, Registry, datasets
 
@@ -53,7 +54,7 @@ def versions_show(args: argparse.Namespace) -> int:
     print(f"files: {'DAMAGED: ' + '; '.join(damage) if damage else 'all present, sizes as listed'}")
     print(f"code: {m['code_version']}; model: {m['model']['name']} (weights {m['model']['weights_sha256'][:16]})")
     for entry in m["inputs"]:
-        print(f"input: {entry['path']}  sha256={entry['sha256'][:12]}  read={entry['rows_read']} "
+        print(f"input: {printable(entry['path'])}  sha256={entry['sha256'][:12]}  read={entry['rows_read']} "
               f"accepted={entry['rows_accepted']} rejected={entry['rows_rejected']}")
     print("counts: " + ", ".join(f"{k}={v}" for k, v in m["counts"].items()))
     print(f"embed: {m['embed']['texts_embedded']} embedded, {m['embed']['texts_cached']} from the store")
@@ -153,6 +154,8 @@ def gc(args: argparse.Namespace, workdir: str, registry: str) -> int:
     print(f"{verb} {len(report['runs_removed'])} run workspaces and {len(report['fingerprints_removed'])} "
           f"store fingerprints ({report['bytes_freed'] / 2**20:.1f} MiB)")
     print(f"{verb} {len(report['staging_removed'])} staging folders of builds that are gone")
+    for path, why in report["not_removed"].items():
+        print(f"not removed: {printable(path)}: {printable(why)}")
     if not args.dry_run:
         print(f"removed {len(report['damaged_parts_removed'])} damaged embedding-store parts")
     print(f"embedding store: {report['store_bytes_before'] / 2**20:.1f} MiB before, "

@@ -17,6 +17,7 @@ from typing import Any
 import polars as pl
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
+from negforge.schemas.console_text import printable
 from negforge.tasks.calibration import false_negative_estimate
 
 SAMPLE_ROWS = 10
@@ -29,9 +30,10 @@ def slug(dataset: str) -> str:
 
 
 def reject_lines(reasons: dict[str, int], samples: dict[str, list[str]]) -> list[str]:
-    """One line per reason a row was rejected for: its count and the first few rows (`file:line field: raw`)."""
-    return [f"{reason}: {count}" + (f" (e.g. {'; '.join(samples[reason])})" if samples.get(reason) else "")
-            for reason, count in reasons.items()]
+    """One line per reason a row was rejected for: its count and the first few rows (`file:line field: raw`), their
+    control characters escaped (the log and the report show them)."""
+    return [f"{reason}: {count}" + (f" (e.g. {'; '.join(map(printable, samples[reason]))})"
+                                    if samples.get(reason) else "") for reason, count in reasons.items()]
 
 
 def image_markdown(path: Path, alt: str) -> str:
@@ -81,7 +83,7 @@ def report_markdown(manifest: dict[str, Any], version_dir: str, published: bool)
     """The run report, from the manifest the run wrote."""
     counts, rejects = manifest["counts"], manifest["rejects"]
     inputs = _table(("input", "rows read", "accepted", "rejected"),
-                    [(Path(i["path"]).name, i["rows_read"], i["rows_accepted"], i["rows_rejected"])
+                    [(printable(Path(i["path"]).name), i["rows_read"], i["rows_accepted"], i["rows_rejected"])
                      for i in manifest["inputs"]])
     reject_list = "".join(f"\n- {line}" for line in reject_lines(rejects["reasons"], rejects.get("samples", {})))
     timings = _table(("stage", "seconds"), list(manifest["timings"].items()))
@@ -93,6 +95,7 @@ def report_markdown(manifest: dict[str, Any], version_dir: str, published: bool)
     scores = _table(("scores", *statistics), [(kind, *["" if stats.get(k) is None else stats[k] for k in statistics])
                                               for kind, stats in manifest["scores"].items()])
     short = manifest["short_queries"]
+    short_ids = [printable(query_id) for query_id in short["ids"][:20]]
     validation = manifest["validation"]
     outcome = "published" if published else "up to date: equal to the latest version, nothing published"
     return f"""# {manifest['dataset']} {manifest['version']}: {outcome}
@@ -127,7 +130,7 @@ Task runs per stage: {', '.join(f'{k} {v}' for k, v in manifest.get('task_runs',
 {scores}
 
 ## Queries short of negatives
-{short['count']}{': ' + ', '.join(short['ids'][:20]) if short['ids'] else ''}{' ...' if len(short['ids']) > 20 else ''}
+{short['count']}{': ' + ', '.join(short_ids) if short_ids else ''}{' ...' if len(short['ids']) > 20 else ''}
 
 ## Validation
 Passed: {validation['expectations']} expectations; drift warnings: {'; '.join(validation['warnings']) or 'none'}.

@@ -6,12 +6,17 @@ Every field has a default and a description, so the Prefect UI draws a documente
 
 from __future__ import annotations
 
+import copy
+import os
 import re
+import stat
 from pathlib import Path
 from typing import Any, Callable, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from negforge.schemas.console_text import printable, quoted, shortened
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 FileFormat = Literal["auto", "jsonl", "parquet", "csv", "tsv"]
@@ -163,6 +168,11 @@ class MineConfig(_Section):
     promote_suspected: bool = Field(
         False, description="Add suspected positives (ranked at or above the lowest positive by every signal that is "
                            "on) as extra positives (RLHN's relabel), instead of only listing them.",
+    )
+    max_promoted_per_positive: int | None = Field(
+        3, ge=1, description="promote_suspected: promote at most this many suspected positives per known positive of "
+                             "the query, the best-ranked; the others are dropped as suspected_not_promoted, neither "
+                             "positive nor negative (null: no bound).",
     )
     seed: int = Field(42, description="Seed of the per-query random streams (and of the calibration folds).")
     include_positives: bool = Field(False, description="Let positives be candidates (for reranking evaluation sets).")
@@ -521,11 +531,12 @@ def _is_model_folder(value: str) -> bool:
 def map_paths(raw: dict[str, Any], convert: Callable[[str], str]) -> dict[str, Any]:
     """Apply `convert` to every path of a raw config mapping (the path fields, each of input.pairs, and the model
     fields that name a folder), in place."""
+    sections = {name: value for name, value in raw.items() if isinstance(value, dict)}  # validation names the rest
     for section, field in _PATH_FIELDS | _MODEL_FIELDS:
-        value = (raw.get(section) or {}).get(field)
+        value = sections.get(section, {}).get(field)
         if isinstance(value, str) and ((section, field) in _PATH_FIELDS or _is_model_folder(value)):
             raw[section][field] = convert(value)
-    pairs = (raw.get("input") or {}).get("pairs")
+    pairs = sections.get("input", {}).get("pairs")
     if isinstance(pairs, str):
         pairs = [pairs]
     if isinstance(pairs, list):
@@ -542,24 +553,55 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
     map_paths(raw, lambda value: str((base / value).resolve()) if _is_local(value) else value)
 
 
+class _NoAliasLoader(yaml.SafeLoader):
+    """YAML without aliases (`*name`): a config is a handful of values, and a few lines of aliases can expand to
+    billions (billion laughs), which validation or an error message would then walk or print."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(None, None, f"alias *{event.anchor} refused: configs take no YAML "
+                                                          f"aliases (write the value out)", event.start_mark)
+        return super().compose_node(parent, index)
+
+
+def _yaml_value(text: str, source: str) -> Any:
+    """`text` parsed as YAML (no aliases); ConfigError naming `source` and the line when it is not valid YAML."""
+    try:
+        return yaml.load(text, Loader=_NoAliasLoader)
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = shortened(" ".join(part for part in (error.problem, error.context) if part), 300)
+        raise ConfigError(f"{source}: not valid YAML: {where}{problem}") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: not valid YAML: nested too deeply") from None
+    except (yaml.YAMLError, ValueError) as error:  # ValueError: a bad date, an integer of over 4300 digits
+        raise ConfigError(f"{source}: not valid YAML: {shortened(str(error))}") from None
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """Split `section.field=value`; the value is parsed as YAML, so `null`, numbers and lists work."""
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
-        raise ConfigError(f"--set {text!r}: expected section.field=value")
-    return key.strip().split("."), yaml.safe_load(value) if value.strip() else None
+        raise ConfigError(f"--set {quoted(text)}: expected section.field=value")
+    return key.strip().split("."), _yaml_value(value, f"--set {quoted(text)}") if value.strip() else None
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Deep-set each `a.b=value` into the raw config mapping."""
+    """A copy of the raw config mapping with each `a.b=value` deep-set (a section given as null is an empty one).
+    The mapping given is left as it was: callers compare it with the result (what a remine may not change)."""
+    raw = copy.deepcopy(raw)
     for text in overrides:
         path, value = parse_override(text)
         node = raw
         for part in path[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise ConfigError(f"--set {text!r}: {part} is not a section")
-            node = child
+            if node.get(part) is None:
+                node[part] = {}
+            if not isinstance(node[part], dict):
+                raise ConfigError(f"--set {quoted(text)}: {shortened(part)} is not a section (it is "
+                                  f"{quoted(node[part])})")
+            node = node[part]
         node[path[-1]] = value
     return raw
 
@@ -568,10 +610,11 @@ def format_validation_error(error: ValidationError, source: str) -> str:
     """One line per problem, each naming the dotted field path."""
     lines = []
     for item in error.errors():
-        path = ".".join(str(p) for p in item["loc"]) or "(top level)"
-        message = "unknown field" if item["type"] == "extra_forbidden" else item["msg"]
-        got = f" (got {item['input']!r})" if item["type"] != "missing" and not isinstance(item["input"], dict) else ""
-        lines.append(f"{source}: {path}: {message}{got}")
+        path = shortened(".".join(str(p) for p in item["loc"])) or "(top level)"
+        message = "unknown field" if item["type"] == "extra_forbidden" else shortened(item["msg"], 300)
+        got = f" (got {quoted(item['input'])})" if item["type"] != "missing" and not isinstance(item["input"],
+                                                                                              dict) else ""
+        lines.append(f"{printable(source)}: {path}: {message}{got}")
     return "\n".join(lines)
 
 
@@ -588,16 +631,37 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> BuildCo
     return validate_config(read_config(path, overrides), str(path))
 
 
+MAX_CONFIG_BYTES = 1 << 20  # configs are a few KB; anything this large is not one
+
+
 def read_config(path: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
     """The raw mapping of a YAML build config, its paths resolved against its folder, `--set` overrides applied."""
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    raw = _yaml_value(_config_text(path), printable(str(path))) or {}
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+        raise ConfigError(f"{printable(str(path))}: expected a mapping of sections at the top level")
     _resolve_paths(raw, path.parent.resolve())
     return apply_overrides(raw, overrides or [])
+
+
+def _config_text(path: Path) -> str:
+    """The text of a config file: a regular file of at most MAX_CONFIG_BYTES of UTF-8. A device (/dev/zero), FIFO,
+    socket or folder is refused before it is opened, so nothing reads without end or blocks."""
+    shown = printable(str(path))  # a path is shown whole: the user needs it to act
+    try:
+        status = path.stat()
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {shown}") from None
+    if not stat.S_ISREG(status.st_mode):
+        kind = "a folder" if stat.S_ISDIR(status.st_mode) else "a FIFO" if stat.S_ISFIFO(status.st_mode) else \
+            "a device or socket"
+        raise ConfigError(f"{shown}: not a regular file ({kind}); give a YAML config file")
+    # non-blocking and bounded: the path may have been replaced by a FIFO or a device since stat
+    with os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as handle:
+        data = handle.read(MAX_CONFIG_BYTES + 1)
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{shown}: larger than {MAX_CONFIG_BYTES // 2**20} MiB; not a config file")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{shown}: not UTF-8 text (byte {error.start})") from None

@@ -70,14 +70,14 @@ def load_candidates(folder: Path) -> StoredCandidates:
                             topic_sample=str(sample) if sample.exists() else None)
 
 
-def check_remine(parent_config: dict[str, Any], config: Any, stored: StoredCandidates) -> None:
-    """Refuse options the stored candidates cannot serve: other inputs, model, search, corpus deduplication, rescoring
-    model or BM25 settings, a lexical rule without BM25 scores, calibration without the calibration's candidates, or
-    the topic rule without topic centralities or the topic sample (check_depth judges the window, once the options
-    to mine with are known). (The rescorer's margin and threshold and the lexical rules may change: every candidate
-    has its scores.)"""
+def settings_fixed_by_candidates(parent_config: dict[str, Any], config: Any, stored: StoredCandidates) -> list[str]:
+    """The settings that made the stored candidates and that `config` changes, named for a refusal: the inputs, model
+    and search (each field), corpus deduplication, the rescoring model and the BM25 settings. (The rescorer's margin and
+    threshold and the lexical rules may change: every candidate has its scores.)"""
     new = config.content_dict()
-    changed = [section for section in ("input", "embed", "search") if new[section] != parent_config[section]]
+    changed = [f"{section}.{key}" for section in ("input", "embed", "search")
+               for key in dict.fromkeys([*new[section], *parent_config[section]])
+               if new[section].get(key) != parent_config[section].get(key)]
     old_dedup, old_rescore = parent_config.get("dedup", {}), parent_config.get("rescore", {})
     if config.dedup.corpus != old_dedup.get("corpus", False) or (
             config.dedup.corpus and config.dedup.eps != old_dedup.get("eps")):
@@ -88,6 +88,14 @@ def check_remine(parent_config: dict[str, Any], config: Any, stored: StoredCandi
     if stored.meta.lexical and config.lexical.index_settings() != {
             key: old_lexical.get(key) for key in config.lexical.index_settings()}:
         changed.append("the BM25 settings (lexical.k1, b, stopwords)")
+    return changed
+
+
+def check_remine(parent_config: dict[str, Any], config: Any, stored: StoredCandidates) -> None:
+    """Refuse options the stored candidates cannot serve: settings they were made with (settings_fixed_by_candidates),
+    a lexical rule without BM25 scores, calibration without the calibration's candidates, or the topic rule without
+    topic centralities or the topic sample (check_depth judges the window, once the options to mine with are known)."""
+    changed = settings_fixed_by_candidates(parent_config, config, stored)
     if changed:
         raise RemineError(f"re-mining reuses the stored candidates, so {', '.join(changed)} cannot change; "
                           f"use negforge build for that")

@@ -96,12 +96,15 @@ def combine(parts: list[MinedPartition], texts: Texts, config: BuildConfig, out_
     queries = audit_positives["query_row"].n_unique()
     kept = candidates.filter(pl.col("reason").is_null()).group_by("query_row").len()
     suspected = candidates.filter(pl.col("suspected"))
+    not_promoted = suspected.filter(pl.col("reason") == "suspected_not_promoted")
     return Mined(ids=files["ids"], candidates=files["candidates"], positive_scores=files["positive-scores"],
                  reasons=reason_counts(candidates), reasons_per_query=reasons_per_query(candidates, queries),
                  short_queries=tuple(short), dropped_eval_queries=tuple(dropped), audit=report,
                  positive_score_stats=score_stats(positive_scores["score"]),
                  negative_score_stats=score_stats(candidates.filter(pl.col("reason").is_null())["score"]),
                  positives=files["positives"],
-                 suspected={"count": suspected.height, "queries": suspected["query_row"].n_unique()},
+                 suspected={"count": suspected.height, "queries": suspected["query_row"].n_unique(),
+                            "not_promoted": not_promoted.height,
+                            "queries_not_promoted": not_promoted["query_row"].n_unique()},
                  negatives_missing=config.mine.num_negatives * queries - int(
                      kept["len"].clip(upper_bound=config.mine.num_negatives).sum()))

@@ -83,7 +83,8 @@ class EmbeddingStore:
         self.folder.mkdir(parents=True, exist_ok=True)
 
     def parts(self) -> list[Path]:
-        return sorted(self.folder.glob("part-*.parquet"))
+        """The part files; a symlink is no part (it would make reads and `gc` reach outside the store)."""
+        return sorted(p for p in self.folder.glob("part-*.parquet") if not p.is_symlink())
 
     # --- writing --------------------------------------------------------------------------------------------------
 
@@ -293,7 +294,7 @@ class EmbeddingStore:
                     continue
             removed = list(self.folder.glob("damaged-*"))
             removed += [path for path in self.folder.glob(".*.tmp-*")
-                        if time.time() - path.stat().st_mtime > STALE_TEMPORARY_S]
+                        if time.time() - path.lstat().st_mtime > STALE_TEMPORARY_S]
             for path in removed:
                 path.unlink(missing_ok=True)
             return sorted(path.name for path in removed)

@@ -6,7 +6,9 @@ positive score), keep the best `range_max` survivors, skip the first `range_min`
 candidate carries is the first step that removed it. Arithmetic is float32, as in the reference. A second model
 (`rescorer_relevant`) and BM25 (`lexical_relevant`) come after the margins and bounds. A candidate ranked at or above
 the lowest positive by every signal that is on is a suspected positive, listed, or with `mine.promote_suspected`
-promoted to a positive.
+promoted to a positive: at most `mine.max_promoted_per_positive` per known positive of its query, the best-ranked.
+The rest are dropped (`suspected_not_promoted`), not mined: a user who promotes suspected positives holds them to be
+relevant, so a negative made of one would teach the model the opposite.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import polars as pl
 from negforge.schemas.config import LexicalConfig, MineConfig, RescoreConfig
 from negforge.schemas.tables import CANDIDATES, frame
 
-REASONS = ("positive_id", "positive_text", "promoted_positive", "too_similar_to_positive",
+REASONS = ("positive_id", "positive_text", "promoted_positive", "suspected_not_promoted", "too_similar_to_positive",
            "near_duplicate_of_positive", "too_central_to_topic", "absolute_margin", "relative_margin", "max_score",
            "min_score", "rescorer_relevant", "lexical_relevant", "rank_window", "near_duplicate_negative", "over_used",
            "not_sampled")
@@ -105,7 +107,9 @@ def mine(hits: pl.DataFrame, positives: pl.DataFrame, positive_scores: pl.DataFr
     lexical_on = lexical is not None and lexical.rules_on() and "bm25" in hits.columns
     suspected = _suspected(hits, s, s_p, positive_scores, rescored, lexical_on) & (reason == 0)
     if cfg.promote_suspected:
-        _mark(reason, suspected, "promoted_positive")
+        _mark(reason, suspected & (_position_among(q, suspected) < _promotion_bound(hits, positives, cfg)),
+              "promoted_positive")
+        _mark(reason, suspected, "suspected_not_promoted")
     if "pos_sim" in hits.columns:
         pos_sim = hits["pos_sim"].to_numpy()
         if cfg.max_positive_similarity is not None:
@@ -143,6 +147,16 @@ def mine(hits: pl.DataFrame, positives: pl.DataFrame, positive_scores: pl.DataFr
                               "rescore": hits["rescore"] if rescored else [None] * len(q),
                               "bm25": hits["bm25"] if "bm25" in hits.columns else [None] * len(q),
                               "suspected": suspected})
+
+
+def _promotion_bound(hits: pl.DataFrame, positives: pl.DataFrame, cfg: MineConfig) -> np.ndarray:
+    """For each candidate, how many suspected positives its query may promote: `max_promoted_per_positive` per known
+    positive (distinct positive ids), so that a query with one label does not gain hundreds (505 in the demo)."""
+    if cfg.max_promoted_per_positive is None:
+        return np.full(hits.height, np.iinfo(np.int64).max)
+    known = positives.group_by("query_row").agg(pl.col("positive_id").n_unique().alias("known"))
+    per_candidate = hits.select("query_row").join(known, on="query_row", how="left", maintain_order="left")["known"]
+    return per_candidate.fill_null(0).to_numpy().astype(np.int64) * cfg.max_promoted_per_positive
 
 
 def _suspected(hits: pl.DataFrame, s: np.ndarray, s_p: np.ndarray, positive_scores: pl.DataFrame, rescored: bool,

@@ -8,18 +8,23 @@ an upper bound, and texts already in the store need no space.
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import shutil
 import tempfile
 from pathlib import Path
 
-from negforge.schemas.config import BuildConfig
+from negforge.schemas.config import BuildConfig, ConfigError, RuntimeConfig
+from negforge.schemas.console_text import quoted, shortened
+from negforge.tasks.model import embedding_dimension, resolve_model
 from negforge.tasks.registry import Registry
+from negforge.tasks.sizing import check_budget
 
 # OS errors that a second try cannot mend: never retried, reported in one line naming the path.
 PERMANENT_ERRNOS = {errno.ENOTDIR, errno.EISDIR, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC,
-                    errno.EDQUOT}
+                    errno.EDQUOT, errno.ELOOP}  # ELOOP: a symlink where negforge opens without following one
 DEFAULT_DIMENSION = 4096  # when the model's config does not say: as large as common embedding models get
+SCHEDULER_TIMEOUT_S = 5  # a scheduler that has not answered by then is taken for absent (Dask itself waits 30 s, twice)
 
 
 class StorageError(RuntimeError):
@@ -69,7 +74,8 @@ def _shortfall(path: Path, needed: int, what: str) -> str | None:
 
 def preflight(config: BuildConfig) -> None:
     """Refuse a run whose registry or workdir cannot be written, or whose registry lacks the space of the version
-    before (the best estimate of the next one)."""
+    before (the best estimate of the next one), or whose `runtime.dask_address` has no scheduler."""
+    check_scheduler(config.runtime)
     registry = Registry(config.publish.registry, config.publish.dataset)
     writable_folder(registry.folder, "publish.registry")
     writable_folder(Path(config.runtime.workdir), "runtime.workdir")
@@ -79,6 +85,34 @@ def preflight(config: BuildConfig) -> None:
         short = _shortfall(registry.folder, size, f"a new version (as large as {latest}, the one before)")
         if short:
             raise StorageError(f"publish.registry {short}; free space there or choose another publish.registry")
+
+
+async def _connect_and_close(address: str) -> None:
+    from distributed.comm import connect
+
+    comm = await connect(address, timeout=SCHEDULER_TIMEOUT_S)
+    await comm.close()
+
+
+def check_scheduler(runtime: RuntimeConfig) -> None:
+    """Refuse, before any other work, a `runtime.dask_address` where no Dask scheduler answers: one line instead of
+    two 30 s connection attempts and their tracebacks at the first task."""
+    if not runtime.dask_address:
+        return
+    try:
+        asyncio.run(_connect_and_close(runtime.dask_address))
+    except Exception as error:  # refused, timed out, unknown scheme, or something that is not a Dask scheduler
+        raise ConfigError(f"runtime.dask_address {quoted(runtime.dask_address)}: no Dask scheduler answers there "
+                          f"({shortened(str(error), 200)}); start one or unset runtime.dask_address") from None
+
+
+def check_budget_for_the_model(config: BuildConfig) -> None:
+    """Refuse, before ingest, a `runtime.memory_budget_mb` too small for one block of the model's vectors, when the
+    model's config says its dimension (the bundled model's does). Counted for one worker, the largest default budget:
+    the build checks again with the cluster's real worker count, and with the vectors' width for other models."""
+    dimension = embedding_dimension(resolve_model(config.embed.model))
+    if dimension:
+        check_budget(config.runtime, 1, dimension)
 
 
 def store_shortfall(workdir: str, texts: int, dimension: int | None) -> str | None:

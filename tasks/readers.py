@@ -33,6 +33,7 @@ import zstandard
 from fsspec.implementations.local import LocalFileSystem
 from fsspec.utils import infer_compression
 
+from negforge.schemas.console_text import quoted, shortened
 from negforge.schemas.tables import REJECTS
 from negforge.tasks.text import WHITESPACE
 
@@ -404,7 +405,7 @@ def _split_header(data: bytes, delimiter: str, path: str) -> tuple[list[str], by
     if not header:
         raise InputError(f"{path}: no header row")
     if len(header) < 2:
-        raise InputError(f"{path}: header has one column ({header[0]!r}); is the delimiter {delimiter!r} right?")
+        raise InputError(f"{path}: header has one column ({quoted(header[0])}); is the delimiter {delimiter!r} right?")
     return header, data[after:]
 
 
@@ -575,7 +576,7 @@ def read_input(files: list[InputFile], fields: dict[str, Field], numbered_from: 
         missing = [f.column for f in fields.values() if f.required and f.column not in seen]
         if records and missing:
             raise InputError(f"{file.path}: no column {missing[0]!r} (columns found: "
-                             f"{', '.join(sorted(seen)) or 'none'})")
+                             f"{shortened(', '.join(sorted(seen)), 300) or 'none'})")
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from negforge.schemas.config import ConfigError, PublishConfig, validate_config
+from negforge.schemas.console_text import printable
 
 VERSION = re.compile(r"^v(\d{4,})$")
 HASHED_FOLDERS = ("data", "ids", "exports")
@@ -55,9 +56,17 @@ def _file_entry(path: Path) -> dict[str, Any]:
 
 
 def _files(folder: Path) -> list[str]:
-    """Relative paths of the files of a version folder but its manifest, sorted."""
+    """Relative paths of the files of a version folder but its manifest, sorted; symlinks are no files of it."""
     return [str(p.relative_to(folder)) for p in sorted(folder.rglob("*"))
-            if p.is_file() and p.relative_to(folder) != Path(MANIFEST)]
+            if p.is_file() and not p.is_symlink() and p.relative_to(folder) != Path(MANIFEST)]
+
+
+def _symlinks(folder: Path) -> list[str]:
+    """Relative paths of the symlinks under a version folder, sorted; a linked folder is listed, never entered."""
+    found = []
+    for parent, folders, files in os.walk(folder):  # followlinks=False
+        found += [str(Path(parent, n).relative_to(folder)) for n in folders + files if Path(parent, n).is_symlink()]
+    return sorted(found)
 
 
 def checksums(folder: Path) -> dict[str, dict[str, Any]]:
@@ -123,13 +132,15 @@ class Registry:
 
     def versions(self) -> list[str]:
         """Version folders (real folders named vNNNN, with or without a manifest), oldest first."""
-        if not self.folder.is_dir():
+        if not self.folder.is_dir() or self.folder.is_symlink():  # a linked dataset folder lies outside the registry
             return []
         names = [p.name for p in self.folder.iterdir() if VERSION.match(p.name) and _expected(p)]
         return sorted(names, key=lambda n: int(n[1:]))
 
     def unexpected(self) -> list[Path]:
         """Entries of the dataset folder that negforge did not make (symlinks, stray files); never versions."""
+        if self.folder.is_symlink():
+            return [self.folder]
         return sorted(p for p in self.folder.iterdir() if not _expected(p)) if self.folder.is_dir() else []
 
     def version_folder(self, version: str) -> Path:
@@ -141,6 +152,8 @@ class Registry:
     def manifest(self, version: str) -> dict[str, Any]:
         """A version's manifest; NotFound when the version or its manifest is absent or unreadable."""
         path = self.version_folder(version) / MANIFEST
+        if path.is_symlink():
+            raise NotFound(f"{path}: a symlink, not read (a version holds only its own files)")
         try:
             manifest = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
@@ -153,20 +166,25 @@ class Registry:
 
     def problems(self, version: str, hashes: bool = False) -> list[str]:
         """What is wrong with a version: its manifest, files missing, changed in size or, with `hashes`, in content,
-        or not listed. Without hashes it is one stat per file, cheap enough to check LATEST before trusting it.
-        Versions published before manifests listed their files have nothing to compare and report nothing."""
+        or not listed, and symlinks (never followed: what they point to lies outside the registry's care).
+        Without hashes it is one stat per file, cheap enough to check LATEST before trusting it. Versions published
+        before manifests listed their files have nothing to compare and report nothing but symlinks."""
+        folder = self.folder / version
+        links = _symlinks(folder)
+        found = [f"{printable(name)}: a symlink, not followed (a version holds only its own files)" for name in links]
         try:
             listed = self.manifest(version).get("checksums")
         except NotFound as error:
-            return [str(error)]
+            return found + [str(error)] if MANIFEST not in links else found
         if listed is None:
-            return []
-        folder = self.folder / version
-        found = [f"{name}: not listed in the manifest" for name in _files(folder) if name not in listed]
+            return found
+        found += [f"{printable(name)}: not listed in the manifest" for name in _files(folder) if name not in listed]
         for name, expected in listed.items():
             path = folder / name
             if Path(name).is_absolute() or ".." in Path(name).parts:
                 found.append(f"{name}: not a path inside the version")
+            elif any(Path(name).is_relative_to(link) for link in links):
+                continue  # reached through a symlink reported above: not read
             elif not path.is_file() or path.is_symlink():
                 found.append(f"{name}: missing")
             elif path.stat().st_size != expected["size"]:
@@ -187,7 +205,7 @@ class Registry:
     def pointer(self) -> str | None:
         """What LATEST says, checked or not."""
         path = self.folder / "LATEST"
-        return path.read_text(encoding="utf-8", errors="replace").strip() if path.is_file() else None
+        return path.read_text(encoding="utf-8", errors="replace").strip() if _expected(path) else None
 
     def latest(self) -> str | None:
         """The version LATEST names, when it is one with a readable manifest (else None: see `latest_problem`)."""
@@ -255,13 +273,19 @@ class Registry:
 
     @contextmanager
     def _lock(self) -> Iterator[None]:
+        """The dataset's exclusive lock. A linked dataset folder or `.lock` is refused, never written through."""
+        if self.folder.is_symlink():
+            raise NotFound(f"{self.folder}: a symlink; negforge writes only inside --registry, never through a link")
         self.folder.mkdir(parents=True, exist_ok=True)
-        with (self.folder / ".lock").open("a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
+        fd = os.open(self.folder / ".lock", os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
             try:
                 yield
             finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
 
     def _warn_about_the_folder(self) -> None:
         for path in self.unexpected():

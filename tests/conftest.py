@@ -150,10 +150,10 @@ def local_workers(processes: list) -> list:
     return [process for process in processes if process.parent() is not None and is_forkserver(process.parent())]
 
 
-def run_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+def run_cli(*args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
     """Run `negforge ARGS` as a user would, in the project root."""
     done = subprocess.run([sys.executable, "-m", "negforge.flows.cli", *args], cwd=ROOT, capture_output=True, text=True,
-                          env=os.environ.copy(), timeout=600)
+                          env=os.environ.copy(), timeout=timeout)
     if check:
         assert done.returncode == 0, done.stderr[-3000:]
     return done

@@ -192,3 +192,28 @@ def test_all_of_scifact_passes_ingest_and_the_input_suites(scifact, tmp_path):
         summary = ingest(cfg, tmp_path / split, shard_size=1000)
         assert summary.counts.rows_rejected == 0 and summary.counts.documents == 5183
         assert check_inputs(summary, str(tmp_path / split / "gx"))["success"]
+
+
+@pytest.mark.slow
+def test_rejected_rows_reach_the_console_and_the_run_report_with_control_characters_escaped(config, tiny_beir,
+                                                                                             prefect_server):
+    from negforge.flows.run_report import report_markdown
+    from tests.conftest import run_cli
+
+    with (tiny_beir / "corpus.jsonl").open("a") as handle:  # raw ESC and NUL: not JSON, rejected as malformed_json
+        handle.write('{"_id": "evil", "text": "\x1b[31mred\x00"\n')
+    with (tiny_beir / "qrels" / "train.tsv").open("a") as handle:  # an id with ESC: rejected as unknown_query
+        handle.write("q\x1b]0;title\x07\tevil\t1\n")
+    done = run_cli("build", "--config", str(config))
+    for stream in (done.stdout, done.stderr):
+        assert "\x1b" not in stream and "\x00" not in stream and "\x07" not in stream
+    warnings = [line for line in done.stderr.splitlines() if "rows rejected: " in line]
+    assert len(warnings) == 2, done.stderr
+    assert '{"_id": "evil", "text": "\\x1b[31mred\\x00"' in warnings[0] and "malformed_json: 1" in warnings[0]
+    assert "unknown_query: 1" in warnings[1] and "q\\x1b]0;title\\x07" in warnings[1]
+
+    version = Path(done.stdout.strip().splitlines()[-1])
+    manifest = json.loads((version / "manifest.json").read_text())
+    assert "\x1b[31mred\x00" in manifest["rejects"]["samples"]["malformed_json"][0]  # the data keeps the value
+    report = report_markdown(manifest, str(version), True)
+    assert "\x1b" not in report and "\x00" not in report and "\\x1b[31mred\\x00" in report

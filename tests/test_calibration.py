@@ -150,6 +150,17 @@ def test_a_default_build_calibrates_and_mines_with_its_choice(multi_positive, pr
                                                            or mined_with["lexical.fusion"] is not None)
     alone = run_cli("calibrate", f"multi@{version.name}", "--registry", str(version.parent.parent)).stdout
     assert f"chosen: {calibration['choice']} (" in alone and "false_negative_rate" in alone
+    for option, message in (
+            ("search.depth=5000", "so search.depth cannot change; run negforge build with them"),
+            ("lexical.k1=1.2", "so the BM25 settings (lexical.k1, b, stopwords) cannot change"),
+            ("mine.relative_margin=0.2", "every calibration setting sets mine.relative_margin itself"),
+            ("mine.calibration_folds=2", "mine.calibration_folds cannot change: the folds were drawn"),
+            ("mine.range_max=5000", "these options need the top 5002 candidates per query, but the calibration "
+                                    "stored")):
+        refused = run_cli("calibrate", f"multi@{version.name}", "--registry", str(version.parent.parent), "--set",
+                          option, check=False)
+        assert refused.returncode == 2 and message in refused.stderr, refused.stderr
+        assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
 
     # a grid setting that cannot be applied is skipped by name: candidates without BM25 scores
     stored = load_candidates(version / "candidates")

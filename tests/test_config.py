@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import polars as pl
 import pytest
 
 from negforge.flows.cli import main
-from negforge.schemas.config import BuildConfig, ConfigError, load_config
+from negforge.schemas.config import BuildConfig, ConfigError, apply_overrides, load_config
 from tests.conftest import DEMO_CONFIG
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,6 +45,13 @@ def test_set_values_are_parsed_as_yaml(tmp_path):
     assert config.mine.num_negatives == 8
     assert config.mine.relative_margin is None
     assert config.output.exports == ["flagembedding"]
+
+
+def test_overrides_leave_the_mapping_they_are_applied_to_as_it_was():
+    stored = {"embed": {"batch_size": 32}, "mine": None}
+    assert apply_overrides(stored, ["embed.batch_size=4", "mine.seed=1"]) == {"embed": {"batch_size": 4},
+                                                                            "mine": {"seed": 1}}
+    assert stored == {"embed": {"batch_size": 32}, "mine": None}  # a remine compares the two
 
 
 def test_pairs_null_override_and_pairs_layout(tmp_path):
@@ -157,3 +165,61 @@ def test_model_folders_starting_with_dot_resolve_against_the_yaml_and_hub_names_
     assert config.rescore.model == "cross-encoder/ms-marco-MiniLM-L6-v2"
     assert load_config(_yaml(tmp_path, BASE + "embed:\n  model: /opt/models/encoder\n")).embed.model == \
         "/opt/models/encoder"
+
+
+def _refused(*args: str) -> str:
+    """Run `negforge ARGS` in a process of its own, bounded in time, and return its one-line refusal."""
+    from tests.conftest import run_cli
+
+    done = run_cli(*args, check=False, timeout=60)  # a config read without end, or a blocked open, would time out
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr[-2000:]
+    return done.stderr.strip()
+
+
+def test_a_config_that_is_not_a_small_regular_file_is_refused_without_reading_it(tmp_path):
+    fifo = tmp_path / "config.fifo"
+    os.mkfifo(fifo)
+    large = tmp_path / "large.yaml"
+    large.write_text("# " + "x" * (2 << 20) + "\n")
+    latin1 = tmp_path / "latin1.yaml"
+    latin1.write_bytes(b"publish:\n  dataset: caf\xe9\n")
+    for path, why in (("/dev/zero", "not a regular file (a device or socket)"), (fifo, "not a regular file (a FIFO)"),
+                      (tmp_path, "not a regular file (a folder)"), (large, "larger than 1 MiB"),
+                      (latin1, "not UTF-8 text (byte 23)")):
+        assert _refused("build", "--config", str(path)) == f"negforge: error: {path}: {why}" + (
+            "; give a YAML config file" if "regular" in why else "; not a config file" if "MiB" in why else "")
+
+
+def test_yaml_aliases_are_refused_so_a_billion_laughs_never_expands(tmp_path):
+    levels = ["l0: &l0 [" + ", ".join(["lol"] * 9) + "]"]
+    levels += [f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 9) + "]" for i in range(1, 9)]  # 9^9 values in all
+    bomb = _yaml(tmp_path, "\n".join(levels) + "\n" + BASE + "output:\n  exports: *l8\n")
+    refusal = _refused("build", "--config", str(bomb))
+    assert refusal.startswith(f"negforge: error: {bomb}: not valid YAML: line 2, column ")
+    assert refusal.endswith("alias *l0 refused: configs take no YAML aliases (write the value out)")
+    with pytest.raises(ConfigError, match=r"alias \*a refused"):
+        load_config(_yaml(tmp_path, BASE), ["output.exports=[&a [flagembedding], *a]"])
+
+
+def test_a_section_that_is_not_a_mapping_is_named(tmp_path):
+    path = _yaml(tmp_path, BASE + "mine: [1, 2]\n")
+    assert _refused("build", "--config", str(path)) == (
+        f"negforge: error: {path}: mine: Input should be a valid dictionary or instance of MineConfig (got [1, 2])")
+    assert _refused("build", "--config", str(path), "--set", "mine.num_negatives=3") == (
+        "negforge: error: --set 'mine.num_negatives=3': mine is not a section (it is [1, 2])")
+    empty = _yaml(tmp_path, BASE + "mine:\n")  # a section left empty (null) takes --set like an empty one
+    assert load_config(empty, ["mine.num_negatives=3"]).mine.num_negatives == 3
+
+
+def test_values_quoted_in_errors_are_cut_short(tmp_path):
+    path = _yaml(tmp_path, BASE)
+    long = "a" * 100_000
+    assert _refused("build", "--config", str(path), "--set", f"mine.sampling_strategy={long}") == (
+        f"negforge: error: {path}: mine.sampling_strategy: Input should be 'top', 'random', 'softmax' or 'simans' "
+        f"(got '{'a' * 79}...(100002 characters))")
+    assert _refused("build", "--config", str(path), "--set", f"mine.{long}=1") == (
+        f"negforge: error: {path}: mine.{'a' * 75}...(100005 characters): unknown field (got 1)")
+    assert _refused("build", "--config", str(path), "--set", f"mine.num_negatives=[{long}") == (
+        f"negforge: error: --set 'mine.num_negatives=[{'a' * 59}...(100022 characters): not valid YAML: line 1, "
+        f"column 100002: expected ',' or ']', but got '<stream end>' while parsing a flow sequence")

@@ -88,6 +88,10 @@ def test_bad_evaluations_are_refused_before_anything_is_written(config, prefect_
     run_cli("remine", "--from", "tiny@v0001", "--registry", str(registry), "--set", "mine.min_score=0.99",
             "--set", "validate.min_rows=0", "--set", "validate.min_coverage=0")
     leaky = eval_subset(tmp_path / "leaky", qrels=config.parent / "tiny" / "qrels" / "train.tsv")
+    a_file, models = tmp_path / "a-file", tmp_path / "models"
+    a_file.write_text("not a folder")
+    (models / "plain-seed0").mkdir(parents=True)  # a model kept before: the plain baseline's seed 0
+    (models / "plain-seed0" / "config.json").write_text("{}")
     cases = {
         "no qrels for split 'dev' (have: test)": ["tiny@v0001", "--eval", str(folder), "--split", "dev"],
         "no training rows with 3 negatives": ["tiny@v0002", "--eval", str(folder)],
@@ -95,6 +99,12 @@ def test_bad_evaluations_are_refused_before_anything_is_written(config, prefect_
         "training anchors of tiny v0001 are queries of the evaluation split 'test'": ["tiny@v0001", "--eval",
                                                                                       str(leaky)],
         "no evaluation data": ["tiny@v0001"],
+        "compare: tiny v0001 with itself": ["--compare", "tiny@v0001", "v0001", "--eval", str(folder)],
+        "compare: tiny v0002 with itself": ["--compare", "tiny@latest", "tiny@v0002", "--eval", str(folder)],
+        f"--save-model {a_file}: exists and is not a folder": ["tiny@v0001", "--eval", str(folder), "--save-model",
+                                                                str(a_file)],
+        f"--save-model {models}: plain-seed0 exists and is not empty": ["--compare", "tiny@v0001", "plain", "--eval",
+                                                                         str(folder), "--save-model", str(models)],
     }
     for message, arguments in cases.items():
         done = run_cli("evaluate", *arguments, "--registry", str(registry), *TINY, check=False)
@@ -102,6 +112,7 @@ def test_bad_evaluations_are_refused_before_anything_is_written(config, prefect_
         assert message in done.stderr and "Traceback" not in done.stderr, done.stderr
         assert len(done.stderr.strip().splitlines()) == 1, done.stderr
         assert _listing(evaluations) == []
+    assert a_file.read_text() == "not a folder" and _listing(models) == ["plain-seed0", "plain-seed0/config.json"]
 
 
 def test_evaluate_after_publish_and_comparisons(tmp_path, prefect_server, tiny_beir, dask_address):
@@ -136,7 +147,8 @@ evaluate:
     assert all(p.startswith("evaluations/compare-v0001-vs-plain-") or
                p.startswith("evaluations/charts/compare-v0001-vs-plain-") for p in added), added
 
-    run_cli("remine", "--from", "tiny@v0001", "--registry", str(registry), "--set", "mine.relative_margin=0.1")
+    run_cli("remine", "--from", "tiny@v0001", "--registry", str(registry), "--set", "mine.strategy=fixed",
+            "--set", "mine.relative_margin=0.1")  # with auto, the calibration's choice replaces the margin: up to date
     models = tmp_path / "models"
     versus = run_cli("evaluate", "--compare", "tiny@v0001", "tiny@v0002", "--registry", str(registry),
                      "--save-model", str(models))

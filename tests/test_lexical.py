@@ -103,15 +103,19 @@ def test_promoted_suspected_positives_count_as_positives(small_config, prefect_s
     assert negatives.join(suspected, on=["query_id", "doc"], how="semi").height > 0
 
     promoted = _version(run_cli("build", "--config", str(small_config), *options, "--set",
-                                "mine.promote_suspected=true", "--set", "publish.dataset=promoted"))
+                                "mine.promote_suspected=true", "--set", "mine.max_promoted_per_positive=1",
+                                "--set", "publish.dataset=promoted"))
     manifest = json.loads((promoted / "manifest.json").read_text())
     ids = pl.read_parquet(promoted / "ids")
     suspected = ids.select("query_id", pl.col("suspected_positive_ids").alias("doc")).explode("doc").drop_nulls()
     suspected = suspected.unique()  # more than before: queries that lose negatives to promotion are searched deeper
     pairs = ids.select("query_id", pl.col("positive_id").alias("doc")).unique()
-    assert suspected.join(pairs, on=["query_id", "doc"], how="anti").is_empty()  # every one is now a positive row
+    as_positives = suspected.join(pairs, on=["query_id", "doc"], how="semi")
     negatives = ids.select("query_id", pl.col("negative_ids").alias("doc")).explode("doc")
-    assert negatives.join(suspected, on=["query_id", "doc"], how="semi").is_empty()
-    assert manifest["reasons"]["promoted_positive"] == manifest["suspected_positives"]["count"] == suspected.height
+    assert negatives.join(suspected, on=["query_id", "doc"], how="semi").is_empty()  # promoted or dropped: no negative
+    reasons, listed = manifest["reasons"], manifest["suspected_positives"]
+    cut = reasons.get("suspected_not_promoted", 0)
+    assert reasons["promoted_positive"] == as_positives.height and listed["not_promoted"] == cut
+    assert reasons["promoted_positive"] + cut == listed["count"] == suspected.height
     assert manifest["validation"]["success"] and manifest["short_queries"]["count"] == 0
-    assert manifest["counts"]["id_rows"] == 20 + suspected.height  # a row per known and per promoted positive
+    assert manifest["counts"]["id_rows"] == 20 + as_positives.height  # a row per known and per promoted positive

@@ -224,3 +224,33 @@ def test_suspected_positives_are_listed_and_promoted_only_when_asked():
     promoted = mine(hits, pos, scores, MineConfig(num_negatives=2, relative_margin=None, promote_suspected=True), 10,
                     lexical=LexicalConfig(ratio=10.0))
     assert _reason(promoted, 9) == "promoted_positive" and _kept(promoted) == [8, 1]
+
+
+def test_promotion_keeps_the_best_ranked_suspected_positives_per_known_positive_and_drops_the_rest():
+    # query 0: one known positive at 0.5, five candidates above it; query 1: two known positives, three above.
+    cands = {0: [(10, 0.9), (11, 0.8), (12, 0.7), (13, 0.65), (14, 0.6), (15, 0.4), (16, 0.3)],
+             1: [(20, 0.9), (21, 0.8), (22, 0.7), (23, 0.2), (24, 0.1)]}
+    positives = {0: [(50, 0.5, True)], 1: [(60, 0.6, True), (61, 0.5, True)]}
+    result = _run(cands, positives, num_negatives=2, promote_suspected=True, max_promoted_per_positive=2)
+    assert [_reason(result, d) for d in (10, 11, 12, 13, 14)] == ["promoted_positive"] * 2 + \
+        ["suspected_not_promoted"] * 3
+    assert _kept(result) == [15, 16]  # the cut ones are no negatives: they stay suspected, dropped
+    assert result.filter(pl.col("query_row") == 0)["suspected"].sum() == 5
+    assert [_reason(result, d, 1) for d in (20, 21, 22)] == ["promoted_positive"] * 3  # 2 known x 2 >= 3
+    unbounded = _run(cands, positives, num_negatives=2, promote_suspected=True, max_promoted_per_positive=None)
+    assert [_reason(unbounded, d) for d in (10, 11, 12, 13, 14)] == ["promoted_positive"] * 5
+    default = _run(cands, positives, num_negatives=2, promote_suspected=True)  # 3 per known positive
+    assert [_reason(default, d) for d in (10, 11, 12, 13)] == ["promoted_positive"] * 3 + ["suspected_not_promoted"]
+    listed = _run(cands, positives, num_negatives=2)  # promotion off: no bound, nothing dropped for it
+    assert "suspected_not_promoted" not in set(listed["reason"].drop_nulls()) and _kept(listed) == [10, 11]
+
+
+def test_the_promotion_bound_counts_distinct_known_positives_and_must_be_positive():
+    from negforge.schemas.config import ConfigError, validate_config
+
+    cands = {0: [(10, 0.9), (11, 0.8), (12, 0.7), (13, 0.1)]}
+    twice = {0: [(50, 0.5, True), (50, 0.5, True)]}  # one positive listed twice is one known positive
+    result = _run(cands, twice, num_negatives=1, promote_suspected=True, max_promoted_per_positive=1)
+    assert [_reason(result, d) for d in (10, 11, 12)] == ["promoted_positive"] + ["suspected_not_promoted"] * 2
+    with pytest.raises(ConfigError, match="max_promoted_per_positive"):
+        validate_config({"max_promoted_per_positive": 0}, "mine", MineConfig)

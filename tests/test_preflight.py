@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -90,6 +91,7 @@ def test_too_little_space_for_the_next_version_is_refused_with_the_figures(small
 
 FILL_AT_PUBLISH = """
 import sys
+import time
 import negforge.flows.build as build
 build.dataset_card = lambda manifest: "x" * (16 << 20)  # a README larger than the registry's disk
 from negforge.flows.cli import main
@@ -136,3 +138,18 @@ def test_the_embedding_store_estimate_warns_with_the_figures(tmp_path):
     assert store_shortfall(str(tmp_path), 10, 384) is None
     warning = store_shortfall(str(tmp_path), 10**13, 384)
     assert warning.startswith(f"runtime.workdir {tmp_path}: ") and "(10000000000000 texts x 384 dimensions" in warning
+
+
+def test_an_unreachable_scheduler_or_too_small_budget_is_refused_before_any_work(tiny_beir, tmp_path):
+    from tests.conftest import write_config
+
+    config = write_config(tmp_path / "build.yaml", tiny_beir, dask_address="tcp://127.0.0.1:1")
+    started = time.monotonic()
+    line = _error_line(run_cli("build", "--config", str(config), check=False, timeout=120))
+    assert time.monotonic() - started < 30  # Dask alone tried twice for 30 s
+    assert line.startswith("negforge: error: runtime.dask_address 'tcp://127.0.0.1:1': no Dask scheduler answers "
+                           "there (") and line.endswith("start one or unset runtime.dask_address"), line
+    line = _refused(config, "runtime.dask_address=null", "runtime.memory_budget_mb=1")
+    assert line == ("negforge: error: runtime.memory_budget_mb=1 cannot hold one block of 1024 vectors of dimension "
+                    "384; the smallest that works is 6")
+    assert not (tmp_path / "work").exists() and not (tmp_path / "registry").exists()  # nothing ingested or created

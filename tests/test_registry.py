@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import pytest
@@ -274,6 +275,19 @@ def test_gc_reads_only_the_registry_and_workdir_and_takes_set(tmp_path, capsys):
     assert [p.name for p in (tmp_path / "elsewhere" / "runs").iterdir()] == ["20260102T000000-b"]
 
 
+
+def test_gc_refuses_a_negative_count_of_runs_to_keep_and_removes_nothing(tmp_path):
+    runs = [tmp_path / "work" / "runs" / name for name in ("20260101T000000-a", "20260102T000000-b")]
+    for run in runs:
+        run.mkdir(parents=True)
+    # -1 once removed every run (runs[len(runs) + 1:] keeps none)
+    for count, why in (("-1", "must be 0 or more, got -1"), ("two", "expected a whole number, got 'two'")):
+        done = run_cli("gc", "--registry", str(tmp_path / "registry"), "--workdir", str(tmp_path / "work"),
+                       "--keep-runs", count, check=False)
+        assert done.returncode == 2 and "Traceback" not in done.stderr
+        assert done.stderr.strip().splitlines()[-1] == f"negforge gc: error: argument --keep-runs: {why}"
+        assert all(run.is_dir() for run in runs)
+
 def test_a_key_error_is_a_bug_with_a_traceback(tmp_path, monkeypatch):
     from negforge.flows import registry_commands
     from negforge.flows.cli import main
@@ -284,3 +298,113 @@ def test_a_key_error_is_a_bug_with_a_traceback(tmp_path, monkeypatch):
     monkeypatch.setattr(registry_commands, "versions_list", broken)
     with pytest.raises(KeyError, match="a bug"):
         main(["versions", "list", "ds", "--registry", str(tmp_path)])
+
+
+def _outside(tmp_path: Path) -> tuple[Path, dict[str, bytes]]:
+    """A folder beside the registry and workdir, with files gc or verify must leave as they are, and its contents."""
+    outside = tmp_path / "outside"
+    (outside / "deep").mkdir(parents=True)
+    for name in ("part-keep.parquet", "damaged-part-keep.parquet", "deep/data.bin", ".lock"):
+        (outside / name).write_bytes(name.encode() * 100)
+    return outside, _contents(outside)
+
+
+def _contents(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_gc_neither_follows_nor_removes_symlinks_and_says_what_it_did_not_remove(tmp_path):
+    outside, before = _outside(tmp_path)
+    work = tmp_path / "work"
+    (work / "runs" / "20260101T000000-old").mkdir(parents=True)
+    (work / "runs" / "20260102T000000-linked").symlink_to(outside)
+    (work / "runs" / "20260103T000000-new").mkdir()
+    (work / "embeddings" / "real-unused").mkdir(parents=True)
+    (work / "embeddings" / "real-unused" / "part-x.parquet").write_bytes(b"x" * 1000)
+    (work / "embeddings" / "real-unused" / "link-inside").symlink_to(outside)
+    (work / "embeddings" / "linked-unused").symlink_to(outside)
+    done = run_cli("gc", "--registry", str(tmp_path / "registry"), "--workdir", str(work), "--keep-runs", "1")
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    assert "removed 1 run workspaces and 1 store fingerprints" in done.stdout
+    assert f"not removed: {work / 'runs' / '20260102T000000-linked'}: a symlink" in done.stdout
+    assert f"not removed: {work / 'embeddings' / 'linked-unused'}: a symlink" in done.stdout
+    assert sorted(p.name for p in (work / "runs").iterdir()) == ["20260102T000000-linked", "20260103T000000-new"]
+    assert [p.name for p in (work / "embeddings").iterdir()] == ["linked-unused"]
+    assert (work / "embeddings" / "linked-unused").is_symlink() and _contents(outside) == before
+
+
+def test_gc_leaves_a_linked_store_or_runs_folder_and_what_it_points_to(tmp_path):
+    outside, _ = _outside(tmp_path)
+    (outside / "fingerprint").mkdir()  # looks like a store fingerprint and a run
+    (outside / "fingerprint" / "damaged-part-x.parquet").write_bytes(b"old")
+    before = _contents(outside)
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "embeddings").symlink_to(outside)
+    (work / "runs").symlink_to(outside)
+    done = run_cli("gc", "--registry", str(tmp_path / "registry"), "--workdir", str(work), "--keep-runs", "0")
+    assert done.returncode == 0, done.stderr
+    assert "removed 0 run workspaces and 0 store fingerprints" in done.stdout
+    assert "removed 0 damaged embedding-store parts" in done.stdout
+    assert done.stdout.count(": a symlink") == 2 and _contents(outside) == before
+
+
+def test_gc_reports_a_folder_it_could_not_remove_as_not_removed(tmp_path):
+    from tests.test_preflight import tmpfs
+
+    work = tmp_path / "work"
+    old, inner = work / "runs" / "20260101T000000-old", work / "runs" / "20260101T000000-old" / "inner"
+    inner.mkdir(parents=True)
+    (inner / "file").write_text("x")
+    (work / "runs" / "20260102T000000-new").mkdir()
+    inner.chmod(0o500)  # its file cannot be unlinked, unless by root: then a mount point cannot be removed
+    gc = ("gc", "--registry", str(tmp_path / "registry"), "--workdir", str(work), "--keep-runs", "1")
+    try:
+        with tmpfs(old / "mounted", "1m") if os.access(inner, os.W_OK) else nullcontext():
+            done = run_cli(*gc)
+    finally:
+        inner.chmod(0o700)
+    assert "removed 0 run workspaces" in done.stdout and old.is_dir()
+    assert f"not removed: {old}: " in done.stdout
+
+
+def test_versions_verify_names_every_symlink_in_a_version_and_reads_nothing_through_it(tmp_path):
+    outside, _ = _outside(tmp_path)
+    registry = Registry(tmp_path / "R", "ds")
+    for content in ("a", "b", "c"):
+        _publish_here(tmp_path / "R", content)
+    data = registry.folder / "v0001" / "data"
+    (outside / "data").mkdir()
+    os.replace(data, outside / "data")  # the same files, moved outside and linked back: sizes and hashes match
+    data.symlink_to(outside / "data")
+    (registry.folder / "v0002" / "extra").symlink_to(outside)
+    manifest = registry.folder / "v0003" / "manifest.json"
+    os.replace(manifest, outside / "manifest.json")
+    manifest.symlink_to(outside / "manifest.json")
+    before = _contents(outside)
+    done = run_cli("versions", "verify", "ds", "--registry", str(tmp_path / "R"), check=False)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == "ds v0001  DAMAGED: data: a symlink, not followed (a version holds only its own files)"
+    assert lines[1] == "ds v0002  DAMAGED: extra: a symlink, not followed (a version holds only its own files)"
+    assert lines[2] == ("ds v0003  DAMAGED: manifest.json: a symlink, not followed (a version holds only its own "
+                        "files)")
+    assert _contents(outside) == before
+
+
+def test_a_linked_dataset_folder_or_lock_is_never_written_through(tmp_path):
+    outside, before = _outside(tmp_path)
+    root = tmp_path / "R"
+    root.mkdir()
+    (root / "ds").symlink_to(outside)
+    with pytest.raises(NotFound, match="a symlink; negforge writes only inside --registry"):
+        Registry(root, "ds").staging()
+    (root / "ds").unlink()
+    _publish_here(root, "a")
+    (root / "ds" / ".lock").unlink()
+    (root / "ds" / ".lock").symlink_to(outside / "absent-lock")
+    done = run_cli("versions", "rollback", "ds", "v0001", "--registry", str(root), check=False)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    lock = root / "ds" / ".lock"
+    assert done.stderr.splitlines()[-1] == f"negforge: error: {lock}: Too many levels of symbolic links"
+    assert _contents(outside) == before and not (outside / "absent-lock").exists()

@@ -46,6 +46,7 @@ def test_remine_refuses_what_the_stored_candidates_cannot_serve(config, prefect_
     assert deeper.returncode == 2 and "need the top 502 candidates per query" in deeper.stderr
     model = run_cli("remine", "--from", "tiny@v0001", "--registry", registry, "--set", "embed.batch_size=4",
                     check=False)
-    assert model.returncode == 2 and "embed cannot change" in model.stderr
+    assert model.returncode == 2 and "so embed.batch_size cannot change" in model.stderr
+    assert len(model.stderr.strip().splitlines()) == 1  # refused before a run starts: no Prefect lines
     missing = run_cli("remine", "--from", "tiny@v0009", "--registry", registry, check=False)
     assert missing.returncode == 2 and "no version v0009" in missing.stderr
