@@ -97,8 +97,8 @@ class Partition:
 @dataclass(frozen=True)
 class CandidateFiles:
     """What search hands mining (per partition, or stored in a version): hits (tables.HITS + rank, pos_sim,
-    topic_centrality, and bm25 or rescore when there are such scores), the positives' scores, and near-duplicate candidate
-    pairs (tables.NEAR_PAIRS)."""
+    topic_centrality, and bm25 or rescore when there are such scores), the positives' scores, and near-duplicate
+    candidate pairs (tables.NEAR_PAIRS)."""
 
     hits: str
     positive_scores: str

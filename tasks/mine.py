@@ -119,7 +119,8 @@ def mine(hits: pl.DataFrame, positives: pl.DataFrame, positive_scores: pl.DataFr
     if cfg.max_topic_centrality is not None:
         if "topic_centrality" not in hits.columns:
             raise ValueError("mine.max_topic_centrality is set but the candidates have no topic centralities")
-        _mark(reason, hits["topic_centrality"].to_numpy() >= np.float32(cfg.max_topic_centrality), "too_central_to_topic")
+        central = hits["topic_centrality"].to_numpy() >= np.float32(cfg.max_topic_centrality)
+        _mark(reason, central, "too_central_to_topic")
 
     for name, broken in cfg.score_filters(s, s_p).items():
         _mark(reason, broken, name)

@@ -20,7 +20,8 @@ PAIR_FLOOR = 0.9
 
 def candidate_similarity(hits: pl.DataFrame, positives: pl.DataFrame, corpus: np.ndarray,
                          near_pairs: bool = True) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """The hits with `pos_sim` and `topic_centrality` added, and the near-duplicate candidate pairs of each of their queries.
+    """The hits with `pos_sim` and `topic_centrality` added, and the near-duplicate candidate pairs of each of their
+    queries.
 
     Args:
         hits: (query_row, doc_row, ...) sorted by query_row then rank, each query's from its best candidate on.
