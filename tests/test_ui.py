@@ -90,7 +90,7 @@ def test_flow_run_and_report_render_in_the_prefect_ui(small_config, prefect_serv
 
     browser.get(f"{ui}/artifacts/artifact/{report.id}")
     text = _wait_for_text(browser, "Candidates and why they were dropped", "Stage timings")
-    assert "kept" in text and "relative_margin" in text
+    assert "kept" in text and "too_central_to_topic" in text  # the default's topic rule (too few queries to calibrate)
     assert browser.find_elements(By.TAG_NAME, "table")  # the markdown tables are rendered, not shown as text
     browser.save_screenshot(str(shots / "ui-run-report.png"))
     images = _rendered_images(browser)
