@@ -25,7 +25,7 @@ from prefect.cache_policies import NO_CACHE
 
 from negforge.flows.corpus_dedup_stage import dedup_corpus
 from negforge.flows.embed_stage import embed_stage, model_warm_up
-from negforge.flows.calibration_stage import build_calibration, calibrated, lexical_index, topic_sample
+from negforge.flows.calibration_stage import calibrated, lexical_index, samples
 from negforge.flows.partition_stage import combine_all, search_and_mine_all, search_job
 from negforge.flows.run_report import publish_artifacts, reject_lines
 from negforge.flows.task_options import negforge_task, untagged_task_runs
@@ -152,8 +152,7 @@ def _build(config: BuildConfig, worker_count: Any) -> dict[str, Any]:
     mining, calibration, calibration_files, sample, topic = config, None, None, None, None
     if config.mine.strategy == "auto" or config.mine.topic_quantile is not None:
         with _timed(timings, "calibrate"):
-            sample = topic_sample(job, config, run_dir, worker_count())
-            calibration_files = build_calibration(job, config, run_dir, worker_count())
+            sample, calibration_files = samples(job, config, run_dir, worker_count())
             mining, calibration, topic = calibrated(config, texts.positives, calibration_files, worker_count(), sample)
     range_max, depth = mining.window_and_depth(texts.max_positives)  # the window of the options mined with
     job = replace(job, depth=depth, range_max=range_max,

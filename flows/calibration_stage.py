@@ -1,17 +1,18 @@
 """The lexical index, the topic sample and the calibration, before the search-and-mine stage; also what a remine
 calibrates on.
 
-The BM25 index is built once per run (a task; cached by corpus content under runtime.workdir). The topic sample
-(tasks/topic.py; with `mine.strategy: auto` or `mine.topic_quantile`) is one task per worker searching its share of
-the sampled queries to TOPIC_SIZE. With `mine.strategy: auto`, one task per worker searches its share of the
-multi-positive queries to the grid's largest depth, one task per worker mines its share of the grid's settings in
-every fold, and the flow chooses (tasks/calibration.py); the build then mines with the choice, its topic quantile
+The BM25 index is built once per run (a task; cached by corpus content under runtime.workdir). Then, in one round of
+tasks: the topic sample (tasks/topic.py; with `mine.strategy: auto` or `mine.topic_quantile`), one task per worker
+searching its share of the sampled queries to TOPIC_SIZE, and with `mine.strategy: auto` one task per worker
+searching its share of the multi-positive queries to the grid's largest depth. One task per worker then mines its
+share of the grid's settings in every fold, and the flow chooses (tasks/calibration.py); the build then mines with the choice, its topic quantile
 turned into a bound from the sample. Nothing is published from a calibration that did not finish: it runs before
 mining, in the same run.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -54,35 +55,37 @@ def multi_positive_queries(positives: str) -> int:
     return len(calibration_rows(pl.read_parquet(positives)))
 
 
-def build_calibration(job: SearchJob, config: BuildConfig, run_dir: Path, workers: int) -> CalibrationFiles | None:
-    """The calibration candidates of a build with mine.strategy auto (None: fixed, or too few queries to calibrate):
-    the multi-positive queries split into one contiguous share per worker, the parts joined in query order."""
-    if config.mine.strategy != "auto":
-        return None
-    rows = calibration_rows(pl.read_parquet(job.texts.positives))
-    if len(rows) < MIN_QUERIES:
-        return None
+def samples(job: SearchJob, config: BuildConfig, run_dir: Path, workers: int) -> tuple[str | None,
+                                                                                     CalibrationFiles | None]:
+    """What is measured on samples of queries before mining, in one round of tasks: the topic sample's file (None:
+    nothing derives a topic bound, mine.strategy fixed without mine.topic_quantile) and the calibration candidates
+    (None: fixed, or too few queries to calibrate). Each splits its queries into one contiguous share per worker, the
+    parts joined in query order; all are submitted before any is awaited."""
+    positives = pl.read_parquet(job.texts.positives, columns=["query_row", "query_id", "doc_row"])
+    topic = config.mine.strategy == "auto" or config.mine.topic_quantile is not None
+    calibration = calibration_rows(positives) if config.mine.strategy == "auto" else []
+    calibration = calibration if len(calibration) >= MIN_QUERIES else []
     depth = grid_depth(config, job.texts.max_positives, job.corpus.rows)
-    futures = [calibration_candidates_task.submit(job, config, share.tolist(), depth)
-               for share in np.array_split(np.array(rows), workers) if len(share)]
-    parts = [future.result() for future in futures]
+    lexical_free = replace(job, lexical_index=None)  # the topic needs no BM25 scores
+    topic_futures = [topic_sample_task.submit(lexical_free, share.tolist()) for share in _shares(
+        sample_rows(positives) if topic else [], workers)]
+    calibration_futures = [calibration_candidates_task.submit(job, config, share.tolist(), depth)
+                           for share in _shares(calibration, workers)]
+    sample = None
+    if topic_futures:
+        sample = run_dir / "topic-sample.parquet"
+        pl.concat([future.result() for future in topic_futures]).write_parquet(sample)
+    if not calibration_futures:
+        return (str(sample) if sample else None), None
+    parts = [future.result() for future in calibration_futures]
     meta = {"depth": depth, "folds": config.mine.calibration_folds, "seed": config.mine.seed,
             "max_positives": job.texts.max_positives, "documents": job.corpus.rows, "searchable": job.searchable}
-    return save_calibration(run_dir / "calibration",
-                            {name: pl.concat([part[name] for part in parts]) for name in TABLES}, meta)
+    return str(sample) if sample else None, save_calibration(
+        run_dir / "calibration", {name: pl.concat([part[name] for part in parts]) for name in TABLES}, meta)
 
 
-def topic_sample(job: SearchJob, config: BuildConfig, run_dir: Path, workers: int) -> str | None:
-    """The topic sample's file (None when nothing derives a topic bound: mine.strategy fixed without
-    mine.topic_quantile): the sampled queries split into one contiguous share per worker, joined in query order."""
-    if config.mine.strategy != "auto" and config.mine.topic_quantile is None:
-        return None
-    rows = sample_rows(pl.read_parquet(job.texts.positives, columns=["query_row", "query_id"]))
-    futures = [topic_sample_task.submit(job, share.tolist()) for share in np.array_split(np.array(rows), workers)
-               if len(share)]
-    path = run_dir / "topic-sample.parquet"
-    pl.concat([future.result() for future in futures]).write_parquet(path)
-    return str(path)
+def _shares(rows: list[int], workers: int) -> list[np.ndarray]:
+    return [share for share in np.array_split(np.array(rows, dtype=np.int64), workers) if len(share)]
 
 
 def _calibrate_on_workers(files: CalibrationFiles, positives: str, config: BuildConfig, workers: int,
