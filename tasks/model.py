@@ -15,6 +15,9 @@ from pathlib import Path
 BUNDLED_NAMES = {"sentence-transformers/all-MiniLM-L6-v2", "all-MiniLM-L6-v2"}
 BUNDLED_WEIGHTS_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+PAD_MULTIPLE = 16  # tokens: a text is padded to its length rounded up to this (see `encode`)
+MIN_BATCH_TOKENS = 1024  # token rows per batch at least (see `encode`)
+LENGTH_BATCH = 4096  # texts tokenized at a time to find their lengths
 
 
 class ModelError(RuntimeError):
@@ -98,7 +101,7 @@ class EncoderSpec:
     def fingerprint(self) -> str:
         """Hash of the weights and the settings that change vectors; keys the embedding store."""
         key = {"weights": self.weights_sha256, "prompt": self.prompt, "max_seq_length": self.max_seq_length,
-               "normalize": True}
+               "normalize": True, "pad_multiple": PAD_MULTIPLE}
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
 
 
@@ -113,14 +116,57 @@ def load_encoder(path: str, weights_sha256: str, max_seq_length: int | None, dev
     return model
 
 
+def _padded_lengths(model, texts: list[str], prompt: str | None):
+    """Each text's token count (prompt and truncation included) rounded up to PAD_MULTIPLE; None for a model whose
+    inputs carry no attention mask (nothing is padded there)."""
+    import numpy as np
+
+    counts = []
+    for start in range(0, len(texts), LENGTH_BATCH):
+        mask = model.preprocess(texts[start:start + LENGTH_BATCH], prompt=prompt).get("attention_mask")
+        if mask is None:
+            return None
+        counts.append(mask.sum(dim=1).numpy())
+    return -(-np.concatenate(counts) // PAD_MULTIPLE) * PAD_MULTIPLE
+
+
+def _bucket_batch(texts: list[str], padded: int, batch_size: int) -> tuple[list[str], int]:
+    """The texts of one padded length, with copies of the last appended so that no batch has fewer than
+    MIN_BATCH_TOKENS tokens; and the rows per batch (at least `batch_size`, more for short texts)."""
+    rows = max(batch_size, -(-MIN_BATCH_TOKENS // padded))
+    tail = len(texts) % rows
+    fill = -(-MIN_BATCH_TOKENS // padded) - tail if tail and tail * padded < MIN_BATCH_TOKENS else 0
+    return texts + texts[-1:] * fill, rows
+
+
 def encode(spec: EncoderSpec, texts: list[str]):
-    """Normalized float32 embeddings of `texts` under the spec's prompt."""
+    """Normalized float32 embeddings of `texts` under the spec's prompt.
+
+    A text's vector must not depend on the texts it is batched with: a part embedded again (after a killed worker,
+    a repaired store, a resumed run) must give the same bits, or the next build of unchanged inputs would publish
+    other scores. Padding to the longest text of a batch changes the shapes of the matrix products and with them
+    the last bits, and so does a small batch (on CPU, products of <= 192 token rows take another path: measured at
+    2-8 threads). So each text is padded to its length rounded up to PAD_MULTIPLE, batched only with texts of that
+    padded length, and every batch has at least MIN_BATCH_TOKENS token rows (tests/test_deterministic_embedding.py).
+    """
     import numpy as np
 
     model = load_encoder(spec.path, spec.weights_sha256, spec.max_seq_length, spec.device)
-    vectors = model.encode(texts, batch_size=spec.batch_size, prompt=spec.prompt or None,
-                           normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
-    return np.ascontiguousarray(vectors, dtype=np.float32)
+    options = {"prompt": spec.prompt or None, "normalize_embeddings": True, "convert_to_numpy": True,
+               "show_progress_bar": False}
+    lengths = _padded_lengths(model, texts, options["prompt"]) if texts else None
+    if lengths is None:
+        return np.ascontiguousarray(model.encode(texts, batch_size=spec.batch_size, **options), dtype=np.float32)
+    vectors = None
+    for padded in np.unique(lengths):
+        rows = np.flatnonzero(lengths == padded)
+        batch, batch_size = _bucket_batch([texts[i] for i in rows], int(padded), spec.batch_size)
+        part = model.encode(batch, batch_size=batch_size, **options,
+                            processing_kwargs={"text": {"pad_to_multiple_of": PAD_MULTIPLE}})
+        if vectors is None:
+            vectors = np.empty((len(texts), part.shape[1]), dtype=np.float32)
+        vectors[rows] = part[:len(rows)]
+    return vectors
 
 
 def embedding_dimension(ref: ModelRef) -> int | None:

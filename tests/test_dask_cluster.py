@@ -118,6 +118,11 @@ def test_a_killed_worker_loses_no_work_and_a_killed_run_resumes(small_config):
                                 "store_repaired": []}
     assert [p.name for p in (other / "registry" / "tiny").glob("v*")] == ["v0001"]
 
+    # the same inputs give the same data whatever happened to the runs: a clean build publishes the same data hash
+    clean_config = _with_workdir(small_config, small_config.parent / "clean")
+    clean = json.loads((_version(run_cli("build", "--config", str(clean_config)).stdout) / "manifest.json").read_text())
+    assert clean["data_hash"] == manifest["data_hash"] == retried["data_hash"]
+
 
 def _with_workdir(config: Path, folder: Path) -> Path:
     """The same build config with its workdir and registry in `folder`."""

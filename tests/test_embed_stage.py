@@ -1,5 +1,5 @@
 """The embedding stage inside real builds: a few task runs per worker whatever the number of text files, and a damaged
-store part named in the manifest and embedded again instead of failing every later build."""
+store part named in the manifest and embedded again (to the same data hash) instead of failing every later build."""
 
 from __future__ import annotations
 
@@ -57,6 +57,7 @@ def test_a_few_embedding_tasks_per_worker_and_a_damaged_part_is_embedded_again(s
 
     again = _build(small_config, f"publish.registry={small_config.parent / 'registry-2'}")
     assert again["embed"] == {"texts_embedded": rows, "texts_cached": UNIQUE - rows, "store_repaired": [part.name]}
+    assert again["data_hash"] == first["data_hash"]  # embedded again with other texts, to the same bits
     runs = _embedding_task_runs()
     assert runs["plan embedding"] == 1 and runs["embed texts"] <= 4 and runs["copy stored vectors"] <= 4
     assert not (folder / part.name).exists() and len(store.parts()) > 0
