@@ -27,6 +27,7 @@ import polars as pl
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
+from negforge.flows.console_lines import escape_console_lines
 from negforge.flows.run_report import image_markdown, slug
 from negforge.flows.task_options import dataset_tags, negforge_task, untagged_task_runs
 from negforge.schemas.config import BuildConfig, EvaluateConfig, validate_config
@@ -360,6 +361,7 @@ def evaluate_training_set(dataset: str, version: str = "latest", registry: str =
     Returns:
         The evaluation record (with `path`), or the comparison (with `path` and `first`, the first's record).
     """
+    escape_console_lines()  # a served or work-pool run's process: no CLI set it up
     with untagged_task_runs():
         request = check_request(registry, dataset, version, settings, compare, save_model)
         if not compare:
