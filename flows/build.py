@@ -23,6 +23,7 @@ import polars as pl
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from negforge.flows.console_lines import escape_console_lines
 from negforge.flows.corpus_dedup_stage import dedup_corpus
 from negforge.flows.embed_stage import embed_stage, model_warm_up
 from negforge.flows.calibration_stage import calibrated, lexical_index, samples
@@ -88,6 +89,7 @@ def build_training_set(config: BuildConfig) -> dict[str, Any]:
     Returns:
         The version folder, whether it was newly published, and the manifest's counts.
     """
+    escape_console_lines()  # a served or work-pool run's process: no CLI set it up
     with untagged_task_runs():
         unchanged = unchanged_version(config, code_version())
         if unchanged:

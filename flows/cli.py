@@ -12,6 +12,7 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Callable, Iterator
 
+from negforge.flows.console_lines import escape_console_lines
 from negforge.flows.runtime import quiet_environment
 from negforge.schemas.console_text import printable_lines, quoted
 
@@ -132,22 +133,6 @@ def cmd_gc(args: argparse.Namespace) -> int:
     return gc(args, args.workdir or storage.runtime.workdir, args.registry or storage.publish.registry)
 
 
-def _console_lines_escaped(tracebacks: bool) -> None:
-    """Prefect's console lines carry user data (file names, ids, rejected rows): show their control characters
-    escaped, so no ESC or NUL reaches the terminal. Without tracebacks (no --debug), show only a failed run's message
-    lines; the API log handler still receives the whole record, so the Prefect UI keeps the traceback."""
-    from prefect.logging.handlers import PrefectConsoleHandler
-
-    formatter = PrefectConsoleHandler.format
-
-    def escaped(self: PrefectConsoleHandler, record: logging.LogRecord) -> str:
-        if not tracebacks:
-            record = logging.makeLogRecord(record.__dict__ | {"exc_info": None, "exc_text": None})
-        return printable_lines(formatter(self, record))
-
-    PrefectConsoleHandler.format = escaped
-
-
 class _NoTaskRunLines(logging.Filter):
     """Drops the console's per-task-run INFO lines ("Finished in state Completed()"): stages show progress bars
     instead. Warnings and errors pass; the Prefect UI still gets every line."""
@@ -247,7 +232,6 @@ def _run_flow(args: argparse.Namespace, dataset: str, prepare: Callable[[], Call
 
     try:
         with _stop_on_signals() as received, prefect_api() as api_ready:
-            _console_lines_escaped(tracebacks=args.debug)
             if not args.debug:  # before the cluster starts: its workers read the console level when they start
                 _quiet_task_runs()
             with (cluster or nullcontext)():
@@ -440,6 +424,7 @@ def cmd_deployments(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     quiet_environment()
     args = _parser().parse_args(argv)
+    escape_console_lines(tracebacks=args.debug)  # without --debug, a failed run's message lines say what went wrong
     from negforge.schemas.config import ConfigError
     from negforge.flows.deployments import NoPrefectAPI
     from negforge.tasks.calibration import CalibrationError

@@ -49,6 +49,7 @@ def embed_stage(texts: Texts, config: BuildConfig, run_dir: Path, workers: int) 
     specs = encoder_specs(config)
     store_root = str(Path(config.runtime.workdir) / "embeddings")
     fingerprints = sorted({spec.fingerprint for spec in specs.values()})
+    stores = [EmbeddingStore(store_root, fp) for fp in fingerprints]  # a linked store is refused here, not on a worker
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "fingerprints.json").write_text(json.dumps(fingerprints, allow_nan=False))  # for gc
 
@@ -63,7 +64,7 @@ def embed_stage(texts: Texts, config: BuildConfig, run_dir: Path, workers: int) 
     total = (plan.embed_ranges[-1][1] if embeds else 0) + (plan.copy_ranges[-1][1] if copies else 0)
     filled = StageProgress(config.publish.dataset, "embed", total, str(progress_dir)).results(futures)
 
-    compacted = any(EmbeddingStore(store_root, fp).needs_compaction() for fp in fingerprints)
+    compacted = any(store.needs_compaction() for store in stores)
     if compacted:
         compact_task.submit(store_root, fingerprints).result()
     damaged = set(plan.damaged).union(*(f.damaged for f in filled))

@@ -27,14 +27,16 @@ import polars as pl
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
+from negforge.flows.console_lines import escape_console_lines
 from negforge.flows.run_report import image_markdown, slug
 from negforge.flows.task_options import dataset_tags, negforge_task, untagged_task_runs
 from negforge.schemas.config import BuildConfig, EvaluateConfig, validate_config
 from negforge.schemas.stages import Encoder, EvaluationSplit, Retrieval
 from negforge.tasks.base_model import base_encoder, load
+from negforge.tasks.containment import inside
 from negforge.tasks.evaluation_charts import comparison_chart, record_chart, versions_chart
-from negforge.tasks.evaluation_records import (base_path, evaluations_folder, read_record, record_key, record_path,
-                                               version_records, write_record)
+from negforge.tasks.evaluation_records import (FOLDER, base_path, evaluations_folder, read_record, record_key,
+                                               record_path, version_records, write_record)
 from negforge.tasks.evaluation_split import EvaluationError, evaluation_split
 from negforge.tasks.fine_tune import fine_tune
 from negforge.tasks.paired_bootstrap import interval_text, paired_interval
@@ -97,6 +99,7 @@ def check_request(registry: str, dataset: str, version: str, settings: EvaluateC
     models that would overwrite files, the evaluation split and its qrels, the version (and a compared version) with
     training rows and no leaked anchors, the base model offline."""
     store = Registry(registry, dataset)
+    inside(registry, store.dataset, FOLDER, entries=True)  # records and charts: never through a symlink
     name, manifest = _version(store, version)
     other = _version(store, compare) if compare and compare not in BASELINES else None  # (name, manifest)
     second = other[0] if other else compare
@@ -358,6 +361,7 @@ def evaluate_training_set(dataset: str, version: str = "latest", registry: str =
     Returns:
         The evaluation record (with `path`), or the comparison (with `path` and `first`, the first's record).
     """
+    escape_console_lines()  # a served or work-pool run's process: no CLI set it up
     with untagged_task_runs():
         request = check_request(registry, dataset, version, settings, compare, save_model)
         if not compare:

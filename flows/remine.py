@@ -16,6 +16,7 @@ from prefect import flow
 
 from negforge.flows.build import mine_and_publish, new_run_dir
 from negforge.flows.calibration_stage import calibrated
+from negforge.flows.console_lines import escape_console_lines
 from negforge.flows.partition_stage import mine_stored_all
 from negforge.flows.task_options import untagged_task_runs
 from negforge.schemas.config import BuildConfig
@@ -29,6 +30,7 @@ from negforge.tasks.registry import Registry
 @flow(name="remine-training-set", flow_run_name="remine {config.publish.dataset}", validate_parameters=True)
 def remine_training_set(source: str, config: BuildConfig) -> dict[str, Any]:
     """Mine the candidates stored in `source` (a version of config.publish.dataset) again and publish the result."""
+    escape_console_lines()  # a served or work-pool run's process: no CLI set it up
     with untagged_task_runs():
         return _remine(source, config)
 

@@ -13,6 +13,7 @@ from prefect import tags, task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import TagsContext
 
+from negforge.flows.console_lines import escape_console_lines
 from negforge.tasks.preflight import permanent
 
 
@@ -29,14 +30,16 @@ def _malloc_trim() -> Any:
     return getattr(ctypes.CDLL(ctypes.util.find_library("c")), "malloc_trim", None)
 
 
-def _returning_freed_memory(fn: Any) -> Any:
-    """`fn`, handing the memory it freed back to the OS when it returns: glibc keeps freed pages in its arenas, so a
-    worker held ~200 MB more than it used after embedding (measured with the 100k bench), and the whole tree's peak
-    is the sum of such high-water marks. No full `gc.collect()`: with torch and Great Expectations loaded it walks
-    ~750k objects (0.35 s) per task run, seconds per small build, and the freed pages were glibc's, not cycles'.
-    (Not a Prefect state hook: those log two lines per task run.)"""
+def _task_body(fn: Any) -> Any:
+    """`fn` as a task runs it: with the process's console lines escaped (flows/console_lines.py; a remote worker's
+    too, which no negforge code set up), handing the memory it freed back to the OS when it returns. glibc keeps
+    freed pages in its arenas, so a worker held ~200 MB more than it used after embedding (measured with the 100k
+    bench), and the whole tree's peak is the sum of such high-water marks. No full `gc.collect()`: with torch and
+    Great Expectations loaded it walks ~750k objects (0.35 s) per task run, seconds per small build, and the freed
+    pages were glibc's, not cycles'. (Not a Prefect state hook: those log two lines per task run.)"""
     @functools.wraps(fn)
     def run(*args: Any, **kwargs: Any) -> Any:
+        escape_console_lines()
         try:
             return fn(*args, **kwargs)
         finally:
@@ -48,10 +51,10 @@ def _returning_freed_memory(fn: Any) -> Any:
 
 
 def negforge_task(fn: Any, name: str, retried: bool = False) -> Any:
-    """A task whose runs are named readably and give back the memory they freed; `retried` ones (storage, models)
-    retry transient errors with backoff."""
+    """A task whose runs are named readably, escape their console lines and give back the memory they freed;
+    `retried` ones (storage, models) retry transient errors with backoff."""
     retry = {"retries": 2, "retry_delay_seconds": [2, 10], "retry_condition_fn": _transient} if retried else {}
-    return task(_returning_freed_memory(fn), name=name, task_run_name=name, cache_policy=NO_CACHE, **retry)
+    return task(_task_body(fn), name=name, task_run_name=name, cache_policy=NO_CACHE, **retry)
 
 
 def run_tags(dataset: str) -> list[str]:

@@ -76,11 +76,15 @@ def dask_setup(worker: distributed.Worker) -> None:
     Its torch, OpenMP and BLAS threads are set to its own thread count: it forked from a server whose libraries
     read their thread settings from the environment of the first local cluster of this process. tqdm (the model's
     progress bars) gets a thread lock instead of its multiprocessing one, a named semaphore that a killed worker
-    would leave behind (the resource tracker then warns about it when the run's process exits)."""
+    would leave behind (the resource tracker then warns about it when the run's process exits). Its console is the
+    run's (it writes to the CLI's stderr), so its lines are escaped from the start (flows/console_lines.py)."""
     import torch
     import tqdm.std
     from threadpoolctl import threadpool_limits
 
+    from negforge.flows.console_lines import escape_console_lines
+
+    escape_console_lines()
     threadpool_limits(worker.state.nthreads)
     torch.set_num_threads(worker.state.nthreads)
     tqdm.std.tqdm.set_lock(threading.RLock())

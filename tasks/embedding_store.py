@@ -14,6 +14,9 @@ One folder per fingerprint holds:
   texts are embedded again); `remove_damaged` deletes them.
 - `.lock`: held while compacting, writing the index or removing damaged parts.
 
+A store that is a symlink, or holds one, is refused when opened (tasks/containment.py): nothing is read or written
+through a link, nor is one removed.
+
 Compaction merges small parts (incremental runs) and writes the merged part and the index before it deletes the
 small ones, so a reader that finds a part gone looks its keys up again and finds them.
 """
@@ -33,6 +36,8 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from negforge.tasks.containment import inside, refuse_link
 
 PART_BYTES = 32 << 20  # target size of a part: what a killed embedding task can lose, and what compaction merges to
 COMPACT_AT = 8  # compaction runs once this many parts are under half of PART_BYTES
@@ -79,7 +84,9 @@ class EmbeddingStore:
     """The parts of one model fingerprint: `<root>/<fingerprint>/`."""
 
     def __init__(self, root: str | Path, fingerprint: str) -> None:
-        self.folder = Path(root) / fingerprint
+        """Refuses (OSError ELOOP) a store reached through a symlink or holding one: reads would leave the workdir,
+        writes land outside it, and compaction and `gc` delete there (tasks/containment.py)."""
+        self.folder = inside(refuse_link(Path(root)), fingerprint, entries=True)
         self.folder.mkdir(parents=True, exist_ok=True)
 
     def parts(self) -> list[Path]:
@@ -106,7 +113,7 @@ class EmbeddingStore:
 
     def written(self, hashes: pl.Series) -> str | None:
         """The part holding exactly `hashes` in that order, if one was written (by an earlier try of a task)."""
-        found = sorted(self.folder.glob(f"part-{_keys_digest(hashes)}-*.parquet"))
+        found = [p for p in self.parts() if p.name.startswith(f"part-{_keys_digest(hashes)}-")]
         return found[0].name if found else None
 
     # --- reading --------------------------------------------------------------------------------------------------
@@ -207,16 +214,19 @@ class EmbeddingStore:
     @contextmanager
     def _locked(self, wait: bool) -> Iterator[bool]:
         """The store's exclusive lock; yields False at once when `wait` is false and another process holds it."""
-        with (self.folder / ".lock").open("a") as handle:
+        fd = os.open(self.folder / ".lock", os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o644)
+        try:
             try:
-                fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
             except BlockingIOError:
                 yield False
                 return
             try:
                 yield True
             finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
 
     # --- upkeep ---------------------------------------------------------------------------------------------------
 

@@ -45,9 +45,11 @@ def base_path(dataset_folder: Path, encoder: Encoder, evaluation: EvaluationSpli
 
 
 def read_record(path: Path) -> dict[str, Any] | None:
-    """A record, or None when absent or unreadable (then it is computed again)."""
+    """A record, or None when absent, unreadable or a symlink (then it is computed again; `negforge evaluate` refuses
+    a linked record before that, tasks/containment.py)."""
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
+        with open(os.open(path, os.O_RDONLY | os.O_NOFOLLOW), encoding="utf-8") as handle:
+            record = json.loads(handle.read())
     except (OSError, ValueError):
         return None
     return record if isinstance(record, dict) else None
@@ -64,14 +66,20 @@ def write_record(path: Path, record: dict[str, Any]) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def _records(dataset_folder: Path, patterns: list[str]) -> list[dict[str, Any]]:
+    """The readable records whose names match `patterns`, oldest first; none in a linked evaluations folder."""
+    folder = evaluations_folder(dataset_folder)
+    if folder.is_symlink():
+        return []
+    found = [read_record(p) for pattern in patterns for p in folder.glob(pattern)]
+    return sorted((r for r in found if r), key=lambda r: r.get("created_at", ""))
+
+
 def version_records(dataset_folder: Path, version: str) -> list[dict[str, Any]]:
     """The evaluations of a version, oldest first."""
-    found = [read_record(p) for p in evaluations_folder(dataset_folder).glob(f"{version}-*.json")]
-    return sorted((r for r in found if r), key=lambda r: r.get("created_at", ""))
+    return _records(dataset_folder, [f"{version}-*.json"])
 
 
 def comparison_records(dataset_folder: Path, a: str, b: str) -> list[dict[str, Any]]:
     """Comparisons of versions a and b (either way round), oldest first."""
-    folder = evaluations_folder(dataset_folder)
-    found = [read_record(p) for pair in ((a, b), (b, a)) for p in folder.glob(f"compare-{pair[0]}-vs-{pair[1]}-*.json")]
-    return sorted((r for r in found if r), key=lambda r: r.get("created_at", ""))
+    return _records(dataset_folder, [f"compare-{first}-vs-{second}-*.json" for first, second in ((a, b), (b, a))])

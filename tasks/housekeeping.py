@@ -8,6 +8,7 @@ Links are reported as not removed, and what a link points to is neither read, si
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import shutil
@@ -62,6 +63,18 @@ def _remove(folder: Path) -> str | None:
     return None
 
 
+def _damaged_parts_removed(store: Path, fingerprint: str, not_removed: dict[str, str]) -> list[str]:
+    """The damaged parts removed from a kept fingerprint's store. A store holding a symlink is not checked (that
+    would read, or delete, through it): the link is added to `not_removed`."""
+    try:
+        return EmbeddingStore(store, fingerprint).remove_damaged()
+    except OSError as error:
+        if error.errno != errno.ELOOP:
+            raise
+        not_removed[error.filename] = SYMLINK
+        return []
+
+
 def collect_garbage(workdir: str | Path, registry: str | Path, keep_runs: int, dry_run: bool) -> dict[str, Any]:
     """Remove all but the newest `keep_runs` run workspaces, the store fingerprints nothing kept refers to, store
     parts that fail their checksum (and killed writers' leftovers), and abandoned staging folders.
@@ -85,8 +98,8 @@ def collect_garbage(workdir: str | Path, registry: str | Path, keep_runs: int, d
         not_removed |= {str(p): why for p in sizes if (why := _remove(p))}
     gone = [p for p in sizes if str(p) not in not_removed]
     kept_fingerprints = [] if dry_run else _folders(store)[0]
-    damaged = [name for folder in kept_fingerprints
-               for name in EmbeddingStore(store, folder.name).remove_damaged()]  # checksums: not in a dry run
+    damaged = [name for folder in kept_fingerprints  # checksums: not in a dry run
+               for name in _damaged_parts_removed(store, folder.name, not_removed)]
     staging = [path for dataset in datasets(registry) for path in dataset.remove_abandoned(dry_run)]
     return {"runs_removed": [str(p) for p in old_runs if p in gone],
             "fingerprints_removed": [p.name for p in stale if p in gone], "not_removed": not_removed,

@@ -24,6 +24,7 @@ import numpy as np
 import polars as pl
 
 from negforge.schemas.tables import LEXICAL_PAIRS, frame
+from negforge.tasks.containment import inside
 from negforge.tasks.training_set import shard_rows
 
 
@@ -45,8 +46,9 @@ def _tokens(texts: list[str], settings: dict[str, Any], ids: bool):
 
 
 def build_index(corpus_files: Sequence[str], settings: dict[str, Any], workdir: str) -> str:
-    """The folder of the corpus's BM25 index, built unless the cache has it (written to a temporary name first)."""
-    folder = Path(workdir) / "lexical" / index_key(corpus_files, settings)
+    """The folder of the corpus's BM25 index, built unless the cache has it (written to a temporary name first).
+    An index folder that is a symlink or holds one is refused, not read or written through (tasks/containment.py)."""
+    folder = inside(workdir, "lexical", index_key(corpus_files, settings), entries=True)
     if (folder / "params.index.json").exists():
         return str(folder)
     texts = pl.scan_parquet(list(corpus_files)).select("row", "text").collect().sort("row")["text"].to_list()
@@ -57,7 +59,7 @@ def build_index(corpus_files: Sequence[str], settings: dict[str, Any], workdir: 
                            f"or turn the lexical rules off")
     retriever = bm25s.BM25(k1=settings["k1"], b=settings["b"])
     retriever.index(tokens, show_progress=False)
-    tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
+    tmp = inside(folder.parent, f".{folder.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     retriever.save(str(tmp), show_progress=False)
     (tmp / "settings.json").write_text(json.dumps(settings, allow_nan=False))

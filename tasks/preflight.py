@@ -16,6 +16,7 @@ from pathlib import Path
 
 from negforge.schemas.config import BuildConfig, ConfigError, RuntimeConfig
 from negforge.schemas.console_text import quoted, shortened
+from negforge.tasks.containment import inside
 from negforge.tasks.model import embedding_dimension, resolve_model
 from negforge.tasks.registry import Registry
 from negforge.tasks.sizing import check_budget
@@ -72,10 +73,26 @@ def _shortfall(path: Path, needed: int, what: str) -> str | None:
     return f"{path}: {_size(free)} free, {what} needs about {_size(needed)}"
 
 
+def check_links(config: BuildConfig) -> None:
+    """Refuse a run that would read or write through a symlink inside the registry or the workdir
+    (tasks/containment.py): the dataset folder, its lock, LATEST and (when the run evaluates) evaluations, and the
+    workdir's folders. The fingerprint and index folders below them are checked where the run first knows their
+    names."""
+    dataset = inside(config.publish.registry, config.publish.dataset)
+    for name in (".lock", "LATEST"):
+        inside(dataset, name)
+    if config.evaluate.eval:
+        inside(dataset, "evaluations", entries=True)
+    for name in ("runs", "embeddings", "lexical"):
+        inside(config.runtime.workdir, name)
+
+
 def preflight(config: BuildConfig) -> None:
-    """Refuse a run whose registry or workdir cannot be written, or whose registry lacks the space of the version
-    before (the best estimate of the next one), or whose `runtime.dask_address` has no scheduler."""
+    """Refuse a run whose registry or workdir cannot be written or holds a symlink where it writes, or whose registry
+    lacks the space of the version before (the best estimate of the next one), or whose `runtime.dask_address` has no
+    scheduler."""
     check_scheduler(config.runtime)
+    check_links(config)
     registry = Registry(config.publish.registry, config.publish.dataset)
     writable_folder(registry.folder, "publish.registry")
     writable_folder(Path(config.runtime.workdir), "runtime.workdir")

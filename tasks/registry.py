@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterator
 
 from negforge.schemas.config import ConfigError, PublishConfig, validate_config
 from negforge.schemas.console_text import printable
+from negforge.tasks.containment import inside, refuse_link
 
 VERSION = re.compile(r"^v(\d{4,})$")
 HASHED_FOLDERS = ("data", "ids", "exports")
@@ -203,9 +204,11 @@ class Registry:
         return manifest
 
     def pointer(self) -> str | None:
-        """What LATEST says, checked or not."""
+        """What LATEST says, checked or not (nothing in a linked dataset folder: it is not read through)."""
         path = self.folder / "LATEST"
-        return path.read_text(encoding="utf-8", errors="replace").strip() if _expected(path) else None
+        if self.folder.is_symlink() or not _expected(path):
+            return None
+        return path.read_text(encoding="utf-8", errors="replace").strip()
 
     def latest(self) -> str | None:
         """The version LATEST names, when it is one with a readable manifest (else None: see `latest_problem`)."""
@@ -273,9 +276,9 @@ class Registry:
 
     @contextmanager
     def _lock(self) -> Iterator[None]:
-        """The dataset's exclusive lock. A linked dataset folder or `.lock` is refused, never written through."""
-        if self.folder.is_symlink():
-            raise NotFound(f"{self.folder}: a symlink; negforge writes only inside --registry, never through a link")
+        """The dataset's exclusive lock. A linked dataset folder or `.lock` is refused, never written through
+        (tasks/containment.py; O_NOFOLLOW: one linked after the check is refused too)."""
+        inside(self.folder.parent, self.dataset, ".lock")
         self.folder.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.folder / ".lock", os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o644)
         try:
@@ -310,6 +313,7 @@ class Registry:
         files = checksums(staged)
         digest = data_hash(files)
         with self._lock():
+            refuse_link(self.folder / "LATEST")  # replacing a linked LATEST would remove someone else's link
             for path in self._abandoned():
                 log.warning("removing %s, left by a build that is gone", path)
                 shutil.rmtree(path, ignore_errors=True)
@@ -345,7 +349,7 @@ class Registry:
         """Point LATEST at an existing whole version; nothing is deleted, and the next build still takes max + 1."""
         with self._lock():
             self.whole_manifest(version)
-            _write_atomic(self.folder / "LATEST", version + "\n")
+            _write_atomic(refuse_link(self.folder / "LATEST"), version + "\n")
 
 
 def datasets(root: str | Path) -> list[Registry]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from negforge.tasks.containment import NOT_FOLLOWED
 from negforge.tasks.registry import NotFound, Registry
 from tests.conftest import ROOT, run_cli
 
@@ -397,8 +399,9 @@ def test_a_linked_dataset_folder_or_lock_is_never_written_through(tmp_path):
     root = tmp_path / "R"
     root.mkdir()
     (root / "ds").symlink_to(outside)
-    with pytest.raises(NotFound, match="a symlink; negforge writes only inside --registry"):
+    with pytest.raises(OSError, match="a symlink, which negforge does not follow") as refused:
         Registry(root, "ds").staging()
+    assert refused.value.errno == errno.ELOOP and refused.value.filename == str(root / "ds")
     (root / "ds").unlink()
     _publish_here(root, "a")
     (root / "ds" / ".lock").unlink()
@@ -406,5 +409,5 @@ def test_a_linked_dataset_folder_or_lock_is_never_written_through(tmp_path):
     done = run_cli("versions", "rollback", "ds", "v0001", "--registry", str(root), check=False)
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
     lock = root / "ds" / ".lock"
-    assert done.stderr.splitlines()[-1] == f"negforge: error: {lock}: Too many levels of symbolic links"
+    assert done.stderr.splitlines()[-1] == f"negforge: error: {lock}: {NOT_FOLLOWED}"
     assert _contents(outside) == before and not (outside / "absent-lock").exists()
