@@ -22,14 +22,15 @@ from negforge.schemas.config import BuildConfig
 from negforge.schemas.stages import COUNT_KEYS
 from negforge.tasks.adaptive_depth import depth_levels
 from negforge.tasks.candidate_store import check_depth, check_remine, load_candidates
-from negforge.tasks.preflight import preflight
+from negforge.tasks.preflight import naming, preflight
 from negforge.tasks.registry import Registry
 
 
 @flow(name="remine-training-set", flow_run_name="remine {config.publish.dataset}", validate_parameters=True)
 def remine_training_set(source: str, config: BuildConfig) -> dict[str, Any]:
     """Mine the candidates stored in `source` (a version of config.publish.dataset) again and publish the result."""
-    with untagged_task_runs():
+    # a write error naming no path is the workdir's: what writes elsewhere (the staged version) names its own
+    with untagged_task_runs(), naming(config.runtime.workdir):
         return _remine(source, config)
 
 
