@@ -40,7 +40,7 @@ from negforge.tasks.dataset_card import dataset_card
 from negforge.tasks.ingest import ingest
 from negforge.tasks.ann_index import check_index_settings
 from negforge.tasks.model import embedding_dimension, resolve_model
-from negforge.tasks.preflight import check_budget_for_the_model, preflight, store_shortfall
+from negforge.tasks.preflight import check_budget_for_the_model, naming, preflight, store_shortfall
 from negforge.tasks.sizing import check_budget
 from negforge.tasks.quality_gate import check_candidate, check_inputs
 from negforge.tasks.registry import Registry
@@ -90,7 +90,8 @@ def build_training_set(config: BuildConfig) -> dict[str, Any]:
         The version folder, whether it was newly published, and the manifest's counts.
     """
     escape_console_lines()  # a served or work-pool run's process: no CLI set it up
-    with untagged_task_runs():
+    # a write error naming no path is the workdir's: what writes elsewhere (the staged version) names its own
+    with untagged_task_runs(), naming(config.runtime.workdir):
         unchanged = unchanged_version(config, code_version())
         if unchanged:
             get_run_logger().info("up to date: %s (inputs, config, model and code unchanged)", unchanged)
@@ -225,9 +226,8 @@ def mine_and_publish(config: BuildConfig, texts: Texts, parts: list[MinedPartiti
                        mining.mine.max_promoted_per_positive)
 
     registry = Registry(config.publish.registry, config.publish.dataset)
-    staging = registry.staging()
-    try:
-        with _timed(timings, "write"):
+    with registry.staged() as staging:  # removed however this ends (a refused candidate is in quarantine by then)
+        with _timed(timings, "write"), naming(staging):
             written = write_task(mined, texts, mining, str(staging))
             save_candidates(staging / "candidates", [p.candidates for p in parts], texts, stored, corpus_duplicates,
                             calibration_files.folder if calibration_files else None, topic_sample)
@@ -236,32 +236,31 @@ def mine_and_publish(config: BuildConfig, texts: Texts, parts: list[MinedPartiti
             validation = validate_candidate_task(str(staging), mined, texts, mining,
                                                  registry.manifest(latest) if latest else None,
                                                  str(run_dir / "validation" / "candidate"))
-        with _timed(timings, "charts"):
+        with _timed(timings, "charts"), naming(staging):
             charts = charts_task(str(staging), mined, base.get("calibration"))
-    except Exception:
-        registry.discard(staging)  # a refused candidate was already moved to quarantine
-        raise
-    for warning in validation["warnings"]:
-        logger.warning("drift: %s", warning)
+        for warning in validation["warnings"]:
+            logger.warning("drift: %s", warning)
 
-    manifest = {
-        "dataset": config.publish.dataset, "version": None, "parent": None, "data_hash": None,
-        "code_version": code_version(), "packages": package_versions(),
-        "config": config.model_dump(mode="json", by_alias=True), **base,
-        "counts": base["counts"] | {"rows": written["rows"], "id_rows": written["id_rows"]},
-        "reasons": mined.reasons, "reasons_per_query": mined.reasons_per_query,
-        "short_queries": {"count": len(mined.short_queries), "ids": list(mined.short_queries)},
-        "adaptive_depth": {"bound": mining.depth_bound(stored.max_positives, stored.documents), **asdict(deepened)},
-        "suspected_positives": mined.suspected | {"promoted": mining.mine.promote_suspected},
-        "dropped_eval_queries": list(mined.dropped_eval_queries), "audit": mined.audit,
-        "side_inputs": side_inputs(config),
-        "scores": {"positive": asdict(mined.positive_score_stats), "negative": asdict(mined.negative_score_stats)},
-        "validation": validation, "charts": charts,
-        "files": written["files"] | {"bytes": written["bytes"]}, "timings": timings,
-    }
-    shutil.copytree(Path(validation["data_docs"]).parent, staging / "validation" / "data_docs")
-    with _timed(timings, "publish"):
-        published = publish_task(str(staging), config, manifest, parent)
+        manifest = {
+            "dataset": config.publish.dataset, "version": None, "parent": None, "data_hash": None,
+            "code_version": code_version(), "packages": package_versions(),
+            "config": config.model_dump(mode="json", by_alias=True), **base,
+            "counts": base["counts"] | {"rows": written["rows"], "id_rows": written["id_rows"]},
+            "reasons": mined.reasons, "reasons_per_query": mined.reasons_per_query,
+            "short_queries": {"count": len(mined.short_queries), "ids": list(mined.short_queries)},
+            "adaptive_depth": {"bound": mining.depth_bound(stored.max_positives, stored.documents),
+                               **asdict(deepened)},
+            "suspected_positives": mined.suspected | {"promoted": mining.mine.promote_suspected},
+            "dropped_eval_queries": list(mined.dropped_eval_queries), "audit": mined.audit,
+            "side_inputs": side_inputs(config),
+            "scores": {"positive": asdict(mined.positive_score_stats), "negative": asdict(mined.negative_score_stats)},
+            "validation": validation, "charts": charts,
+            "files": written["files"] | {"bytes": written["bytes"]}, "timings": timings,
+        }
+        with naming(staging / "validation" / "data_docs"):
+            shutil.copytree(Path(validation["data_docs"]).parent, staging / "validation" / "data_docs")
+        with _timed(timings, "publish"):
+            published = publish_task(str(staging), config, manifest, parent)
     if published["published"]:
         logger.info("published %s", published["version_dir"])
     else:

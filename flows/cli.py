@@ -217,6 +217,15 @@ def _stop_in_disguise(error: Exception, received: list[int]) -> int | None:
     return signal.SIGTERM if "TerminationSignal" in str(error) else None
 
 
+def _published_before_the_stop() -> str:
+    """What a stopped run leaves published: nothing, or the versions it published before the stop (a build stopped
+    while it evaluates what it published); a scratch registry's versions, gone with their folder, do not count."""
+    from negforge.tasks.registry import published_here
+
+    versions = [str(path) for path in published_here() if path.is_dir()]
+    return f"published before the stop: {', '.join(versions)}" if versions else "nothing was published"
+
+
 def _run_flow(args: argparse.Namespace, dataset: str, prepare: Callable[[], Callable[[], dict]],
               report: Callable[[dict], int] | None = None,
               cluster: Callable[[], AbstractContextManager] | None = None) -> int:
@@ -246,7 +255,8 @@ def _run_flow(args: argparse.Namespace, dataset: str, prepare: Callable[[], Call
                             raise Stopped(signum) from None
                         raise
     except Stopped as stopped:
-        print(f"negforge: stopped by {signal.Signals(stopped.signum).name}; nothing was published", file=sys.stderr)
+        print(f"negforge: stopped by {signal.Signals(stopped.signum).name}; {_published_before_the_stop()}",
+              file=sys.stderr)
         return 128 + stopped.signum
     finally:
         gc.freeze()  # the process ends next: spare it the last full collection of ~750k objects (seconds when busy)

@@ -23,7 +23,7 @@ from negforge.schemas.config import BuildConfig
 from negforge.schemas.stages import COUNT_KEYS
 from negforge.tasks.adaptive_depth import depth_levels
 from negforge.tasks.candidate_store import check_depth, check_remine, load_candidates
-from negforge.tasks.preflight import preflight
+from negforge.tasks.preflight import naming, preflight
 from negforge.tasks.registry import Registry
 
 
@@ -31,7 +31,8 @@ from negforge.tasks.registry import Registry
 def remine_training_set(source: str, config: BuildConfig) -> dict[str, Any]:
     """Mine the candidates stored in `source` (a version of config.publish.dataset) again and publish the result."""
     escape_console_lines()  # a served or work-pool run's process: no CLI set it up
-    with untagged_task_runs():
+    # a write error naming no path is the workdir's: what writes elsewhere (the staged version) names its own
+    with untagged_task_runs(), naming(config.runtime.workdir):
         return _remine(source, config)
 
 

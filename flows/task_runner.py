@@ -31,6 +31,9 @@ from prefect_dask import DaskTaskRunner
 
 from negforge.schemas.config import BuildConfig, RuntimeConfig
 
+CLOSE_TIMEOUT_S = 10  # a local cluster closes in well under a second; past this, the run goes on without waiting
+log = logging.getLogger(__name__)
+
 
 def local_cluster_kwargs(runtime: RuntimeConfig) -> dict:
     """LocalCluster arguments and the Dask settings its workers need.
@@ -101,6 +104,30 @@ async def _kill_workers(cluster: distributed.LocalCluster) -> None:
     await asyncio.gather(*(worker.close(timeout=1) for worker in cluster.workers.values()))
 
 
+def close_bounded(what: str, close: Callable[[], Any]) -> bool:
+    """Run `close` (of a local cluster, its client) for at most CLOSE_TIMEOUT_S, in a thread of its own; whether it
+    finished. A close that fails or takes longer is one warning line, never an error: the run's results are in hand by
+    then, and on a loaded machine Dask's own wait for a killed worker (`worker.close(timeout=1)`) ran out and turned a
+    published build into a failure with a traceback. What is left stops with this process."""
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            close()
+        except Exception as error:  # whatever it is, the run's outcome is decided by now
+            failed.append(error)
+
+    closer = threading.Thread(target=run, daemon=True, name="negforge-dask-close")
+    closer.start()
+    closer.join(CLOSE_TIMEOUT_S)
+    if closer.is_alive():
+        log.warning("%s did not close within %s s; left to stop with this process", what, CLOSE_TIMEOUT_S)
+        return False
+    if failed:
+        log.warning("%s did not close cleanly (%r); the run's outcome stands", what, failed[0])
+    return True
+
+
 def _run_runtime() -> RuntimeConfig:
     """The `runtime` section of the flow run in progress (its `config` parameter)."""
     context = FlowRunContext.get()
@@ -118,6 +145,7 @@ class _EarlyCluster:
     cluster: distributed.LocalCluster | None = None
     client: distributed.Client | None = None
     warm_ups: list = field(default_factory=list)
+    adopted: bool = False  # a run's task runner took it over, and closes it with the run
 
 
 _EARLY: list[tuple[threading.Thread, _EarlyCluster]] = []  # the one the CLI is starting, until a run adopts it
@@ -156,13 +184,19 @@ def local_cluster_started_early(runtime: RuntimeConfig, warm_up: Callable[[], An
         with contextlib.suppress(ValueError):
             _EARLY.remove((starter, early))
         starter.join()
-        if early.cluster and early.cluster.status == Status.running:  # not adopted: a run stopped before it began
-            early.cluster.sync(_kill_workers, early.cluster)
-        if early.client:
-            early.client.close()
-        if early.cluster:
-            early.cluster.close()
+        if not early.adopted:  # a run stopped before it began, or one that started a cluster of its own
+            close_bounded("the local Dask cluster started for the run", lambda: _close_early(early))
         _stop_forkserver()
+
+
+def _close_early(early: _EarlyCluster) -> None:
+    """Close a cluster started early that no run adopted, its workers killed first."""
+    if early.cluster and early.cluster.status == Status.running:
+        early.cluster.sync(_kill_workers, early.cluster)
+    if early.client:
+        early.client.close()
+    if early.cluster:
+        early.cluster.close()
 
 
 def is_forkserver(process: psutil.Process) -> bool:
@@ -222,23 +256,29 @@ class BuildTaskRunner(DaskTaskRunner):
             self._cluster = self._exit_stack.enter_context(early.cluster)
             self._exit_stack.callback(early.client.close)
             self._warm_ups = early.warm_ups
+            early.adopted = True
 
     def __exit__(self, exc_type: type[BaseException] | None, *rest: Any) -> None:
         """A local cluster's workers are killed first, however the run ended: a finished run has its results (closing
         them one by one took ~2 s of every build), and a run stopped by a signal (KeyboardInterrupt, Prefect's
         TerminationSignal) would otherwise give a worker busy in a model call 4 s to finish. Dask's warnings about
-        the killed workers are expected then, and muted while the cluster closes."""
+        the killed workers are expected then, and muted while the cluster closes. The close is bounded and cannot
+        fail the run (`close_bounded`)."""
         if not (self.cluster_class and self._cluster):
             super().__exit__(exc_type, *rest)
             return
         logger = logging.getLogger("distributed")
         level = logger.level
         logger.setLevel(logging.ERROR)
-        try:
-            self._cluster.sync(_kill_workers, self._cluster)
-            super().__exit__(exc_type, *rest)
-        finally:
-            logger.setLevel(level)
+
+        def close() -> None:
+            try:
+                self._cluster.sync(_kill_workers, self._cluster)
+            finally:
+                DaskTaskRunner.__exit__(self, exc_type, *rest)
+
+        if close_bounded("the run's local Dask cluster", close):
+            logger.setLevel(level)  # else its close goes on: its warnings about the killed workers stay muted
 
     def start_in_background(self, warm_up: Callable[[], Any] | None = None) -> threading.Thread:
         """Start (or connect to) the cluster in a thread that sees this flow run's context; join it to wait.

@@ -20,6 +20,7 @@ from typing import Any
 
 from negforge.schemas.config import EvaluateConfig
 from negforge.schemas.stages import Encoder, EvaluationSplit
+from negforge.tasks.preflight import naming
 
 FOLDER = "evaluations"
 
@@ -60,7 +61,8 @@ def write_record(path: Path, record: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
     try:
-        tmp.write_text(json.dumps(record, indent=1, allow_nan=False), encoding="utf-8")
+        with naming(path):
+            tmp.write_text(json.dumps(record, indent=1, allow_nan=False), encoding="utf-8")
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

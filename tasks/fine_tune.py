@@ -17,6 +17,7 @@ import polars as pl
 from negforge.schemas.config import EvaluateConfig
 from negforge.schemas.stages import Encoder
 from negforge.tasks.base_model import load
+from negforge.tasks.preflight import naming
 
 
 def _prompts(encoder: Encoder, columns: list[str]) -> dict[str, str] | None:
@@ -58,9 +59,11 @@ def fine_tune(encoder: Encoder, rows: pl.DataFrame, settings: EvaluateConfig, se
         trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=data,
                                              loss=getattr(losses, settings.loss)(model))
         trainer.remove_callback(PrinterCallback)  # loss lines on stdout; the record keeps the final loss
-        result = trainer.train()
+        with naming(scratch):
+            result = trainer.train()
     model.max_seq_length = evaluation_length
     if save_to:
-        model.save(save_to)
+        with naming(save_to):
+            model.save(save_to)
     return model, {"steps": result.global_step, "rows": rows.height, "train_loss": round(result.training_loss, 6),
                    "seconds": round(time.perf_counter() - started, 2)}

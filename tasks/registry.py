@@ -33,6 +33,7 @@ MANIFEST = "manifest.json"
 
 log = logging.getLogger(__name__)
 _held: dict[Path, int] = {}  # staging folders of builds in this process -> the descriptor holding their lock
+_published: list[Path] = []  # versions this process published, oldest first
 
 
 class NotFound(LookupError):
@@ -248,6 +249,17 @@ class Registry:
         if fd is not None:
             os.close(fd)
 
+    @contextmanager
+    def staged(self) -> Iterator[Path]:
+        """A staging folder (see `staging`) for the duration of a block, removed however the block ends (an error, a
+        refused candidate, Ctrl-C or SIGTERM), unless `publish` moved it into place: a stopped build left it behind
+        until the next publish or `negforge gc`, and said that nothing was left."""
+        path = self.staging()
+        try:
+            yield path
+        finally:
+            self.discard(path)
+
     def _abandoned(self) -> list[Path]:
         """Staging folders whose lock is free: their build died (or predates the lock). Call under the lock."""
         found = []
@@ -341,6 +353,7 @@ class Registry:
                 except BaseException:
                     os.rename(target, staged)  # LATEST could not follow: the version must not stay either
                     raise
+                _published.append(target)
             finally:
                 self.discard(staged)
             return target, True
@@ -350,6 +363,12 @@ class Registry:
         with self._lock():
             self.whole_manifest(version)
             _write_atomic(refuse_link(self.folder / "LATEST"), version + "\n")
+
+
+def published_here() -> list[Path]:
+    """The versions this process published, oldest first: a run stopped after publishing must not say that nothing
+    was published."""
+    return list(_published)
 
 
 def datasets(root: str | Path) -> list[Registry]:

@@ -15,6 +15,8 @@ from typing import Any
 
 import polars as pl
 
+from negforge.tasks.preflight import naming
+
 SAMPLE_ROWS = 3
 
 
@@ -95,11 +97,12 @@ def quarantine(staged: Path, registry_folder: Path, validation_root: Path) -> Pa
     """Move a refused candidate and its validation results out of the way, into `.quarantine/<time>`."""
     target = registry_folder / ".quarantine" / f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S%f}"
     target.mkdir(parents=True)
-    shutil.move(str(staged), target / "candidate")
-    shutil.copy(validation_root / "validation.json", target / "validation.json")
-    docs = validation_root / "gx" / "uncommitted" / "data_docs" / "local_site"
-    if docs.exists():
-        shutil.copytree(docs, target / "data_docs")
+    with naming(target):
+        shutil.move(str(staged), target / "candidate")
+        shutil.copy(validation_root / "validation.json", target / "validation.json")
+        docs = validation_root / "gx" / "uncommitted" / "data_docs" / "local_site"
+        if docs.exists():
+            shutil.copytree(docs, target / "data_docs")
     return target
 
 

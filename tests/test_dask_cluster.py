@@ -1,12 +1,15 @@
-"""Runs on a Dask cluster that is already running, and runs that lose a worker or the whole process part way."""
+"""Runs on a Dask cluster that is already running, runs that lose a worker or the whole process part way, and a
+local cluster that does not close in time."""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -130,3 +133,56 @@ def _with_workdir(config: Path, folder: Path) -> Path:
     path.write_text(config.read_text().replace("registry: registry", f"registry: {folder / 'registry'}")
                     .replace("workdir: work", f"workdir: {folder}"))
     return path
+
+
+CLOSE_TIMES_OUT = """
+import sys
+
+import distributed.nanny
+
+kill = distributed.nanny.WorkerProcess.kill
+
+
+async def kill_then_time_out(self, *args, **kwargs):
+    await kill(self, *args, **kwargs)
+    raise TimeoutError()  # what Dask raises when it has not joined a killed worker in time (on a loaded machine)
+
+
+distributed.nanny.WorkerProcess.kill = kill_then_time_out
+from negforge.flows.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_local_cluster_that_does_not_close_in_time_fails_no_finished_build(small_config):
+    """The run's own cluster (started early by the CLI, adopted by the run) times out closing its workers after the
+    build published: one warning line, and the build still prints its version and exits 0."""
+    done = subprocess.run([sys.executable, "-c", CLOSE_TIMES_OUT, "build", "--config", str(small_config),
+                           "--set", "runtime.dask_address=null"], cwd=ROOT, capture_output=True, text=True,
+                          env=os.environ.copy(), timeout=600)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert _version(done.stdout) == small_config.parent / "registry" / "tiny" / "v0001"
+    assert [line.split(" - ", 1)[1] for line in done.stderr.splitlines() if "did not close" in line] == [
+        "the run's local Dask cluster did not close cleanly (TimeoutError()); the run's outcome stands"]
+
+
+def test_closing_a_cluster_is_bounded_and_at_most_a_warning(monkeypatch, caplog):
+    from negforge.flows import task_runner
+
+    monkeypatch.setattr(task_runner, "CLOSE_TIMEOUT_S", 0.5)
+    blocked = threading.Event()
+
+    def times_out() -> None:
+        raise TimeoutError()
+
+    with caplog.at_level(logging.WARNING, logger=task_runner.__name__):
+        assert task_runner.close_bounded("the cluster", lambda: None)
+        assert task_runner.close_bounded("the cluster", times_out)
+        started = time.monotonic()
+        assert not task_runner.close_bounded("the cluster", blocked.wait)  # a close that never returns
+        took = time.monotonic() - started
+    blocked.set()
+    assert 0.5 <= took < 5
+    assert [record.getMessage() for record in caplog.records] == [
+        "the cluster did not close cleanly (TimeoutError()); the run's outcome stands",
+        "the cluster did not close within 0.5 s; left to stop with this process"]

@@ -4,7 +4,9 @@ path, before any embedding where it can be known in advance, and is never retrie
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -14,7 +16,7 @@ from typing import Iterator
 
 import pytest
 
-from negforge.tasks.preflight import store_shortfall
+from negforge.tasks.preflight import describe, naming, permanent, store_shortfall
 from negforge.tasks.registry import Registry
 from tests.conftest import ROOT, run_cli
 from tests.test_registry import stage
@@ -109,6 +111,56 @@ def test_a_disk_full_during_publish_names_the_path_and_leaves_nothing(small_conf
         assert line.startswith(f"negforge: error: {disk / 'tiny' / '.staging-'}") and \
                line.endswith("/README.md: No space left on device"), line
         assert sorted(p.name for p in (disk / "tiny").iterdir()) == [".lock"]  # no version, no staging, no LATEST
+
+
+@pytest.mark.slow
+def test_a_registry_disk_that_fills_after_the_pipeline_names_the_path_and_keeps_the_versions_before(small_config,
+                                                                                                   tmp_path):
+    """The disk has room for a version as large as the one before (preflight passes), not for the larger one the
+    build writes: it fails in its write phase, names the folder on the full disk, and leaves v0001 as it was."""
+    with tmpfs(tmp_path / "registry-disk", "16m") as disk:
+        first = run_cli("build", "--config", str(small_config), "--set", f"publish.registry={disk}").stdout
+        registry = Registry(disk, "tiny")
+        assert first.strip().splitlines()[-1] == str(registry.folder / "v0001")
+        before = (registry.folder / "v0001" / "manifest.json").read_bytes()
+        size = sum(p.stat().st_size for p in (registry.folder / "v0001").rglob("*") if p.is_file())
+        filler = disk / "filler"  # beside the dataset folder: no entry of it
+        filler.write_bytes(b"\0" * (shutil.disk_usage(disk).free - size - 64 * 1024))
+        line = _refused(small_config, f"publish.registry={disk}", "mine.num_negatives=8")  # ~240 KB larger
+        assert line.startswith(f"negforge: error: {registry.folder / '.staging-'}") and \
+               line.endswith(": No space left on device"), line
+        assert sorted(p.name for p in registry.folder.iterdir()) == [".lock", "LATEST", "v0001"]  # nothing staged
+        assert registry.latest() == "v0001" and registry.problems("v0001", hashes=True) == []
+        assert (registry.folder / "v0001" / "manifest.json").read_bytes() == before
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("size", ["64k", "1m"], ids=["full-at-ingest", "full-at-input-validation"])
+def test_a_workdir_disk_that_fills_is_named_and_not_retried(small_config, tmp_path, size):
+    """polars (ingest) and Great Expectations (validation) report a full disk without a path, polars without an
+    errno too: the build names the workdir, does not retry, and ends in one line."""
+    with tmpfs(tmp_path / "work-disk", size) as disk:
+        line = _refused(small_config, f"runtime.workdir={disk}")
+        assert line == f"negforge: error: {disk}: No space left on device"
+    assert not list((tmp_path / "registry" / "tiny").iterdir())  # created by preflight, nothing staged
+
+
+def test_a_full_disk_reported_without_a_path_is_given_the_folder_being_written(tmp_path):
+    """What libraries raise on a full disk or an exhausted quota: no path, and from polars or shutil.copytree no
+    errno either. `naming` makes each a permanent error naming the folder; other errors pass unchanged."""
+    target = tmp_path / "out"
+    reported = [OSError(errno.ENOSPC, "No space left on device"), OSError("Disk quota exceeded (os error 122)"),
+                shutil.Error([("a", str(target / "a"), "[Errno 28] No space left on device: 'a' -> 'b'")])]
+    for error in reported:
+        with pytest.raises(OSError) as named, naming(target):
+            raise error
+        assert named.value.filename == str(target) and permanent(named.value), error
+        assert describe(named.value) in (f"{target}: No space left on device", f"{target}: Disk quota exceeded")
+    for error in (OSError(errno.ENOSPC, "No space left on device", "/elsewhere/file"), ConnectionResetError(),
+                  OSError("something else")):
+        with pytest.raises(OSError) as passed, naming(target):
+            raise error
+        assert passed.value is error
 
 
 def test_a_permanent_os_error_is_not_retried(tmp_path, prefect_server):

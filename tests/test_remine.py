@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -50,3 +51,12 @@ def test_remine_refuses_what_the_stored_candidates_cannot_serve(config, prefect_
     assert len(model.stderr.strip().splitlines()) == 1  # refused before a run starts: no Prefect lines
     missing = run_cli("remine", "--from", "tiny@v0009", "--registry", registry, check=False)
     assert missing.returncode == 2 and "no version v0009" in missing.stderr
+    started = time.monotonic()
+    unreachable = run_cli("remine", "--from", "tiny@v0001", "--registry", registry, "--set", "mine.num_negatives=2",
+                          "--set", "runtime.dask_address=tcp://127.0.0.1:1", check=False, timeout=120)
+    assert time.monotonic() - started < 30  # the 5 s probe, not Dask's two 30 s attempts
+    lines = unreachable.stderr.strip().splitlines()  # refused before a run starts: one line, no Prefect lines
+    assert unreachable.returncode == 2 and len(lines) == 1, unreachable.stderr[-3000:]
+    assert lines[0].startswith("negforge: error: runtime.dask_address 'tcp://127.0.0.1:1': no Dask scheduler answers "
+                               "there (") and lines[0].endswith("start one or unset runtime.dask_address"), lines
+    assert sorted(p.name for p in (Path(registry) / "tiny").glob("v*")) == ["v0001"]

@@ -1,6 +1,8 @@
 """Stopping a CLI build: SIGINT (Ctrl-C) or SIGTERM, to the process or to its whole process group, ends it within
 10 s with one line and exit code 128 + the signal, stops the local Prefect API server and Dask cluster it started
-(no process of its tree is left), and publishes or stages nothing. A build killed outright leaves no process either."""
+(no process of its tree is left), and publishes or stages nothing; stopped while it writes its version, it leaves
+no staging folder, and stopped after publishing, it says which version it published. A build killed outright leaves
+no process either."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from typing import IO, Callable, Iterator
 import psutil
 import pytest
 
-from tests.conftest import DEMO, ROOT, local_workers, write_config
+from tests.conftest import DEMO, ROOT, beir_subset, local_workers, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -87,6 +89,63 @@ def test_a_signal_during_embedding_stops_the_build_and_everything_it_started(emb
         [f"negforge: stopped by {signal.Signals(signum).name}; nothing was published"]
     dataset = tmp_path / "registry" / "stopped"
     assert not list(dataset.glob("v*")) and not list(dataset.glob(".staging-*")) and not (dataset / "LATEST").exists()
+
+
+STOP_AFTER = """
+import sys
+import time
+from pathlib import Path
+
+import negforge.flows.build as build
+
+marker, step_name = Path(sys.argv.pop(1)), sys.argv.pop(1)
+step = getattr(build, step_name)
+
+
+def then_wait(*args, **kwargs):
+    done = step(*args, **kwargs)
+    marker.touch()  # the build is past `step`: the test sends its signal now
+    time.sleep(600)
+    return done
+
+
+setattr(build, step_name, then_wait)
+from negforge.flows.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+# A stop while the version is written (its staging folder holds data) removes the staging folder; one after the
+# version was published (while the run reports it, or evaluates it) says which version stays.
+@pytest.mark.parametrize("step, published", [("save_candidates", False), ("publish_artifacts", True)],
+                         ids=["while-writing", "after-publishing"])
+def test_a_stop_at_the_end_of_a_build_leaves_no_staging_folder_and_says_what_was_published(tmp_path, prefect_home,
+                                                                                             step, published):
+    config = write_config(tmp_path / "build.yaml", beir_subset(DEMO, tmp_path / "small", 20, 100))
+    marker, dataset = tmp_path / "past-the-step", tmp_path / "registry" / "tiny"
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"} | {"PREFECT_HOME": str(prefect_home)}
+    with (tmp_path / "stderr.txt").open("w+") as stderr:
+        cli = subprocess.Popen([sys.executable, "-c", STOP_AFTER, str(marker), step, "build", "--config", str(config)],
+                               cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
+        try:
+            _wait(lambda: marker.exists() or cli.poll() is not None, 600, f"the build past {step}")
+            assert cli.poll() is None, "the build ended before the step"
+            staged = list(dataset.glob(".staging-*"))
+            assert published or (len(staged) == 1 and list((staged[0] / "data").iterdir())), staged
+            cli.send_signal(signal.SIGINT)
+            assert cli.wait(timeout=60) == 128 + signal.SIGINT
+        finally:
+            if cli.poll() is None:
+                os.killpg(cli.pid, signal.SIGKILL)
+        stderr.seek(0)
+        err = stderr.read()
+    assert "Traceback" not in err
+    assert [line for line in err.splitlines() if line.startswith("negforge:")] == [
+        "negforge: stopped by SIGINT; " + (f"published before the stop: {dataset / 'v0001'}" if published
+                                           else "nothing was published")]
+    assert not list(dataset.glob(".staging-*"))
+    assert sorted(p.name for p in dataset.glob("v*")) == (["v0001"] if published else [])
+    assert (dataset / "LATEST").exists() == published
 
 
 def test_a_build_killed_outright_leaves_no_process(embedding):
