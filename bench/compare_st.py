@@ -27,7 +27,7 @@ import numpy as np
 import polars as pl
 
 from bench_args import parser
-from negforge.tasks.model import resolve_model
+from negforge.tasks.embedding.model import resolve_model
 from side_by_side import (build_command, mean_jaccard, median_and_spread, migrate_prefect_database,
                           published_version, reference_command, run_measured)
 from synthetic import SentencePool, digest, make_documents, write_corpus

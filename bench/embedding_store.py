@@ -22,10 +22,10 @@ import polars as pl
 from negforge.schemas.config import RuntimeConfig
 from negforge.schemas.stages import Texts
 from negforge.schemas.tables import TEXT_SHARD, frame
-from negforge.tasks.embed import copy_stored, create_matrices, plan_embedding
-from negforge.tasks.embedding_store import EmbeddingStore, part_rows
-from negforge.tasks.model import EncoderSpec, resolve_model
-from negforge.tasks.text import text_hash
+from negforge.tasks.embedding.embed import copy_stored, create_matrices, plan_embedding
+from negforge.tasks.embedding.store import EmbeddingStore, part_rows
+from negforge.tasks.embedding.model import EncoderSpec, resolve_model
+from negforge.tasks.ingest.text import text_hash
 
 DIM = 384
 NEW_SHARE = 0.01  # the run asks for the stored texts plus 1% new ones

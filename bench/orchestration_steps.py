@@ -27,7 +27,7 @@ from bench_args import ROOT
 
 sys.path.insert(0, str(ROOT))
 from negforge.flows.deployments import dataset_configs  # noqa: E402
-from negforge.flows.runtime import free_port  # noqa: E402
+from negforge.flows.orchestration.prefect_server import free_port  # noqa: E402
 
 
 def _until(what: str, check, timeout: float = 600, every: float = 0.25):

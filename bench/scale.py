@@ -127,7 +127,7 @@ def external_cluster(workers: int = 2) -> Iterator[str]:
     report to it; yields the scheduler's address, with PREFECT_API_URL set for the build meanwhile."""
     from distributed import Client
 
-    from negforge.flows.runtime import free_port, local_server
+    from negforge.flows.orchestration.prefect_server import free_port, local_server
 
     with local_server() as api:
         os.environ["PREFECT_API_URL"] = api

@@ -2,7 +2,7 @@
 query partitions, combine, write, validate the candidate, publish.
 
 Tasks pass paths and small metadata (schemas/stages.py); tables and vectors live in the run workspace. Work is cut
-into a few tasks per worker per stage. The task runner (flows/task_runner.py) reads each run's `runtime` section, so
+into a few tasks per worker per stage. The task runner (flows/orchestration/dask_cluster.py) reads each run's `runtime` section, so
 the same flow, run from the CLI, a served deployment or a worker, uses a local Dask cluster or an existing scheduler
 as that run's config says; a local cluster starts while the flow ingests.
 """
@@ -23,29 +23,29 @@ import polars as pl
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from negforge.flows.console_lines import escape_console_lines
-from negforge.flows.corpus_dedup_stage import dedup_corpus
-from negforge.flows.embed_stage import embed_stage, model_warm_up
-from negforge.flows.calibration_stage import calibrated, lexical_index, samples
-from negforge.flows.partition_stage import combine_all, search_and_mine_all, search_job
-from negforge.flows.run_report import publish_artifacts, reject_lines
-from negforge.flows.task_options import negforge_task, untagged_task_runs
-from negforge.flows.task_runner import BuildTaskRunner, current_task_runner
+from negforge.flows.orchestration.console_lines import escape_console_lines
+from negforge.flows.stages.corpus_dedup import dedup_corpus
+from negforge.flows.stages.embedding import embed_stage, model_warm_up
+from negforge.flows.stages.calibration import calibrated, lexical_index, samples
+from negforge.flows.stages.partition import combine_all, search_and_mine_all, search_job
+from negforge.flows.stages.run_report import publish_artifacts, reject_lines
+from negforge.flows.orchestration.task_options import negforge_task, untagged_task_runs
+from negforge.flows.orchestration.dask_cluster import BuildTaskRunner, current_task_runner
 from negforge.flows.versions_info import code_version, package_versions
 from negforge.schemas.config import BuildConfig
 from negforge.schemas.stages import CalibrationFiles, Deepened, Mined, MinedPartition, StoreMeta, Texts
-from negforge.tasks.candidate_store import save_candidates
-from negforge.tasks.charts import version_charts
-from negforge.tasks.dataset_card import dataset_card
-from negforge.tasks.ingest import ingest
-from negforge.tasks.ann_index import check_index_settings
-from negforge.tasks.model import embedding_dimension, resolve_model
-from negforge.tasks.preflight import check_budget_for_the_model, naming, preflight, store_shortfall
-from negforge.tasks.sizing import check_budget
-from negforge.tasks.quality_gate import check_candidate, check_inputs
-from negforge.tasks.registry import Registry
-from negforge.tasks.training_set import write_training_set
-from negforge.tasks.up_to_date import side_inputs, unchanged_version, up_to_date_result
+from negforge.tasks.registry.candidates import save_candidates
+from negforge.tasks.registry.charts import version_charts
+from negforge.tasks.registry.dataset_card import dataset_card
+from negforge.tasks.ingest.ingest import ingest
+from negforge.tasks.search.ann_index import check_index_settings
+from negforge.tasks.embedding.model import embedding_dimension, resolve_model
+from negforge.tasks.runtime.preflight import check_budget_for_the_model, naming, preflight, store_shortfall
+from negforge.tasks.runtime.sizing import check_budget
+from negforge.tasks.gate.gates import check_candidate, check_inputs
+from negforge.tasks.registry.versions import Registry
+from negforge.tasks.registry.training_set import write_training_set
+from negforge.tasks.registry.up_to_date import side_inputs, unchanged_version, up_to_date_result
 
 ingest_task = negforge_task(ingest, "ingest", retried=True)
 validate_inputs_task = negforge_task(check_inputs, "validate inputs")
@@ -208,7 +208,7 @@ def mine_and_publish(config: BuildConfig, texts: Texts, parts: list[MinedPartiti
         mining: the config mined with (the calibration's choice applied; default: config).
         corpus_duplicates: the corpus deduplication record, kept with the candidates.
         calibration_files: the calibration's candidates, kept with the candidates.
-        topic_sample: the topic sample (tasks/topic.py), kept with the candidates.
+        topic_sample: the topic sample (tasks/mining/topic.py), kept with the candidates.
     """
     logger = get_run_logger()
     mining = mining or config

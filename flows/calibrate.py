@@ -11,10 +11,10 @@ from typing import Any
 
 from negforge.schemas.config import BuildConfig, apply_overrides, validate_config
 from negforge.schemas.stages import StoredCandidates
-from negforge.tasks.calibration import (CALIBRATED, GRID, CalibrationError, applied, calibrate, false_negative_estimate,
+from negforge.tasks.calibration.calibrate import (CALIBRATED, GRID, CalibrationError, applied, calibrate, false_negative_estimate,
                                         setting_fields)
-from negforge.tasks.candidate_store import load_candidates, settings_fixed_by_candidates
-from negforge.tasks.registry import NotFound, Registry
+from negforge.tasks.registry.candidates import load_candidates, settings_fixed_by_candidates
+from negforge.tasks.registry.versions import NotFound, Registry
 
 
 def _cell(value: Any) -> str:

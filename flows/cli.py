@@ -12,8 +12,8 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Callable, Iterator
 
-from negforge.flows.console_lines import escape_console_lines
-from negforge.flows.runtime import quiet_environment
+from negforge.flows.orchestration.console_lines import escape_console_lines
+from negforge.flows.orchestration.prefect_server import quiet_environment
 from negforge.schemas.console_text import printable_lines, quoted
 
 DEFAULT_CONFIG = Path("deployments/datasets/scifact-demo.yaml")
@@ -220,7 +220,7 @@ def _stop_in_disguise(error: Exception, received: list[int]) -> int | None:
 def _published_before_the_stop() -> str:
     """What a stopped run leaves published: nothing, or the versions it published before the stop (a build stopped
     while it evaluates what it published); a scratch registry's versions, gone with their folder, do not count."""
-    from negforge.tasks.registry import published_here
+    from negforge.tasks.registry.versions import published_here
 
     versions = [str(path) for path in published_here() if path.is_dir()]
     return f"published before the stop: {', '.join(versions)}" if versions else "nothing was published"
@@ -236,8 +236,8 @@ def _run_flow(args: argparse.Namespace, dataset: str, prepare: Callable[[], Call
     tagged with the dataset, as deployment runs are. SIGINT or SIGTERM stops it with one line and exit code 128 +
     the signal's number, after the local server and Dask cluster it started have stopped.
     """
-    from negforge.flows.runtime import prefect_api
-    from negforge.flows.task_options import dataset_tags
+    from negforge.flows.orchestration.prefect_server import prefect_api
+    from negforge.flows.orchestration.task_options import dataset_tags
 
     try:
         with _stop_on_signals() as received, prefect_api() as api_ready:
@@ -265,9 +265,9 @@ def _run_flow(args: argparse.Namespace, dataset: str, prepare: Callable[[], Call
 
 def cmd_remine(args: argparse.Namespace) -> int:
     from negforge.schemas.config import ConfigError, apply_overrides, validate_config
-    from negforge.tasks.candidate_store import check_depth, check_remine, load_candidates
-    from negforge.tasks.preflight import check_scheduler
-    from negforge.tasks.registry import Registry
+    from negforge.tasks.registry.candidates import check_depth, check_remine, load_candidates
+    from negforge.tasks.runtime.preflight import check_scheduler
+    from negforge.tasks.registry.versions import Registry
 
     dataset, sep, version = args.source.partition("@")
     if not sep or not version:
@@ -310,7 +310,7 @@ def _dataset_version(text: str, option: str) -> tuple[str, str]:
 def evaluate_settings(args: argparse.Namespace, registry: str, dataset: str, version: str):
     """The version config's `evaluate` section, then --set, then the flags."""
     from negforge.schemas.config import EvaluateConfig, apply_overrides, validate_config
-    from negforge.tasks.registry import Registry
+    from negforge.tasks.registry.versions import Registry
 
     store = Registry(registry, dataset)
     name = store.latest() if version == "latest" else version
@@ -322,7 +322,7 @@ def evaluate_settings(args: argparse.Namespace, registry: str, dataset: str, ver
 
 
 def _print_evaluation(result: dict) -> int:
-    from negforge.tasks.paired_bootstrap import interval_text
+    from negforge.tasks.evaluation.bootstrap import interval_text
 
     first = result.get("first", result)
     metrics = first["metrics"]
@@ -365,11 +365,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_build(args: argparse.Namespace) -> int:
     from negforge.schemas.config import load_config
-    from negforge.tasks.calibration import replaced_fields
+    from negforge.tasks.calibration.calibrate import replaced_fields
 
     from negforge.flows.versions_info import code_version
-    from negforge.tasks.preflight import check_budget_for_the_model, check_scheduler
-    from negforge.tasks.up_to_date import unchanged_version, up_to_date_result
+    from negforge.tasks.runtime.preflight import check_budget_for_the_model, check_scheduler
+    from negforge.tasks.registry.up_to_date import unchanged_version, up_to_date_result
 
     config = load_config(args.config or default_config(), args.overrides)
     replaced = replaced_fields(config)
@@ -384,13 +384,13 @@ def cmd_build(args: argparse.Namespace) -> int:
 
     def prepare() -> Callable[[], dict]:
         from negforge.flows.build import build_training_set
-        from negforge.schemas import expectations  # noqa: F401  (Great Expectations too; validation needs it later)
+        from negforge.tasks.gate import expectations  # noqa: F401  (Great Expectations too; validation needs it later)
 
         return lambda: build_training_set(config)
 
     def cluster() -> AbstractContextManager:
-        from negforge.flows.embed_stage import model_warm_up
-        from negforge.flows.task_runner import local_cluster_started_early
+        from negforge.flows.stages.embedding import model_warm_up
+        from negforge.flows.orchestration.dask_cluster import local_cluster_started_early
 
         return local_cluster_started_early(config.runtime, model_warm_up(config))
 
@@ -402,7 +402,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import signal
 
     from negforge.flows import deployments
-    from negforge.flows.runtime import local_server
+    from negforge.flows.orchestration.prefect_server import local_server
 
     deployments.dataset_configs(args.configs)  # refuse bad configs before a server starts
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # stop the local server too, not only this process
@@ -437,17 +437,17 @@ def main(argv: list[str] | None = None) -> int:
     escape_console_lines(tracebacks=args.debug)  # without --debug, a failed run's message lines say what went wrong
     from negforge.schemas.config import ConfigError
     from negforge.flows.deployments import NoPrefectAPI
-    from negforge.tasks.calibration import CalibrationError
-    from negforge.tasks.candidate_store import RemineError
-    from negforge.tasks.lexical import LexicalError
-    from negforge.tasks.evaluation_split import EvaluationError
-    from negforge.tasks.model import ModelError
-    from negforge.tasks.preflight import StorageError, describe, permanent
-    from negforge.tasks.readers import InputError
-    from negforge.tasks.ann_index import IndexSettingError
-    from negforge.tasks.registry import NotFound
-    from negforge.tasks.sizing import BudgetError
-    from negforge.tasks.validate import ValidationFailed
+    from negforge.tasks.calibration.calibrate import CalibrationError
+    from negforge.tasks.registry.candidates import RemineError
+    from negforge.tasks.mining.lexical import LexicalError
+    from negforge.tasks.evaluation.split import EvaluationError
+    from negforge.tasks.embedding.model import ModelError
+    from negforge.tasks.runtime.preflight import StorageError, describe, permanent
+    from negforge.tasks.ingest.readers import InputError
+    from negforge.tasks.search.ann_index import IndexSettingError
+    from negforge.tasks.registry.versions import NotFound
+    from negforge.tasks.runtime.sizing import BudgetError
+    from negforge.tasks.gate.validate import ValidationFailed
 
     try:
         commands = {"build": cmd_build, "remine": cmd_remine, "calibrate": cmd_calibrate, "evaluate": cmd_evaluate,

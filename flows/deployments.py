@@ -53,7 +53,7 @@ ONE_RUN_AT_A_TIME = {"limit": 1, "collision_strategy": "ENQUEUE"}
 
 def _described(path: Path, config: BuildConfig) -> dict[str, Any]:
     """What the served and the prefect.yaml deployment of a dataset config share."""
-    from negforge.flows.task_options import run_tags  # imports Prefect: kept off the config checks' path
+    from negforge.flows.orchestration.task_options import run_tags  # imports Prefect: kept off the config checks' path
 
     dataset = config.publish.dataset
     return {"name": dataset, "description": f"Build and publish {dataset} (from {path.name}).",

@@ -2,7 +2,7 @@
 
 It fine-tunes a base model (the version's embedding model, its prompts and device) on the version's rows, measures
 the base and the fine-tuned model on a BEIR evaluation split with InformationRetrievalEvaluator, and records the
-result beside the version (tasks/evaluation_records.py), with a paired bootstrap interval of the nDCG@10 gain over
+result beside the version (tasks/evaluation/records.py), with a paired bootstrap interval of the nDCG@10 gain over
 the evaluation queries (and the seeds). With `compare`, a second training set is trained with the same seeds and the
 two are compared the same way: another version, or a baseline (`plain` top-k or `random` negatives) re-mined from
 the first version's stored candidates into a scratch registry, never published and forgotten afterwards.
@@ -27,22 +27,22 @@ import polars as pl
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from negforge.flows.console_lines import escape_console_lines
-from negforge.flows.run_report import image_markdown, slug
-from negforge.flows.task_options import dataset_tags, negforge_task, untagged_task_runs
+from negforge.flows.orchestration.console_lines import escape_console_lines
+from negforge.flows.stages.run_report import image_markdown, slug
+from negforge.flows.orchestration.task_options import dataset_tags, negforge_task, untagged_task_runs
 from negforge.schemas.config import BuildConfig, EvaluateConfig, validate_config
 from negforge.schemas.stages import Encoder, EvaluationSplit, Retrieval
-from negforge.tasks.base_model import base_encoder, load
-from negforge.tasks.containment import inside
-from negforge.tasks.evaluation_charts import comparison_chart, record_chart, versions_chart
-from negforge.tasks.evaluation_records import (FOLDER, base_path, evaluations_folder, read_record, record_key,
+from negforge.tasks.evaluation.base_model import base_encoder, load
+from negforge.tasks.runtime.containment import inside
+from negforge.tasks.evaluation.charts import comparison_chart, record_chart, versions_chart
+from negforge.tasks.evaluation.records import (FOLDER, base_path, evaluations_folder, read_record, record_key,
                                                record_path, version_records, write_record)
-from negforge.tasks.evaluation_split import EvaluationError, evaluation_split
-from negforge.tasks.fine_tune import fine_tune
-from negforge.tasks.paired_bootstrap import interval_text, paired_interval
-from negforge.tasks.registry import Registry
-from negforge.tasks.retrieval_metrics import METRICS, measure
-from negforge.tasks.training_examples import refuse_leakage, training_examples
+from negforge.tasks.evaluation.split import EvaluationError, evaluation_split
+from negforge.tasks.evaluation.fine_tune import fine_tune
+from negforge.tasks.evaluation.bootstrap import interval_text, paired_interval
+from negforge.tasks.registry.versions import Registry
+from negforge.tasks.evaluation.metrics import METRICS, measure
+from negforge.tasks.evaluation.examples import refuse_leakage, training_examples
 
 BASELINES = {
     # Mining without any of negforge's filters, in the first version's window: its hardest candidates (plain) or

@@ -7,8 +7,8 @@ import json
 import sys
 
 from negforge.schemas.console_text import printable
-from negforge.tasks.evaluation_records import comparison_records, version_records
-from negforge.tasks.registry import NotFound, Registry, datasets
+from negforge.tasks.evaluation.records import comparison_records, version_records
+from negforge.tasks.registry.versions import NotFound, Registry, datasets
 
 
 def _warn(message: str) -> None:
@@ -72,7 +72,7 @@ def versions_show(args: argparse.Namespace) -> int:
 
 def _evaluation_lines(registry: Registry, version: str) -> list[str]:
     """One line per evaluation of a version: split, key, base and fine-tuned nDCG@10, the gain's interval."""
-    from negforge.tasks.paired_bootstrap import interval_text
+    from negforge.tasks.evaluation.bootstrap import interval_text
 
     return [f"evaluation {r['key']} ({r['evaluation']['split']} of {r['evaluation']['folder']}, "
             f"{len(r['seeds'])} seeds, {r['created_at'][:19]}): nDCG@10 {r['metrics']['base']['ndcg@10']:.4f} -> "
@@ -105,7 +105,7 @@ def versions_verify(args: argparse.Namespace) -> int:
 
 
 def versions_diff(args: argparse.Namespace) -> int:
-    from negforge.tasks.version_diff import diff_versions
+    from negforge.tasks.registry.diff import diff_versions
 
     registry = _registry(args)
     old, new = registry.whole_manifest(args.a), registry.whole_manifest(args.b)
@@ -124,7 +124,7 @@ def versions_diff(args: argparse.Namespace) -> int:
 
 def _print_evaluations_diff(registry: Registry, a: str, b: str) -> None:
     """Fine-tuned nDCG@10 of both versions where they were evaluated alike (same key), and their comparisons."""
-    from negforge.tasks.paired_bootstrap import interval_text
+    from negforge.tasks.evaluation.bootstrap import interval_text
 
     first = {r["key"]: r for r in version_records(registry.folder, a)}
     second = {r["key"]: r for r in version_records(registry.folder, b)}
@@ -147,7 +147,7 @@ def versions_rollback(args: argparse.Namespace) -> int:
 
 
 def gc(args: argparse.Namespace, workdir: str, registry: str) -> int:
-    from negforge.tasks.housekeeping import collect_garbage
+    from negforge.tasks.registry.housekeeping import collect_garbage
 
     report = collect_garbage(workdir, registry, args.keep_runs, args.dry_run)
     verb = "would remove" if args.dry_run else "removed"

@@ -139,7 +139,7 @@ class MinedPartition:
 
 @dataclass(frozen=True)
 class ApproximateSearch:
-    """An approximate index (tasks/ann_index.py) and its search setting: nprobe (ivf) or efSearch (hnsw)."""
+    """An approximate index (tasks/search/ann_index.py) and its search setting: nprobe (ivf) or efSearch (hnsw)."""
 
     index: str
     kind: str
@@ -226,7 +226,7 @@ class StoredCandidates:
 
 @dataclass(frozen=True)
 class CalibrationFiles:
-    """The calibration's candidates (tasks/calibration.py), in one folder: its multi-positive queries searched with
+    """The calibration's candidates (tasks/calibration/calibrate.py), in one folder: its multi-positive queries searched with
     every positive known to `depth`, and the positive each of `folds` folds hides; the sizes its settings need."""
 
     folder: str
@@ -265,7 +265,7 @@ class Calibration:
 
 @dataclass(frozen=True)
 class EvaluationSplit:
-    """An evaluation split (tasks/evaluation_split.py): its BEIR files, which split, how many queries are measured,
+    """An evaluation split (tasks/evaluation/split.py): its BEIR files, which split, how many queries are measured,
     and `key`, a hash of the files' bytes, the split and how its texts are read, which names its results."""
 
     folder: str
@@ -282,7 +282,7 @@ class EvaluationSplit:
 
 @dataclass(frozen=True)
 class Encoder:
-    """A model as it is evaluated (tasks/base_model.py): its folder, weights hash, prompts and the evaluation's
+    """A model as it is evaluated (tasks/evaluation/base_model.py): its folder, weights hash, prompts and the evaluation's
     max_seq_length (null: the model's own), and the device."""
 
     name: str

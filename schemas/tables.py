@@ -26,7 +26,7 @@ IDS = {"query_id": pl.String, "positive_id": pl.String, "negative_ids": pl.List(
        "positive_score": pl.Float32, "negative_scores": pl.List(pl.Float32)}
 # Added to IDS when a rescorer is set: its scores of the positive and of each negative.
 RESCORE_COLUMNS = {"positive_rescore": pl.Float32, "negative_rescores": pl.List(pl.Float32)}
-# Added to IDS when candidates have BM25 scores (tasks/lexical.py).
+# Added to IDS when candidates have BM25 scores (tasks/mining/lexical.py).
 LEXICAL_COLUMNS = {"positive_bm25": pl.Float32, "negative_bm25s": pl.List(pl.Float32)}
 # Always added to IDS: the query's suspected positives (candidates at or above its lowest positive by every signal).
 SUSPECTED_COLUMNS = {"suspected_positive_ids": pl.List(pl.String)}

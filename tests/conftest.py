@@ -78,7 +78,7 @@ def prefect_server():
     from prefect.logging.handlers import APILogHandler
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from negforge.flows.runtime import local_server
+    from negforge.flows.orchestration.prefect_server import local_server
 
     with local_server() as api_url:
         os.environ["PREFECT_API_URL"] = api_url
@@ -90,12 +90,12 @@ def prefect_server():
 
 @pytest.fixture(scope="session")
 def dask_address(prefect_server) -> str:
-    """One local Dask cluster for the session's builds, set up as a build's own (flows/task_runner.py), started
+    """One local Dask cluster for the session's builds, set up as a build's own (flows/orchestration/dask_cluster.py), started
     after the Prefect server so its workers report there. Builds that use it skip starting workers and loading
     the model; tests of the local-cluster path itself set runtime.dask_address=null."""
     from distributed import LocalCluster
 
-    from negforge.flows.task_runner import local_cluster_kwargs
+    from negforge.flows.orchestration.dask_cluster import local_cluster_kwargs
     from negforge.schemas.config import RuntimeConfig
 
     with LocalCluster(**local_cluster_kwargs(RuntimeConfig(n_workers=2))) as cluster:
@@ -144,8 +144,8 @@ runtime:
 
 def local_workers(processes: list) -> list:
     """The Dask worker processes of a local cluster among `processes` (psutil): they fork from the cluster's
-    forkserver process (flows/task_runner.py)."""
-    from negforge.flows.task_runner import is_forkserver
+    forkserver process (flows/orchestration/dask_cluster.py)."""
+    from negforge.flows.orchestration.dask_cluster import is_forkserver
 
     return [process for process in processes if process.parent() is not None and is_forkserver(process.parent())]
 

@@ -10,7 +10,7 @@ import polars as pl
 import pytest
 
 from negforge.schemas.config import DEPTH_MULTIPLE, BuildConfig, MineConfig
-from negforge.tasks.adaptive_depth import depth_levels, mine_adaptively
+from negforge.tasks.mining.adaptive_depth import depth_levels, mine_adaptively
 from tests.conftest import run_cli
 from tests.test_mine import _case
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import polars as pl
 
 from negforge.schemas.config import MineConfig
-from negforge.tasks.audit import audit
-from negforge.tasks.mine import mine
+from negforge.tasks.gate.audit import audit
+from negforge.tasks.mining.rules import mine
 from tests.test_mine import _case
 
 

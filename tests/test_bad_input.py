@@ -16,9 +16,9 @@ from hypothesis import strategies as st
 
 from negforge.schemas.config import InputConfig
 from negforge.schemas.stages import Ingested
-from negforge.tasks.ingest import ingest
-from negforge.tasks import readers
-from negforge.tasks.readers import InputError, read_qrels
+from negforge.tasks.ingest.ingest import ingest
+from negforge.tasks.ingest import readers
+from negforge.tasks.ingest.readers import InputError, read_qrels
 
 GOOD_DOCS = "".join(json.dumps({"_id": f"d{i}", "title": "t", "text": f"text {i}"}) + "\n" for i in range(200))
 GOOD_QUERIES = "".join(json.dumps({"_id": f"q{i}", "text": f"query {i}"}) + "\n" for i in range(100))
@@ -170,7 +170,7 @@ def test_random_delimited_files_are_read_as_row_by_row_reading_reads_them(tmp_pa
 
 @pytest.mark.slow
 def test_the_cli_reports_bad_input_in_readable_lines_and_publishes_nothing(config, tiny_beir, prefect_server):
-    from negforge.tasks.registry import Registry
+    from negforge.tasks.registry.versions import Registry
     from tests.conftest import run_cli
 
     with (tiny_beir / "corpus.jsonl").open("a") as handle:
@@ -184,7 +184,7 @@ def test_the_cli_reports_bad_input_in_readable_lines_and_publishes_nothing(confi
 
 
 def test_all_of_scifact_passes_ingest_and_the_input_suites(scifact, tmp_path):
-    from negforge.tasks.quality_gate import check_inputs
+    from negforge.tasks.gate.gates import check_inputs
 
     for split in ("train", "test"):
         cfg = InputConfig(corpus=str(scifact / "corpus.jsonl"), queries=str(scifact / "queries.jsonl"),
@@ -197,7 +197,7 @@ def test_all_of_scifact_passes_ingest_and_the_input_suites(scifact, tmp_path):
 @pytest.mark.slow
 def test_rejected_rows_reach_the_console_and_the_run_report_with_control_characters_escaped(config, tiny_beir,
                                                                                              prefect_server):
-    from negforge.flows.run_report import report_markdown
+    from negforge.flows.stages.run_report import report_markdown
     from tests.conftest import run_cli
 
     with (tiny_beir / "corpus.jsonl").open("a") as handle:  # raw ESC and NUL: not JSON, rejected as malformed_json

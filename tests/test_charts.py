@@ -9,7 +9,7 @@ import pytest
 
 from negforge.schemas.stages import Mined, ScoreStats
 from negforge.schemas.tables import IDS
-from negforge.tasks.charts import version_charts
+from negforge.tasks.registry.charts import version_charts
 
 AUDIT = {"n_queries": 12, "negatives": 36, "false_negative_rate": 0.08, "ci95": [0.02, 0.15], "coverage": 1.0,
          "by_reason": {"relative_margin": {"judged_relevant": 0.3, "candidates": 20},

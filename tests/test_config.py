@@ -141,7 +141,7 @@ def test_cli_refuses_a_nan_margin_before_any_work(tmp_path, capsys):
                                       "min_score": -0.5}])
 def test_mining_and_the_quality_gate_apply_one_score_rule(options):
     """MineConfig.score_filters on numpy (mining) and on polars (the gate) marks the same rows, float32 alike."""
-    from negforge.tasks.quality_checks import _filter_violation
+    from negforge.tasks.gate.row_checks import _filter_violation
 
     rng = np.random.default_rng(7)
     score, lowest = rng.uniform(-1, 1, (2, 2000)).astype(np.float32)

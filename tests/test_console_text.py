@@ -32,8 +32,8 @@ from distributed import LocalCluster
 from prefect import flow
 from prefect_dask import DaskTaskRunner
 
-from negforge.flows.console_lines import escape_console_lines
-from negforge.flows.task_options import negforge_task
+from negforge.flows.orchestration.console_lines import escape_console_lines
+from negforge.flows.orchestration.task_options import negforge_task
 
 ROW = "row \\x1b[2J\\x00 end"
 

@@ -11,7 +11,7 @@ import polars as pl
 import pytest
 
 from negforge.schemas.stages import VectorFile
-from negforge.tasks.corpus_dedup import choose_kept, near_duplicate_pairs
+from negforge.tasks.mining.corpus_dedup import choose_kept, near_duplicate_pairs
 from tests.conftest import DEMO, beir_subset, run_cli
 from tests.test_near_duplicates import _edit
 

@@ -17,7 +17,7 @@ import polars as pl
 import psutil
 import pytest
 
-from negforge.flows.runtime import free_port
+from negforge.flows.orchestration.prefect_server import free_port
 from tests.conftest import ROOT, local_workers, run_cli
 
 pytestmark = pytest.mark.slow
@@ -167,7 +167,7 @@ def test_a_local_cluster_that_does_not_close_in_time_fails_no_finished_build(sma
 
 
 def test_closing_a_cluster_is_bounded_and_at_most_a_warning(monkeypatch, caplog):
-    from negforge.flows import task_runner
+    from negforge.flows.orchestration import dask_cluster
 
     monkeypatch.setattr(task_runner, "CLOSE_TIMEOUT_S", 0.5)
     blocked = threading.Event()

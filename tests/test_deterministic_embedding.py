@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from negforge.tasks.model import MIN_BATCH_TOKENS, EncoderSpec, _bucket_batch, encode, resolve_model
+from negforge.tasks.embedding.model import MIN_BATCH_TOKENS, EncoderSpec, _bucket_batch, encode, resolve_model
 from tests.conftest import DEMO
 
 

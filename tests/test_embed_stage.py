@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from negforge.tasks.embedding_store import EmbeddingStore
+from negforge.tasks.embedding.store import EmbeddingStore
 from tests.conftest import run_cli
 
 pytestmark = pytest.mark.slow

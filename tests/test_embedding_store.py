@@ -12,8 +12,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from negforge.tasks.embedding_store import COMPACT_AT, INDEX, DamagedPart, EmbeddingStore
-from negforge.tasks.text import text_hash
+from negforge.tasks.embedding.store import COMPACT_AT, INDEX, DamagedPart, EmbeddingStore
+from negforge.tasks.ingest.text import text_hash
 
 DIM = 8
 
@@ -102,7 +102,7 @@ def test_negforge_gc_removes_unreadable_store_parts(tmp_path):
 def test_a_killed_writer_leaves_no_visible_part(tmp_path):
     store = EmbeddingStore(tmp_path, "fingerprint")
     script = ("import os, signal, numpy as np, polars as pl\n"
-              "from negforge.tasks.embedding_store import EmbeddingStore\n"
+              "from negforge.tasks.embedding.store import EmbeddingStore\n"
               "os.replace = lambda *a: os.kill(os.getpid(), signal.SIGKILL)  # die with the bytes written\n"
               f"EmbeddingStore({str(tmp_path)!r}, 'fingerprint').put(pl.Series(['f' * 32]), np.ones((1, 8), 'f4'))\n")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True)

@@ -59,7 +59,7 @@ def _train_one_step(train, output_dir: Path) -> None:
     from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, losses
     from sentence_transformers.training_args import SentenceTransformerTrainingArguments
 
-    from negforge.tasks.model import resolve_model
+    from negforge.tasks.embedding.model import resolve_model
 
     model = SentenceTransformer(resolve_model("all-MiniLM-L6-v2").path, device="cpu")
     model.max_seq_length = 64

@@ -8,8 +8,8 @@ import polars as pl
 import pytest
 
 from negforge.schemas.config import InputConfig
-from negforge.tasks.ingest import ingest
-from negforge.tasks.readers import InputError
+from negforge.tasks.ingest.ingest import ingest
+from negforge.tasks.ingest.readers import InputError
 from tests.conftest import write_beir
 
 DOCS = [{"_id": "d1", "title": "T1", "text": "alpha"}, {"_id": "d2", "title": "T2", "text": "beta"},

@@ -20,10 +20,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from negforge.schemas.config import InputConfig
-from negforge.tasks import readers
-from negforge.tasks.ingest import ingest
-from negforge.tasks.readers import InputError
-from negforge.tasks.text import text_hashes
+from negforge.tasks.ingest import readers
+from negforge.tasks.ingest.ingest import ingest
+from negforge.tasks.ingest.readers import InputError
+from negforge.tasks.ingest.text import text_hashes
 
 DOCS = [{"_id": f"d{i}", "title": f"T{i}", "text": f"document {i}"} for i in range(6)]
 QUERIES = [{"_id": f"q{i}", "text": f"query {i}"} for i in range(3)]
@@ -158,7 +158,7 @@ def test_a_conflicting_duplicate_id_rejects_every_row_with_that_id(tmp_path):
 
 
 def test_rejects_show_a_count_and_three_samples_per_reason_in_the_run_report(tmp_path):
-    from negforge.flows.run_report import report_markdown
+    from negforge.flows.stages.run_report import report_markdown
 
     (tmp_path / "corpus.jsonl").write_bytes(_jsonl(DOCS) + b"".join(b"{broken %d\n" % i for i in range(5)))
     summary = _ingest(tmp_path, tmp_path / "corpus.jsonl")
@@ -182,7 +182,7 @@ def test_text_shards_carry_the_length_of_each_text(tmp_path):
 
 
 def test_the_audit_honours_the_positive_threshold(tmp_path):
-    from negforge.tasks.audit import audit
+    from negforge.tasks.gate.audit import audit
 
     candidates = pl.DataFrame({"query_row": [0, 0], "doc_row": [1, 2], "score": [0.9, 0.8], "rank": [0, 1],
                                "reason": [None, None]},
@@ -307,8 +307,8 @@ def test_bulk_parsing_rejects_exactly_what_row_by_row_reading_rejects(tmp_path, 
 
 def test_the_quality_gate_reads_evaluation_qrels_with_the_same_reader(tmp_path, tiny_beir):
     from negforge.schemas.config import load_config
-    from negforge.tasks.quality_checks import eval_query_hashes, shared_positives
-    from negforge.tasks.text import text_hash
+    from negforge.tasks.gate.row_checks import eval_query_hashes, shared_positives
+    from negforge.tasks.ingest.text import text_hash
     from tests.conftest import write_config
 
     judged = [line.split("\t") for line in (tiny_beir / "qrels/train.tsv").read_text().splitlines()[1:]]

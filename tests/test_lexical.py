@@ -11,7 +11,7 @@ import pytest
 
 from negforge.schemas.config import LexicalConfig
 from negforge.schemas.tables import TEXT_SHARD, frame
-from negforge.tasks.lexical import LexicalError, bm25_pairs, build_index
+from negforge.tasks.mining.lexical import LexicalError, bm25_pairs, build_index
 from tests.conftest import run_cli
 
 SETTINGS = LexicalConfig().index_settings()

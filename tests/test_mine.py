@@ -8,7 +8,7 @@ import pytest
 
 from negforge.schemas.config import LexicalConfig, MineConfig, RescoreConfig
 from negforge.schemas.tables import HITS, POSITIVE_SCORES, POSITIVES, frame
-from negforge.tasks.mine import REASONS, mine, query_rng
+from negforge.tasks.mining.rules import REASONS, mine, query_rng
 
 
 def _case(candidates: dict[int, list[tuple[int, float]]], positives: dict[int, list[tuple[int, float, bool]]]):

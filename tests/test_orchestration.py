@@ -150,7 +150,7 @@ def test_trigger_refuses_bad_overrides_and_a_missing_api(served):
 def test_serve_without_an_api_starts_a_local_server_and_stops_it(dataset_config, tmp_path):
     import httpx
 
-    from negforge.flows.runtime import free_port
+    from negforge.flows.orchestration.prefect_server import free_port
 
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"} | {"PREFECT_HOME": str(tmp_path)}

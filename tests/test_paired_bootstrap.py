@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from negforge.tasks.paired_bootstrap import paired_interval
+from negforge.tasks.evaluation.bootstrap import paired_interval
 
 
 def test_one_query_in_four_gains_one_point():

@@ -12,7 +12,7 @@ import polars as pl
 import pytest
 
 from negforge.schemas.config import load_config
-from negforge.tasks.text import normalize
+from negforge.tasks.ingest.text import normalize
 from tests.conftest import DEMO, DEMO_CONFIG, beir_subset
 
 pytestmark = pytest.mark.slow
@@ -54,7 +54,7 @@ def reference_inputs(sample):
 def model():
     from sentence_transformers import SentenceTransformer
 
-    from negforge.tasks.model import resolve_model
+    from negforge.tasks.embedding.model import resolve_model
 
     model = SentenceTransformer(resolve_model("all-MiniLM-L6-v2").path, device="cpu")
     model.max_seq_length = MAX_SEQ_LENGTH

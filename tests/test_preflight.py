@@ -16,8 +16,8 @@ from typing import Iterator
 
 import pytest
 
-from negforge.tasks.preflight import describe, naming, permanent, store_shortfall
-from negforge.tasks.registry import Registry
+from negforge.tasks.runtime.preflight import describe, naming, permanent, store_shortfall
+from negforge.tasks.registry.versions import Registry
 from tests.conftest import ROOT, run_cli
 from tests.test_registry import stage
 
@@ -166,7 +166,7 @@ def test_a_full_disk_reported_without_a_path_is_given_the_folder_being_written(t
 def test_a_permanent_os_error_is_not_retried(tmp_path, prefect_server):
     from prefect import flow
 
-    from negforge.flows.task_options import negforge_task
+    from negforge.flows.orchestration.task_options import negforge_task
 
     attempts = tmp_path / "attempts"
     blocker = tmp_path / "a-file"

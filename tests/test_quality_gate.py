@@ -10,10 +10,10 @@ import pytest
 from negforge.schemas.config import load_config
 from negforge.schemas.stages import Mined, ScoreStats
 from negforge.schemas.tables import IDS
-from negforge.tasks.ingest import ingest
-from negforge.tasks.quality_gate import check_candidate, check_inputs
-from negforge.tasks.registry import Registry
-from negforge.tasks.validate import ValidationFailed, drift
+from negforge.tasks.ingest.ingest import ingest
+from negforge.tasks.gate.gates import check_candidate, check_inputs
+from negforge.tasks.registry.versions import Registry
+from negforge.tasks.gate.validate import ValidationFailed, drift
 from tests.conftest import DEMO_CONFIG, run_cli
 
 MINED = Mined(ids="", candidates="", positive_scores="", reasons={}, reasons_per_query={}, short_queries=(),

@@ -14,14 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from negforge.tasks.containment import NOT_FOLLOWED
-from negforge.tasks.registry import NotFound, Registry
+from negforge.tasks.runtime.containment import NOT_FOLLOWED
+from negforge.tasks.registry.versions import NotFound, Registry
 from tests.conftest import ROOT, run_cli
 
 PUBLISHER = """
 import sys, time
 from pathlib import Path
-from negforge.tasks.registry import NotFound, Registry
+from negforge.tasks.registry.versions import NotFound, Registry
 root, content, start_at, hang = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4] == "hang"
 from tests.test_registry import stage
 registry = Registry(root, "ds")
@@ -231,7 +231,7 @@ def test_arguments_stay_inside_their_registry(tmp_path, capsys):
 
 STAGER = """
 import sys, time
-from negforge.tasks.registry import Registry
+from negforge.tasks.registry.versions import Registry
 print(Registry(sys.argv[1], "ds").staging(), flush=True)
 time.sleep(600)
 """

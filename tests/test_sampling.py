@@ -7,7 +7,7 @@ import polars as pl
 import pytest
 
 from negforge.schemas.config import MineConfig
-from negforge.tasks.mine import mine
+from negforge.tasks.mining.rules import mine
 from tests.test_mine import _case, _kept, _reason
 
 SCORES = [0.70, 0.66, 0.62, 0.58, 0.54, 0.50, 0.46, 0.42]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from negforge.schemas.stages import VectorFile
-from negforge.tasks.search import SLACK, propose, rank_exactly
+from negforge.tasks.search.exact import SLACK, propose, rank_exactly
 
 
 def _unit(rng: np.random.Generator, n: int, dim: int = 16) -> np.ndarray:

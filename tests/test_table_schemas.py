@@ -9,7 +9,7 @@ import pytest
 
 from negforge.schemas.stages import VectorFile
 from negforge.schemas.tables import CORPUS_PAIRS, POSITIVES, TEXT_SHARD, check, frame
-from negforge.tasks.corpus_dedup import choose_kept, near_duplicate_pairs
+from negforge.tasks.mining.corpus_dedup import choose_kept, near_duplicate_pairs
 
 
 def test_corpus_deduplication_writes_its_declared_pairs(tmp_path):

@@ -1,0 +1,5 @@
+"""The stages of the flows: each submits its tasks to the Dask cluster and returns a typed result
+(schemas/stages.py); the flows read as their list of stages.
+
+May import: tasks, schemas, flows.orchestration.
+"""

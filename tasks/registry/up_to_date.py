@@ -1,0 +1,80 @@
+"""The no-op check: would this build publish exactly the latest version again?
+
+It would when the inputs' bytes, the config (less `runtime`, `schedule` and `evaluate`), the model's weights and the code are
+those the latest version was built from, and that version's files are all there. Then nothing needs embedding,
+searching or even a Dask cluster: the CLI answers "up to date" before it starts a Prefect server, and a served run
+finishes in seconds. Everything compared is in the manifest, so the check reads no run workspace.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import fsspec
+
+from negforge.schemas.config import NOT_PUBLISHED, BuildConfig
+from negforge.tasks.embedding.model import resolve_model
+from negforge.tasks.ingest.readers import InputError, input_files
+from negforge.tasks.registry.versions import NotFound, Registry
+
+CHUNK = 1 << 22
+
+
+def sha256_of(path: str) -> str | None:
+    """sha256 of a file's bytes as stored (None when it cannot be read: then the check says "changed")."""
+    digest = hashlib.sha256()
+    try:
+        with fsspec.open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(CHUNK), b""):
+                digest.update(block)
+    except (OSError, ValueError):
+        return None
+    return digest.hexdigest()
+
+
+def side_inputs(config: BuildConfig) -> list[dict[str, Any]]:
+    """Files outside `input` that can change a version: the evaluation split (leakage rule) and the audit's qrels."""
+    paths = [config.validate_.eval_qrels, config.validate_.eval_queries, config.audit.qrels]
+    return [{"path": path, "sha256": sha256_of(path)} for path in dict.fromkeys(p for p in paths if p)]
+
+
+def _same_config(config: BuildConfig, built: dict[str, Any]) -> bool:
+    published = {key: value for key, value in built.items() if key not in NOT_PUBLISHED}
+    return config.content_dict() == published
+
+
+def up_to_date_result(version_dir: Path) -> dict[str, Any]:
+    """What a build returns when it would publish the latest version again: that version, nothing new."""
+    manifest = json.loads((version_dir / "manifest.json").read_text())
+    return {"version_dir": str(version_dir), "published": False, "version": version_dir.name, "manifest": manifest,
+            "counts": manifest["counts"], "embed": {"texts_embedded": 0, "texts_cached": 0}, "timings": {},
+            "short_queries": manifest["short_queries"]["count"], "reasons": manifest["reasons"]}
+
+
+def unchanged_version(config: BuildConfig, code_version: str) -> Path | None:
+    """The latest version's folder if building `config` now would publish exactly it again, else None."""
+    registry = Registry(config.publish.registry, config.publish.dataset)
+    try:
+        latest = registry.latest()
+        manifest = registry.manifest(latest) if latest else None
+    except (NotFound, OSError, ValueError):
+        return None
+    if not manifest or manifest.get("code_version") != code_version or not _same_config(config, manifest["config"]):
+        return None
+    if registry.problems(latest):
+        return None
+    if manifest["model"]["weights_sha256"] != resolve_model(config.embed.model).weights_sha256:
+        return None
+    if manifest.get("side_inputs", []) != side_inputs(config):
+        return None
+    stored = {(entry["path"], entry["sha256"]) for entry in manifest["inputs"]}
+    specs = [config.input.corpus, *(config.input.pairs or [config.input.queries, config.input.qrels])]
+    try:
+        files = [file.path for spec in specs if spec for file in input_files(spec, config.input.format)]
+    except InputError:
+        return None
+    current = {(path, sha256_of(path)) for path in files}
+    return registry.folder / latest if current == stored else None

@@ -1,0 +1,176 @@
+"""Preflight: before any work, check that the registry and the workdir can take what a run writes, so that a run
+that cannot finish stops at once, naming the path and the figures, instead of after the whole pipeline.
+
+Too little space for the registry (less than the previous version took) refuses the run: a publish that fails at
+the end wastes all of it. Too little for the embedding store only warns: the estimate (every text embedded anew) is
+an upper bound, and texts already in the store need no space.
+
+What no check can foresee (a disk that fills during the run) ends the same way: a permanent OS error is never
+retried, and `naming` gives it the path being written where the library that failed named none.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import re
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from negforge.schemas.config import BuildConfig, ConfigError, RuntimeConfig
+from negforge.schemas.console_text import quoted, shortened
+from negforge.tasks.runtime.containment import inside
+from negforge.tasks.embedding.model import embedding_dimension, resolve_model
+from negforge.tasks.registry.versions import Registry
+from negforge.tasks.runtime.sizing import check_budget
+
+# OS errors that a second try cannot mend: never retried, reported in one line naming the path.
+PERMANENT_ERRNOS = {errno.ENOTDIR, errno.EISDIR, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC,
+                    errno.EDQUOT, errno.ELOOP}  # ELOOP: a symlink where negforge opens without following one
+DEFAULT_DIMENSION = 4096  # when the model's config does not say: as large as common embedding models get
+SCHEDULER_TIMEOUT_S = 5  # a scheduler that has not answered by then is taken for absent (Dask itself waits 30 s, twice)
+_NUMBER_IN_MESSAGE = re.compile(r"\(os error (\d+)\)|\[Errno (\d+)\]")
+
+
+class StorageError(RuntimeError):
+    """A folder negforge must write is not a writable folder, or holds too little free space."""
+
+
+def os_errno(error: BaseException) -> int | None:
+    """The OS error number of an OSError: its errno, else the one its message carries. polars reports its Rust I/O
+    errors as `OSError('No space left on device (os error 28)')`, shutil.copytree its failed copies as a list of
+    `[Errno 28] ...` lines: neither sets errno, so a full disk read as a transient error, was retried and ended in a
+    traceback."""
+    if not isinstance(error, OSError):
+        return None
+    if error.errno is not None:
+        return error.errno
+    found = _NUMBER_IN_MESSAGE.search(str(error))
+    return int(found.group(1) or found.group(2)) if found else None
+
+
+def permanent(error: BaseException) -> bool:
+    """Whether an error is an OS error that retrying cannot fix (not a folder, read-only, permission, no space)."""
+    return os_errno(error) in PERMANENT_ERRNOS
+
+
+@contextmanager
+def naming(path: str | Path) -> Iterator[None]:
+    """Name `path`, the folder being written, in a permanent OS error that names no file: a full disk reported by a
+    buffered write's flush, by polars or by shutil.copytree says only `[Errno 28] No space left on device`, and the
+    user must know which disk to free."""
+    try:
+        yield
+    except OSError as error:
+        code = os_errno(error)
+        if code not in PERMANENT_ERRNOS or error.filename is not None:
+            raise
+        raise OSError(code, os.strerror(code), str(path)) from error
+
+
+def describe(error: OSError) -> str:
+    """One line for an OS error: the path(s) it concerns and what went wrong."""
+    paths = " -> ".join(str(p) for p in (error.filename, error.filename2) if p is not None)
+    return f"{paths}: {error.strerror}" if paths else str(error)
+
+
+def _size(n: int) -> str:
+    """Bytes in the largest unit (up to GiB) that keeps the figure at least 1."""
+    value, unit = float(n), "bytes"
+    for larger in ("KiB", "MiB", "GiB"):
+        if value < 1024:
+            break
+        value, unit = value / 1024, larger
+    return f"{n} bytes" if unit == "bytes" else f"{value:.1f} {unit}"
+
+
+def writable_folder(path: Path, setting: str) -> None:
+    """`path` is a folder this process can write in, or can be made one (it is created)."""
+    try:
+        existing = next(p for p in (path, *path.parents) if p.exists())
+        if not existing.is_dir():
+            raise StorageError(f"{setting}: {existing} is not a folder")
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as error:
+        raise StorageError(f"{setting}: cannot write in {path} ({describe(error)})") from None
+
+
+def _shortfall(path: Path, needed: int, what: str) -> str | None:
+    free = shutil.disk_usage(path).free
+    if free >= needed:
+        return None
+    return f"{path}: {_size(free)} free, {what} needs about {_size(needed)}"
+
+
+def check_links(config: BuildConfig) -> None:
+    """Refuse a run that would read or write through a symlink inside the registry or the workdir
+    (tasks/runtime/containment.py): the dataset folder, its lock, LATEST and (when the run evaluates) evaluations, and the
+    workdir's folders. The fingerprint and index folders below them are checked where the run first knows their
+    names."""
+    dataset = inside(config.publish.registry, config.publish.dataset)
+    for name in (".lock", "LATEST"):
+        inside(dataset, name)
+    if config.evaluate.eval:
+        inside(dataset, "evaluations", entries=True)
+    for name in ("runs", "embeddings", "lexical"):
+        inside(config.runtime.workdir, name)
+
+
+def preflight(config: BuildConfig) -> None:
+    """Refuse a run whose registry or workdir cannot be written or holds a symlink where it writes, or whose registry
+    lacks the space of the version before (the best estimate of the next one), or whose `runtime.dask_address` has no
+    scheduler."""
+    check_scheduler(config.runtime)
+    check_links(config)
+    registry = Registry(config.publish.registry, config.publish.dataset)
+    writable_folder(registry.folder, "publish.registry")
+    writable_folder(Path(config.runtime.workdir), "runtime.workdir")
+    latest = registry.latest()
+    if latest:
+        size = sum(p.stat().st_size for p in (registry.folder / latest).rglob("*") if p.is_file())
+        short = _shortfall(registry.folder, size, f"a new version (as large as {latest}, the one before)")
+        if short:
+            raise StorageError(f"publish.registry {short}; free space there or choose another publish.registry")
+
+
+async def _connect_and_close(address: str) -> None:
+    from distributed.comm import connect
+
+    comm = await connect(address, timeout=SCHEDULER_TIMEOUT_S)
+    await comm.close()
+
+
+def check_scheduler(runtime: RuntimeConfig) -> None:
+    """Refuse, before any other work, a `runtime.dask_address` where no Dask scheduler answers: one line instead of
+    two 30 s connection attempts and their tracebacks at the first task."""
+    if not runtime.dask_address:
+        return
+    try:
+        asyncio.run(_connect_and_close(runtime.dask_address))
+    except Exception as error:  # refused, timed out, unknown scheme, or something that is not a Dask scheduler
+        raise ConfigError(f"runtime.dask_address {quoted(runtime.dask_address)}: no Dask scheduler answers there "
+                          f"({shortened(str(error), 200)}); start one or unset runtime.dask_address") from None
+
+
+def check_budget_for_the_model(config: BuildConfig) -> None:
+    """Refuse, before ingest, a `runtime.memory_budget_mb` too small for one block of the model's vectors, when the
+    model's config says its dimension (the bundled model's does). Counted for one worker, the largest default budget:
+    the build checks again with the cluster's real worker count, and with the vectors' width for other models."""
+    dimension = embedding_dimension(resolve_model(config.embed.model))
+    if dimension:
+        check_budget(config.runtime, 1, dimension)
+
+
+def store_shortfall(workdir: str, texts: int, dimension: int | None) -> str | None:
+    """A warning when the embedding store's filesystem has less room than `texts` new float32 vectors take
+    (`dimension`: the model's, when its config says; else DEFAULT_DIMENSION)."""
+    dimension = dimension or DEFAULT_DIMENSION
+    short = _shortfall(Path(workdir), texts * dimension * 4,
+                       f"the embedding store ({texts} texts x {dimension} dimensions x 4 bytes, at most)")
+    return f"runtime.workdir {short}; texts already in the store need no space" if short else None
