@@ -25,12 +25,19 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-
 from bench_args import parser
-from negforge.tasks.embedding.model import resolve_model
-from side_by_side import (build_command, mean_jaccard, median_and_spread, migrate_prefect_database,
-                          published_version, reference_command, run_measured)
+from side_by_side import (
+    build_command,
+    mean_jaccard,
+    median_and_spread,
+    migrate_prefect_database,
+    published_version,
+    reference_command,
+    run_measured,
+)
 from synthetic import SentencePool, digest, make_documents, write_corpus
+
+from negforge.tasks.embedding.model import resolve_model
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 PLUS = 0.01  # share of new documents in the plus-one build

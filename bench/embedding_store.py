@@ -23,8 +23,8 @@ from negforge.schemas.config import RuntimeConfig
 from negforge.schemas.stages import Texts
 from negforge.schemas.tables import TEXT_SHARD, frame
 from negforge.tasks.embedding.embed import copy_stored, create_matrices, plan_embedding
-from negforge.tasks.embedding.store import EmbeddingStore, part_rows
 from negforge.tasks.embedding.model import EncoderSpec, resolve_model
+from negforge.tasks.embedding.store import EmbeddingStore, part_rows
 from negforge.tasks.ingest.text import text_hash
 
 DIM = 384

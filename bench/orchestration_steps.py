@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 
 import yaml
-
 from bench_args import ROOT
 
 sys.path.insert(0, str(ROOT))
@@ -87,8 +86,13 @@ def main() -> None:
     api = f"http://127.0.0.1:{port}/api"
     os.environ.update(env | {"PREFECT_API_URL": api})
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import (DeploymentFilter, DeploymentFilterName, FlowRunFilter,
-                                                FlowRunFilterState, FlowRunFilterStateName)
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterName,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateName,
+    )
     from prefect.exceptions import ObjectNotFound
 
     steps: dict[str, float] = {}

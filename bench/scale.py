@@ -33,8 +33,17 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from bench_args import ROOT, absolute_path, parser
-from side_by_side import (NEGFORGE_SETTINGS, MINING, BATCH_SIZE, build_command, mean_jaccard,
-                          migrate_prefect_database, published_version, reference_command, run_measured)
+from side_by_side import (
+    BATCH_SIZE,
+    MINING,
+    NEGFORGE_SETTINGS,
+    build_command,
+    mean_jaccard,
+    migrate_prefect_database,
+    published_version,
+    reference_command,
+    run_measured,
+)
 from synthetic import SentencePool, write_beir
 
 SIZES = {"10k": 10_000, "100k": 100_000, "1m": 1_000_000}

@@ -27,7 +27,6 @@ from typing import Any
 
 import polars as pl
 import psutil
-
 from bench_args import DEMO_CONFIG, ROOT
 
 BATCH_SIZE = 32

@@ -11,8 +11,15 @@ from typing import Any
 
 from negforge.schemas.config import BuildConfig, apply_overrides, validate_config
 from negforge.schemas.stages import StoredCandidates
-from negforge.tasks.calibration.calibrate import (CALIBRATED, GRID, CalibrationError, applied, calibrate, false_negative_estimate,
-                                        setting_fields)
+from negforge.tasks.calibration.calibrate import (
+    CALIBRATED,
+    GRID,
+    CalibrationError,
+    applied,
+    calibrate,
+    false_negative_estimate,
+    setting_fields,
+)
 from negforge.tasks.registry.candidates import load_candidates, settings_fixed_by_candidates
 from negforge.tasks.registry.versions import NotFound, Registry
 

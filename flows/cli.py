@@ -266,8 +266,8 @@ def _run_flow(args: argparse.Namespace, dataset: str, prepare: Callable[[], Call
 def cmd_remine(args: argparse.Namespace) -> int:
     from negforge.schemas.config import ConfigError, apply_overrides, validate_config
     from negforge.tasks.registry.candidates import check_depth, check_remine, load_candidates
-    from negforge.tasks.runtime.preflight import check_scheduler
     from negforge.tasks.registry.versions import Registry
+    from negforge.tasks.runtime.preflight import check_scheduler
 
     dataset, sep, version = args.source.partition("@")
     if not sep or not version:
@@ -364,12 +364,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
+    from negforge.flows.versions_info import code_version
     from negforge.schemas.config import load_config
     from negforge.tasks.calibration.calibrate import replaced_fields
-
-    from negforge.flows.versions_info import code_version
-    from negforge.tasks.runtime.preflight import check_budget_for_the_model, check_scheduler
     from negforge.tasks.registry.up_to_date import unchanged_version, up_to_date_result
+    from negforge.tasks.runtime.preflight import check_budget_for_the_model, check_scheduler
 
     config = load_config(args.config or default_config(), args.overrides)
     replaced = replaced_fields(config)
@@ -389,8 +388,8 @@ def cmd_build(args: argparse.Namespace) -> int:
         return lambda: build_training_set(config)
 
     def cluster() -> AbstractContextManager:
-        from negforge.flows.stages.embedding import model_warm_up
         from negforge.flows.orchestration.dask_cluster import local_cluster_started_early
+        from negforge.flows.stages.embedding import model_warm_up
 
         return local_cluster_started_early(config.runtime, model_warm_up(config))
 
@@ -435,19 +434,19 @@ def main(argv: list[str] | None = None) -> int:
     quiet_environment()
     args = _parser().parse_args(argv)
     escape_console_lines(tracebacks=args.debug)  # without --debug, a failed run's message lines say what went wrong
-    from negforge.schemas.config import ConfigError
     from negforge.flows.deployments import NoPrefectAPI
+    from negforge.schemas.config import ConfigError
     from negforge.tasks.calibration.calibrate import CalibrationError
-    from negforge.tasks.registry.candidates import RemineError
-    from negforge.tasks.mining.lexical import LexicalError
-    from negforge.tasks.evaluation.split import EvaluationError
     from negforge.tasks.embedding.model import ModelError
-    from negforge.tasks.runtime.preflight import StorageError, describe, permanent
-    from negforge.tasks.ingest.readers import InputError
-    from negforge.tasks.search.ann_index import IndexSettingError
-    from negforge.tasks.registry.versions import NotFound
-    from negforge.tasks.runtime.sizing import BudgetError
+    from negforge.tasks.evaluation.split import EvaluationError
     from negforge.tasks.gate.validate import ValidationFailed
+    from negforge.tasks.ingest.readers import InputError
+    from negforge.tasks.mining.lexical import LexicalError
+    from negforge.tasks.registry.candidates import RemineError
+    from negforge.tasks.registry.versions import NotFound
+    from negforge.tasks.runtime.preflight import StorageError, describe, permanent
+    from negforge.tasks.runtime.sizing import BudgetError
+    from negforge.tasks.search.ann_index import IndexSettingError
 
     try:
         commands = {"build": cmd_build, "remine": cmd_remine, "calibrate": cmd_calibrate, "evaluate": cmd_evaluate,

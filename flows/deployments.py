@@ -4,10 +4,10 @@ serving them; triggering runs.
 A deployment's parameters hold the dataset's full build config (so the Prefect UI draws a typed, documented form
 pre-filled with it, and the server refuses a bad value before a run is created); its schedule comes from the
 config's `schedule` section, which never changes what is published. The evaluation deployment (on demand) takes
-the version (default `latest`) and the `evaluate` section, pre-filled from the config. Each deployment has a concurrency limit of one
-run that queues the others (ENQUEUE): one deployment per dataset, so at most one run per dataset executes at a time.
-A crashed run's slot is freed by the server's lease service; `negforge build` runs outside deployments are not
-counted, and the registry's lock keeps their publishes apart.
+the version (default `latest`) and the `evaluate` section, pre-filled from the config. Each deployment has a concurrency
+limit of one run that queues the others (ENQUEUE): one deployment per dataset, so at most one run per dataset executes
+at a time. A crashed run's slot is freed by the server's lease service; `negforge build` runs outside deployments are
+not counted, and the registry's lock keeps their publishes apart.
 """
 
 from __future__ import annotations

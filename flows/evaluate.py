@@ -28,21 +28,29 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from negforge.flows.orchestration.console_lines import escape_console_lines
-from negforge.flows.stages.run_report import image_markdown, slug
 from negforge.flows.orchestration.task_options import dataset_tags, negforge_task, untagged_task_runs
+from negforge.flows.stages.run_report import image_markdown, slug
 from negforge.schemas.config import BuildConfig, EvaluateConfig, validate_config
 from negforge.schemas.stages import Encoder, EvaluationSplit, Retrieval
 from negforge.tasks.evaluation.base_model import base_encoder, load
-from negforge.tasks.runtime.containment import inside
-from negforge.tasks.evaluation.charts import comparison_chart, record_chart, versions_chart
-from negforge.tasks.evaluation.records import (FOLDER, base_path, evaluations_folder, read_record, record_key,
-                                               record_path, version_records, write_record)
-from negforge.tasks.evaluation.split import EvaluationError, evaluation_split
-from negforge.tasks.evaluation.fine_tune import fine_tune
 from negforge.tasks.evaluation.bootstrap import interval_text, paired_interval
-from negforge.tasks.registry.versions import Registry
-from negforge.tasks.evaluation.metrics import METRICS, measure
+from negforge.tasks.evaluation.charts import comparison_chart, record_chart, versions_chart
 from negforge.tasks.evaluation.examples import refuse_leakage, training_examples
+from negforge.tasks.evaluation.fine_tune import fine_tune
+from negforge.tasks.evaluation.metrics import METRICS, measure
+from negforge.tasks.evaluation.records import (
+    FOLDER,
+    base_path,
+    evaluations_folder,
+    read_record,
+    record_key,
+    record_path,
+    version_records,
+    write_record,
+)
+from negforge.tasks.evaluation.split import EvaluationError, evaluation_split
+from negforge.tasks.registry.versions import Registry
+from negforge.tasks.runtime.containment import inside
 
 BASELINES = {
     # Mining without any of negforge's filters, in the first version's window: its hardest candidates (plain) or

@@ -1,7 +1,8 @@
 """The build configuration: one pydantic tree, read from YAML, overridable with `--set`, and the flow's parameter.
 
 Every field has a default and a description, so the Prefect UI draws a documented form from it. Everything outside
-`runtime` may change what is published; `runtime` never does (the content hash excludes it), nor do `schedule` and `evaluate`.
+`runtime` may change what is published; `runtime` never does (the content hash excludes it), nor do `schedule` and
+`evaluate`.
 """
 
 from __future__ import annotations

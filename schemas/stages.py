@@ -226,8 +226,8 @@ class StoredCandidates:
 
 @dataclass(frozen=True)
 class CalibrationFiles:
-    """The calibration's candidates (tasks/calibration/calibrate.py), in one folder: its multi-positive queries searched with
-    every positive known to `depth`, and the positive each of `folds` folds hides; the sizes its settings need."""
+    """The calibration's candidates (tasks/calibration/calibrate.py), in one folder: its multi-positive queries searched
+    with every positive known to `depth`, and the positive each of `folds` folds hides; the sizes its settings need."""
 
     folder: str
     queries: int
@@ -282,8 +282,8 @@ class EvaluationSplit:
 
 @dataclass(frozen=True)
 class Encoder:
-    """A model as it is evaluated (tasks/evaluation/base_model.py): its folder, weights hash, prompts and the evaluation's
-    max_seq_length (null: the model's own), and the device."""
+    """A model as it is evaluated (tasks/evaluation/base_model.py): its folder, weights hash, prompts and the
+    evaluation's max_seq_length (null: the model's own), and the device."""
 
     name: str
     path: str

@@ -90,8 +90,8 @@ def prefect_server():
 
 @pytest.fixture(scope="session")
 def dask_address(prefect_server) -> str:
-    """One local Dask cluster for the session's builds, set up as a build's own (flows/orchestration/dask_cluster.py), started
-    after the Prefect server so its workers report there. Builds that use it skip starting workers and loading
+    """One local Dask cluster for the session's builds, set up as a build's own (flows/orchestration/dask_cluster.py),
+    started after the Prefect server so its workers report there. Builds that use it skip starting workers and loading
     the model; tests of the local-cluster path itself set runtime.dask_address=null."""
     from distributed import LocalCluster
 

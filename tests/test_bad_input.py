@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 
 from negforge.schemas.config import InputConfig
 from negforge.schemas.stages import Ingested
-from negforge.tasks.ingest.ingest import ingest
 from negforge.tasks.ingest import readers
+from negforge.tasks.ingest.ingest import ingest
 from negforge.tasks.ingest.readers import InputError, read_qrels
 
 GOOD_DOCS = "".join(json.dumps({"_id": f"d{i}", "title": "t", "text": f"text {i}"}) + "\n" for i in range(200))

@@ -12,8 +12,19 @@ import pytest
 
 from negforge.schemas.config import ConfigError, load_config, validate_config
 from negforge.schemas.tables import POSITIVES, frame
-from negforge.tasks.calibration.calibrate import (DEFAULT, GRID, MIN_QUERIES, _uses, calibrate, choose, difference_interval,
-                                        false_negative_estimate, hidden_positives, replaced_fields, setting_fields)
+from negforge.tasks.calibration.calibrate import (
+    DEFAULT,
+    GRID,
+    MIN_QUERIES,
+    _uses,
+    calibrate,
+    choose,
+    difference_interval,
+    false_negative_estimate,
+    hidden_positives,
+    replaced_fields,
+    setting_fields,
+)
 from negforge.tasks.registry.candidates import load_candidates
 from tests.conftest import DEMO, DEMO_CONFIG, run_cli, write_beir, write_config
 

@@ -167,7 +167,7 @@ def test_a_local_cluster_that_does_not_close_in_time_fails_no_finished_build(sma
 
 
 def test_closing_a_cluster_is_bounded_and_at_most_a_warning(monkeypatch, caplog):
-    from negforge.flows.orchestration import dask_cluster
+    from negforge.flows.orchestration import dask_cluster as task_runner
 
     monkeypatch.setattr(task_runner, "CLOSE_TIMEOUT_S", 0.5)
     blocked = threading.Event()

@@ -12,10 +12,24 @@ import pytest
 from negforge.schemas.config import RuntimeConfig
 from negforge.schemas.stages import Texts
 from negforge.schemas.tables import TEXT_SHARD, frame
-from negforge.tasks.embedding.embed import (CHARS_PER_TOKEN, EmbedPlan, Filled, copy_stored, create_matrices, embed_texts,
-                                  plan_embedding)
+from negforge.tasks.embedding.embed import (
+    CHARS_PER_TOKEN,
+    EmbedPlan,
+    Filled,
+    copy_stored,
+    create_matrices,
+    embed_texts,
+    plan_embedding,
+)
+from negforge.tasks.embedding.model import (
+    BUNDLED_WEIGHTS_SHA256,
+    EncoderSpec,
+    ModelError,
+    encode,
+    resolve_model,
+    weights_sha256,
+)
 from negforge.tasks.embedding.store import COMPACT_AT, EmbeddingStore
-from negforge.tasks.embedding.model import BUNDLED_WEIGHTS_SHA256, EncoderSpec, ModelError, encode, resolve_model, weights_sha256
 from negforge.tasks.ingest.text import text_hash
 from tests.conftest import DEMO
 

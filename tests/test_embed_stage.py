@@ -27,8 +27,7 @@ def _build(config: Path, *overrides: str) -> dict:
 def _embedding_task_runs() -> dict[str, int]:
     """The newest build's embedding task runs, counted by task name."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import (ArtifactFilter, ArtifactFilterKey, FlowRunFilter,
-                                                FlowRunFilterId)
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, FlowRunFilterId
     from prefect.client.schemas.sorting import ArtifactSort
 
     with get_client(sync_client=True) as client:

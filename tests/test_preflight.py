@@ -16,8 +16,8 @@ from typing import Iterator
 
 import pytest
 
-from negforge.tasks.runtime.preflight import describe, naming, permanent, store_shortfall
 from negforge.tasks.registry.versions import Registry
+from negforge.tasks.runtime.preflight import describe, naming, permanent, store_shortfall
 from tests.conftest import ROOT, run_cli
 from tests.test_registry import stage
 

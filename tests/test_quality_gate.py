@@ -10,10 +10,10 @@ import pytest
 from negforge.schemas.config import load_config
 from negforge.schemas.stages import Mined, ScoreStats
 from negforge.schemas.tables import IDS
-from negforge.tasks.ingest.ingest import ingest
 from negforge.tasks.gate.gates import check_candidate, check_inputs
-from negforge.tasks.registry.versions import Registry
 from negforge.tasks.gate.validate import ValidationFailed, drift
+from negforge.tasks.ingest.ingest import ingest
+from negforge.tasks.registry.versions import Registry
 from tests.conftest import DEMO_CONFIG, run_cli
 
 MINED = Mined(ids="", candidates="", positive_scores="", reasons={}, reasons_per_query={}, short_queries=(),

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from negforge.tasks.runtime.containment import NOT_FOLLOWED
 from negforge.tasks.registry.versions import NotFound, Registry
+from negforge.tasks.runtime.containment import NOT_FOLLOWED
 from tests.conftest import ROOT, run_cli
 
 PUBLISHER = """

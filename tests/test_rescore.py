@@ -11,8 +11,8 @@ import polars as pl
 import pytest
 
 from negforge.schemas.config import MineConfig, RescoreConfig
-from negforge.tasks.mining.rules import mine
 from negforge.tasks.embedding.model import BUNDLED_NAMES, resolve_model
+from negforge.tasks.mining.rules import mine
 from tests.conftest import run_cli
 from tests.test_mine import _case, _kept, _reason
 

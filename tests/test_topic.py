@@ -10,9 +10,16 @@ import pytest
 from negforge.schemas.config import ConfigError, MineConfig, load_config
 from negforge.schemas.tables import HITS, POSITIVE_SCORES, POSITIVES, frame
 from negforge.tasks.mining.rules import REASONS, mine
+from negforge.tasks.mining.topic import (
+    TOPIC_SIZE,
+    centrality,
+    positive_centrality,
+    sample_rows,
+    topic,
+    topic_threshold,
+    with_topic_bound,
+)
 from negforge.tasks.search.similarity import candidate_similarity
-from negforge.tasks.mining.topic import (TOPIC_SIZE, centrality, positive_centrality, sample_rows, topic, topic_threshold,
-                                  with_topic_bound)
 from tests.conftest import DEMO_CONFIG
 
 

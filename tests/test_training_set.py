@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 from negforge.schemas.config import MineConfig
 from negforge.schemas.tables import TEXT_SHARD, frame
 from negforge.tasks.mining.rules import mine, reasons_per_query

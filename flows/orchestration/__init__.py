@@ -1,5 +1,5 @@
 """How runs are run: the Dask cluster's lifecycle (local or at `runtime.dask_address`), the Prefect API server
 started for a run, task options (retries, names), progress of stages, console escaping, the workers' forkserver.
 
-May import: tasks.runtime, schemas.
+May import: flows.stages, schemas, tasks.runtime.
 """

@@ -80,7 +80,8 @@ def dask_setup(worker: distributed.Worker) -> None:
     read their thread settings from the environment of the first local cluster of this process. tqdm (the model's
     progress bars) gets a thread lock instead of its multiprocessing one, a named semaphore that a killed worker
     would leave behind (the resource tracker then warns about it when the run's process exits). Its console is the
-    run's (it writes to the CLI's stderr), so its lines are escaped from the start (flows/orchestration/console_lines.py)."""
+    run's (it writes to the CLI's stderr), so its lines are escaped from the start
+    (flows/orchestration/console_lines.py)."""
     import torch
     import tqdm.std
     from threadpoolctl import threadpool_limits

@@ -1,5 +1,6 @@
 """Imported only by the server process that local Dask workers fork from (first in its preload list,
-flows/orchestration/dask_cluster.py): it moves that server, and so every worker forked from it, out of the run's process group.
+flows/orchestration/dask_cluster.py): it moves that server, and so every worker forked from it, out of the run's process
+group.
 
 A Ctrl-C or a SIGTERM to the group then reaches the run only, and the run kills its workers itself. In the group, the
 server died at once; distributed's workers exit when their parent does, their nannies restarted them (a fresh server

@@ -1,8 +1,8 @@
 """Progress of a stage whose tasks run on Dask: the Prefect UI's progress artifact, and what the CLI shows.
 
-The tasks write how far they are (tasks/runtime/progress.py); while the flow waits for them it sums those files and moves
-the artifact. On a terminal the CLI shows one bar per stage; off a terminal (CI, cron, a served run's log) it logs a
-line every ~10% or 30 s instead of one per task run.
+The tasks write how far they are (tasks/runtime/progress.py); while the flow waits for them it sums those files and
+moves the artifact. On a terminal the CLI shows one bar per stage; off a terminal (CI, cron, a served run's log) it logs
+a line every ~10% or 30 s instead of one per task run.
 """
 
 from __future__ import annotations

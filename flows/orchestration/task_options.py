@@ -31,9 +31,9 @@ def _malloc_trim() -> Any:
 
 
 def _task_body(fn: Any) -> Any:
-    """`fn` as a task runs it: with the process's console lines escaped (flows/orchestration/console_lines.py; a remote worker's
-    too, which no negforge code set up), handing the memory it freed back to the OS when it returns. glibc keeps
-    freed pages in its arenas, so a worker held ~200 MB more than it used after embedding (measured with the 100k
+    """`fn` as a task runs it: with the process's console lines escaped (flows/orchestration/console_lines.py; a remote
+    worker's too, which no negforge code set up), handing the memory it freed back to the OS when it returns. glibc
+    keeps freed pages in its arenas, so a worker held ~200 MB more than it used after embedding (measured with the 100k
     bench), and the whole tree's peak is the sum of such high-water marks. No full `gc.collect()`: with torch and
     Great Expectations loaded it walks ~750k objects (0.35 s) per task run, seconds per small build, and the freed
     pages were glibc's, not cycles'. (Not a Prefect state hook: those log two lines per task run.)"""

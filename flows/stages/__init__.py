@@ -1,5 +1,6 @@
 """The stages of the flows: each submits its tasks to the Dask cluster and returns a typed result
 (schemas/stages.py); the flows read as their list of stages.
 
-May import: tasks, schemas, flows.orchestration.
+May import: flows.orchestration, schemas, tasks.calibration, tasks.embedding, tasks.mining, tasks.runtime,
+tasks.search.
 """

@@ -2,12 +2,12 @@
 calibrates on.
 
 The BM25 index is built once per run (a task; cached by corpus content under runtime.workdir). Then, in one round of
-tasks: the topic sample (tasks/mining/topic.py; with `mine.strategy: auto` or `mine.topic_quantile`), one task per worker
-searching its share of the sampled queries to TOPIC_SIZE, and with `mine.strategy: auto` one task per worker
+tasks: the topic sample (tasks/mining/topic.py; with `mine.strategy: auto` or `mine.topic_quantile`), one task per
+worker searching its share of the sampled queries to TOPIC_SIZE, and with `mine.strategy: auto` one task per worker
 searching its share of the multi-positive queries to the grid's largest depth. One task per worker then mines its
-share of the grid's settings in every fold, and the flow chooses (tasks/calibration/calibrate.py); the build then mines with the choice, its topic quantile
-turned into a bound from the sample. Nothing is published from a calibration that did not finish: it runs before
-mining, in the same run.
+share of the grid's settings in every fold, and the flow chooses (tasks/calibration/calibrate.py); the build then mines
+with the choice, its topic quantile turned into a bound from the sample. Nothing is published from a calibration that
+did not finish: it runs before mining, in the same run.
 """
 
 from __future__ import annotations
@@ -23,8 +23,17 @@ from prefect import get_run_logger
 from negforge.flows.orchestration.task_options import negforge_task
 from negforge.schemas.config import BuildConfig
 from negforge.schemas.stages import Calibration, CalibrationFiles, SearchJob, Texts
-from negforge.tasks.calibration.calibrate import (MIN_QUERIES, applicable_settings, applied, calibration_rows, chosen_setting,
-                                        fallback, grid_depth, measure_settings, save_calibration)
+from negforge.tasks.calibration.calibrate import (
+    MIN_QUERIES,
+    applicable_settings,
+    applied,
+    calibration_rows,
+    chosen_setting,
+    fallback,
+    grid_depth,
+    measure_settings,
+    save_calibration,
+)
 from negforge.tasks.calibration.candidates import TABLES, calibration_candidates
 from negforge.tasks.mining.lexical import LexicalError, build_index
 from negforge.tasks.mining.topic import sample_rows, with_topic_bound

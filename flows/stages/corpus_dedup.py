@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+
 from negforge.flows.orchestration.task_options import negforge_task
 from negforge.schemas.config import BuildConfig
 from negforge.schemas.stages import CorpusDeduplicated, Texts, VectorFile
 from negforge.tasks.mining.corpus_dedup import choose_kept, near_duplicate_pairs
-from negforge.tasks.search.exact import block_rows
 from negforge.tasks.runtime.sizing import memory_budget_bytes, ranges, task_count
+from negforge.tasks.search.exact import block_rows
 
 pairs_task = negforge_task(near_duplicate_pairs, "corpus near-duplicates", retried=True)
 choose_kept_task = negforge_task(choose_kept, "choose kept documents")

@@ -17,8 +17,8 @@ from negforge.flows.orchestration.task_options import negforge_task
 from negforge.schemas.config import BuildConfig
 from negforge.schemas.stages import Embedded, Texts, VectorFile
 from negforge.tasks.embedding.embed import copy_stored, create_matrices, embed_texts, plan_embedding
-from negforge.tasks.embedding.store import EmbeddingStore, compact_stores
 from negforge.tasks.embedding.model import EncoderSpec, ModelRef, named_prompt, resolve_model, warm_up
+from negforge.tasks.embedding.store import EmbeddingStore, compact_stores
 
 plan_task = negforge_task(plan_embedding, "plan embedding", retried=True)
 embed_task = negforge_task(embed_texts, "embed texts", retried=True)

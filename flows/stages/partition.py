@@ -1,9 +1,9 @@
 """The search-and-mine stage: queries cut into partitions, one task each, then one pass over all of them.
 
 Partitions are contiguous ranges of query rows, a few per worker (tasks/runtime/sizing.py); each task streams the whole
-corpus for its queries and mines them (tasks/mining/partition.py). The pass that follows (tasks/mining/combine.py) applies the
-hub cap in query order and builds the ids table. Re-mining runs the same partitions over stored candidates, without
-searching.
+corpus for its queries and mines them (tasks/mining/partition.py). The pass that follows (tasks/mining/combine.py)
+applies the hub cap in query order and builds the ids table. Re-mining runs the same partitions over stored candidates,
+without searching.
 """
 
 from __future__ import annotations
@@ -14,14 +14,23 @@ from pathlib import Path
 from negforge.flows.orchestration.stage_progress import StageProgress
 from negforge.flows.orchestration.task_options import negforge_task
 from negforge.schemas.config import BuildConfig
-from negforge.schemas.stages import (ApproximateSearch, CandidateFiles, CorpusDeduplicated, Embedded, Mined,
-                                     MinedPartition, Partition, SearchJob, Texts)
-from negforge.tasks.search.ann_index import Probe, build_index
+from negforge.schemas.stages import (
+    ApproximateSearch,
+    CandidateFiles,
+    CorpusDeduplicated,
+    Embedded,
+    Mined,
+    MinedPartition,
+    Partition,
+    SearchJob,
+    Texts,
+)
 from negforge.tasks.mining.combine import combine
-from negforge.tasks.search.recall_probe import probe
 from negforge.tasks.mining.partition import mine_partition, search_and_mine
-from negforge.tasks.search.exact import SLACK, block_rows
 from negforge.tasks.runtime.sizing import memory_budget_bytes, ranges, task_count
+from negforge.tasks.search.ann_index import Probe, build_index
+from negforge.tasks.search.exact import SLACK, block_rows
+from negforge.tasks.search.recall_probe import probe
 
 search_and_mine_task = negforge_task(search_and_mine, "search and mine", retried=True)
 mine_partition_task = negforge_task(mine_partition, "mine")

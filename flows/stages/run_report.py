@@ -1,6 +1,7 @@
 """What a run shows in the Prefect UI: artifacts keyed per dataset, so the UI keeps each dataset's history.
 
-- `<dataset>-<stage>` (embed, search): progress of a long stage, moved as its tasks report (flows/orchestration/stage_progress.py);
+- `<dataset>-<stage>` (embed, search): progress of a long stage, moved as its tasks report
+(flows/orchestration/stage_progress.py);
 - `<dataset>-report`: the markdown run report (inputs and rejects, stage timings, the per-reason table, score
   distributions, short queries, validation, the version published) and the version's charts, inline as data-URI
   images (the UI renders those; a file path would not load in a browser);

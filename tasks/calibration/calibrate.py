@@ -40,11 +40,11 @@ import polars as pl
 from negforge.schemas.config import BuildConfig
 from negforge.schemas.stages import Calibration, CalibrationFiles
 from negforge.schemas.tables import HIDDEN, frame
-from negforge.tasks.mining.adaptive_depth import depth_levels, mine_adaptively
 from negforge.tasks.gate.audit import bootstrap_picks, bootstrap_rates, rate_with_interval
+from negforge.tasks.mining.adaptive_depth import depth_levels, mine_adaptively
 from negforge.tasks.mining.rules import query_rng
-from negforge.tasks.search.similarity import candidate_similarity
 from negforge.tasks.mining.topic import with_topic_bound
+from negforge.tasks.search.similarity import candidate_similarity
 
 MIN_QUERIES = 20
 MIN_COVERAGE = 0.95
@@ -315,8 +315,8 @@ def measure_settings(files: CalibrationFiles, positives_path: str, config: Build
                      topic_sample: str | None = None) -> dict[str, pl.DataFrame]:
     """Mine the calibration candidates with each named grid setting in every fold: per setting, its per-query
     measures pooled over the folds. Settings are independent, so a build splits them across its workers.
-    `topic_sample`: the build's topic sample (tasks/mining/topic.py), which topic settings derive their bound from (in each
-    fold without the positives it hides)."""
+    `topic_sample`: the build's topic sample (tasks/mining/topic.py), which topic settings derive their bound from (in
+    each fold without the positives it hides)."""
     folder = Path(files.folder)
     hits = pl.read_parquet(folder / "hits.parquet")
     positive_scores, near = (pl.read_parquet(folder / f"{name}.parquet") for name in ("positive-scores", "near-pairs"))

@@ -1,9 +1,9 @@
 """The calibration's candidates, on the Dask workers: the multi-positive queries searched once, every positive known.
 
 Hiding a positive only changes which candidates count as positives, so one search to the grid's largest depth serves
-every fold (tasks/calibration/calibrate.py): the hidden positive is then an ordinary candidate, and each fold's candidate
-similarities to the positives it leaves are computed here from the vectors already there. Every table is per query,
-so a build splits the queries across its workers and concatenates the parts in query order.
+every fold (tasks/calibration/calibrate.py): the hidden positive is then an ordinary candidate, and each fold's
+candidate similarities to the positives it leaves are computed here from the vectors already there. Every table is per
+query, so a build splits the queries across its workers and concatenates the parts in query order.
 """
 
 from __future__ import annotations

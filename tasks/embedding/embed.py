@@ -19,8 +19,8 @@ import polars as pl
 
 from negforge.schemas.config import RuntimeConfig
 from negforge.schemas.stages import Texts
-from negforge.tasks.embedding.store import DamagedPart, EmbeddingStore, part_rows
 from negforge.tasks.embedding.model import EncoderSpec, dimension, encode, max_tokens
+from negforge.tasks.embedding.store import DamagedPart, EmbeddingStore, part_rows
 from negforge.tasks.runtime.progress import TaskProgress
 from negforge.tasks.runtime.sizing import ranges, task_count, weighted_ranges
 

@@ -14,8 +14,8 @@ One folder per fingerprint holds:
   texts are embedded again); `remove_damaged` deletes them.
 - `.lock`: held while compacting, writing the index or removing damaged parts.
 
-A store that is a symlink, or holds one, is refused when opened (tasks/runtime/containment.py): nothing is read or written
-through a link, nor is one removed.
+A store that is a symlink, or holds one, is refused when opened (tasks/runtime/containment.py): nothing is read or
+written through a link, nor is one removed.
 
 Compaction merges small parts (incremental runs) and writes the merged part and the index before it deletes the
 small ones, so a reader that finds a part gone looks its keys up again and finds them.

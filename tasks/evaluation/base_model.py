@@ -6,8 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 from negforge.schemas.stages import Encoder
-from negforge.tasks.evaluation.split import EvaluationError
 from negforge.tasks.embedding.model import ModelError, named_prompt, resolve_model
+from negforge.tasks.evaluation.split import EvaluationError
 
 
 def _prompt(ref: Any, prompt: str | None, prompt_name: str | None) -> str:

@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from negforge.tasks.registry.charts import NEGATIVE, OTHER, POSITIVE, figure, save
 from negforge.tasks.evaluation.bootstrap import interval_text
+from negforge.tasks.registry.charts import NEGATIVE, OTHER, POSITIVE, figure, save
 
 METRICS = ("ndcg@10", "mrr@10", "recall@100")
 

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import polars as pl
 
-from negforge.tasks.registry.candidates import RemineError, load_candidates
-from negforge.tasks.evaluation.split import EvaluationError
-from negforge.tasks.gate.row_checks import leaked_queries, split_query_hashes
 from negforge.schemas.config import InputConfig
 from negforge.schemas.stages import EvaluationSplit
+from negforge.tasks.evaluation.split import EvaluationError
+from negforge.tasks.gate.row_checks import leaked_queries, split_query_hashes
+from negforge.tasks.registry.candidates import RemineError, load_candidates
 from negforge.tasks.registry.training_set import joined_texts
 
 

@@ -10,7 +10,7 @@ import polars as pl
 
 from negforge.schemas.config import BuildConfig
 from negforge.schemas.stages import Ingested, Mined, Texts
-from negforge.tasks.gate.row_checks import (coverage_checks, eval_query_hashes, row_checks, shared_positives, text_checks)
+from negforge.tasks.gate.row_checks import coverage_checks, eval_query_hashes, row_checks, shared_positives, text_checks
 from negforge.tasks.gate.validate import ValidationFailed, describe_failures, drift, quarantine, run_suites
 
 
@@ -21,7 +21,10 @@ def _texts(shards: list[str]) -> pl.DataFrame:
 
 def check_inputs(ingested: Ingested, out_dir: str) -> dict[str, Any]:
     """ids unique and present, texts non-empty, positives resolvable; raises ValidationFailed otherwise."""
-    from negforge.tasks.gate.expectations import MEANINGS, input_suite  # Great Expectations loads only where validation runs
+    from negforge.tasks.gate.expectations import (  # Great Expectations loads only where validation runs
+        MEANINGS,
+        input_suite,
+    )
 
     positives = pl.read_parquet(ingested.texts.positives)
     checks = [("corpus", input_suite("corpus"), _texts(ingested.texts.corpus_files)),

@@ -1,5 +1,5 @@
 """Ingest: reading the user's files (BEIR, JSONL, CSV, parquet; plain or compressed), normalizing texts,
 and the accepted/rejected split with a reason per row.
 
-May import: schemas, tasks.runtime.
+May import: schemas.
 """

@@ -22,8 +22,16 @@ import polars as pl
 from negforge.schemas.config import InputConfig
 from negforge.schemas.stages import IngestCounts, Ingested, Texts
 from negforge.schemas.tables import POSITIVES, REJECTS, TEXT_SHARD, check
-from negforge.tasks.ingest.readers import (QRELS, RAW_LIMIT, Field, InputError, InputFile, input_files, read_input,
-                                     read_qrels)
+from negforge.tasks.ingest.readers import (
+    QRELS,
+    RAW_LIMIT,
+    Field,
+    InputError,
+    InputFile,
+    input_files,
+    read_input,
+    read_qrels,
+)
 from negforge.tasks.ingest.text import document_texts, text_hashes
 
 SAMPLES = 3  # rejected rows shown per reason in the log and the run report

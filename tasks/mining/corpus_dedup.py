@@ -1,9 +1,9 @@
 """Corpus deduplication (`dedup.corpus`): near-duplicate documents leave the corpus before it is searched.
 
 Pairs come from FAISS range search (cosine >= 1 - eps) of a range of corpus rows against the rows before it, one
-block in memory at a time, so memory is bounded by a block and the pairs found. The choice is SemDeDup's, without chaining: documents
-are visited positives first, then in corpus order; a document within eps of an already kept one is dropped and
-recorded with that kept document as its group. Positives are always kept.
+block in memory at a time, so memory is bounded by a block and the pairs found. The choice is SemDeDup's, without
+chaining: documents are visited positives first, then in corpus order; a document within eps of an already kept one is
+dropped and recorded with that kept document as its group. Positives are always kept.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import numpy as np
 import polars as pl
 
 from negforge.schemas.stages import CorpusDeduplicated, VectorFile
-from negforge.tasks.search.exact import open_vectors, pair_scores
 from negforge.schemas.tables import CORPUS_DUPLICATES, CORPUS_PAIRS
 from negforge.tasks.registry.training_set import shard_rows
+from negforge.tasks.search.exact import open_vectors, pair_scores
 
 
 def near_duplicate_pairs(first: int, stop: int, corpus: VectorFile, rows_per_block: int, min_cosine: float,

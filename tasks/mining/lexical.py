@@ -24,8 +24,8 @@ import numpy as np
 import polars as pl
 
 from negforge.schemas.tables import LEXICAL_PAIRS, frame
-from negforge.tasks.runtime.containment import inside
 from negforge.tasks.registry.training_set import shard_rows
+from negforge.tasks.runtime.containment import inside
 
 
 class LexicalError(ValueError):
@@ -47,7 +47,8 @@ def _tokens(texts: list[str], settings: dict[str, Any], ids: bool):
 
 def build_index(corpus_files: Sequence[str], settings: dict[str, Any], workdir: str) -> str:
     """The folder of the corpus's BM25 index, built unless the cache has it (written to a temporary name first).
-    An index folder that is a symlink or holds one is refused, not read or written through (tasks/runtime/containment.py)."""
+    An index folder that is a symlink or holds one is refused, not read or written through
+    (tasks/runtime/containment.py)."""
     folder = inside(workdir, "lexical", index_key(corpus_files, settings), entries=True)
     if (folder / "params.index.json").exists():
         return str(folder)

@@ -1,8 +1,8 @@
 """One partition of queries, searched and mined by one task on one worker.
 
-The task streams the corpus once for its queries (tasks/search/exact.py), computes candidate similarities and BM25 scores
-(when lexical scoring is on), searches its short queries deeper when `mine.max_depth` asks for it, rescores with a
-second model when one is set, and mines. It writes its candidates and their reasons to files; the flow only sees the
+The task streams the corpus once for its queries (tasks/search/exact.py), computes candidate similarities and BM25
+scores (when lexical scoring is on), searches its short queries deeper when `mine.max_depth` asks for it, rescores with
+a second model when one is set, and mines. It writes its candidates and their reasons to files; the flow only sees the
 small `MinedPartition`. Re-mining runs the mining half alone on stored candidates.
 """
 
@@ -19,10 +19,10 @@ from negforge.schemas.config import BuildConfig
 from negforge.schemas.stages import CandidateFiles, MinedPartition, Partition, SearchJob, Texts
 from negforge.schemas.tables import HITS, POSITIVE_SCORES, frame
 from negforge.tasks.mining.adaptive_depth import depth_levels, mine_adaptively, mine_options
-from negforge.tasks.search.ann_index import propose_approximately
 from negforge.tasks.mining.lexical import with_bm25
-from negforge.tasks.runtime.progress import TaskProgress
 from negforge.tasks.mining.rescore import rescore_pairs, rescorer_spec
+from negforge.tasks.runtime.progress import TaskProgress
+from negforge.tasks.search.ann_index import propose_approximately
 from negforge.tasks.search.exact import SLACK, open_vectors, pair_scores, propose, rank_exactly
 from negforge.tasks.search.similarity import candidate_similarity
 

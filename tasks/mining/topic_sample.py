@@ -8,8 +8,8 @@ import polars as pl
 
 from negforge.schemas.stages import SearchJob
 from negforge.tasks.mining.partition import searched
-from negforge.tasks.search.exact import open_vectors
 from negforge.tasks.mining.topic import TOPIC_SIZE, positive_centrality
+from negforge.tasks.search.exact import open_vectors
 
 
 def sample_topic_centrality(job: SearchJob, rows: list[int]) -> pl.DataFrame:

@@ -1,5 +1,5 @@
 """The registry and what a version holds: versions published atomically, the training set files, the stored
 candidates, the dataset card, charts, diffs between versions, the up-to-date check and housekeeping (gc).
 
-May import: schemas, tasks.ingest, tasks.embedding.model, tasks.gate, tasks.runtime.
+May import: schemas, tasks.calibration, tasks.embedding, tasks.ingest, tasks.runtime.
 """

@@ -8,7 +8,6 @@ import yaml
 
 from negforge.tasks.calibration.calibrate import false_negative_estimate
 
-
 CHART_TITLES = {"scores": "Positive and negative scores", "reasons": "Candidates removed, per reason",
                 "negative_rank": "Negative score by rank", "audit": "False-negative audit"}
 

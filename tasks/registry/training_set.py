@@ -14,9 +14,8 @@ from typing import Any
 import polars as pl
 
 from negforge.schemas.config import InputConfig, OutputConfig
+from negforge.schemas.tables import CANDIDATE_COLUMNS, IDS, LEXICAL_COLUMNS, RESCORE_COLUMNS, SUSPECTED_COLUMNS, check
 from negforge.tasks.ingest.readers import Field, input_files, read_input
-from negforge.schemas.tables import (CANDIDATE_COLUMNS, IDS, LEXICAL_COLUMNS, RESCORE_COLUMNS, SUSPECTED_COLUMNS,
-                                     check)
 
 
 def shard_rows(shards: list[str], rows: pl.Series) -> pl.DataFrame:

@@ -1,7 +1,7 @@
 """The no-op check: would this build publish exactly the latest version again?
 
-It would when the inputs' bytes, the config (less `runtime`, `schedule` and `evaluate`), the model's weights and the code are
-those the latest version was built from, and that version's files are all there. Then nothing needs embedding,
+It would when the inputs' bytes, the config (less `runtime`, `schedule` and `evaluate`), the model's weights and the
+code are those the latest version was built from, and that version's files are all there. Then nothing needs embedding,
 searching or even a Dask cluster: the CLI answers "up to date" before it starts a Prefect server, and a served run
 finishes in seconds. Everything compared is in the manifest, so the check reads no run workspace.
 """

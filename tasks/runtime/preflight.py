@@ -23,9 +23,9 @@ from typing import Iterator
 
 from negforge.schemas.config import BuildConfig, ConfigError, RuntimeConfig
 from negforge.schemas.console_text import quoted, shortened
-from negforge.tasks.runtime.containment import inside
 from negforge.tasks.embedding.model import embedding_dimension, resolve_model
 from negforge.tasks.registry.versions import Registry
+from negforge.tasks.runtime.containment import inside
 from negforge.tasks.runtime.sizing import check_budget
 
 # OS errors that a second try cannot mend: never retried, reported in one line naming the path.
@@ -110,8 +110,8 @@ def _shortfall(path: Path, needed: int, what: str) -> str | None:
 
 def check_links(config: BuildConfig) -> None:
     """Refuse a run that would read or write through a symlink inside the registry or the workdir
-    (tasks/runtime/containment.py): the dataset folder, its lock, LATEST and (when the run evaluates) evaluations, and the
-    workdir's folders. The fingerprint and index folders below them are checked where the run first knows their
+    (tasks/runtime/containment.py): the dataset folder, its lock, LATEST and (when the run evaluates) evaluations, and
+    the workdir's folders. The fingerprint and index folders below them are checked where the run first knows their
     names."""
     dataset = inside(config.publish.registry, config.publish.dataset)
     for name in (".lock", "LATEST"):

@@ -15,9 +15,9 @@ import polars as pl
 
 from negforge.schemas.config import BuildConfig
 from negforge.schemas.stages import ApproximateSearch, SearchJob
-from negforge.tasks.search.ann_index import Probe, knobs, list_count, window_recall
 from negforge.tasks.mining.adaptive_depth import mine_options
 from negforge.tasks.mining.partition import searched
+from negforge.tasks.search.ann_index import Probe, knobs, list_count, window_recall
 from negforge.tasks.search.exact import open_vectors
 
 

@@ -1,8 +1,8 @@
 """Candidate-to-positive, candidate-to-topic and candidate-to-candidate cosines, from the embeddings already computed.
 
 For each query: the highest cosine of every candidate to any of the query's positives (paraphrases of a positive
-are not negatives), its centrality to the query's topic (tasks/mining/topic.py), and the pairs of its candidates that are
-near-duplicates of each other (cosine at least
+are not negatives), its centrality to the query's topic (tasks/mining/topic.py), and the pairs of its candidates that
+are near-duplicates of each other (cosine at least
 PAIR_FLOOR, so that re-mining can use any `dedup.eps` up to 1 - PAIR_FLOOR). One query's numbers depend only on its
 own candidates and positives, so they do not change with partitioning.
 """
