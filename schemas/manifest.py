@@ -202,6 +202,6 @@ class Manifest(BaseModel):
         return json.dumps(self.as_dict(), indent=2, allow_nan=False)
 
     def summary(self) -> dict[str, Any]:
-        """What a build or remine flow returns about its version (with the version folder and the embedding)."""
-        return {"counts": self.as_dict()["counts"], "timings": self.timings, "short_queries": self.short_queries.count,
+        """What a build or remine flow returns about its version (with the version folder, embedding and timings)."""
+        return {"counts": self.counts.model_dump(exclude_unset=True), "short_queries": self.short_queries.count,
                 "reasons": self.reasons}

@@ -143,7 +143,8 @@ def mine_and_publish(config: BuildConfig, texts: Texts, parts: list[MinedPartiti
     else:
         logger.info("up to date: %s", published["version_dir"])
     stored = Manifest.read(Path(published["version_dir"]) / MANIFEST)
+    # timings: with the publish stage's, timed after the manifest was written
     publish_artifacts(manifest.model_copy(update={"version": stored.version, "parent": stored.parent,
-                                                  "data_hash": stored.data_hash}),
+                                                  "data_hash": stored.data_hash, "timings": timings}),
                       published["version_dir"], published["published"])
-    return published | manifest.summary() | {"embed": manifest.as_dict()["embed"]}
+    return published | manifest.summary() | {"embed": manifest.embed.model_dump(exclude_unset=True), "timings": timings}
