@@ -95,8 +95,8 @@ def test_too_little_space_for_the_next_version_is_refused_with_the_figures(small
 FILL_AT_PUBLISH = """
 import sys
 import time
-import negforge.flows.build as build
-build.dataset_card = lambda manifest: "x" * (16 << 20)  # a README larger than the registry's disk
+import negforge.flows.stages.publishing as publishing
+publishing.dataset_card = lambda manifest: "x" * (16 << 20)  # a README larger than the registry's disk
 from negforge.flows.cli import main
 sys.exit(main(sys.argv[1:]))
 """
