@@ -121,7 +121,8 @@ def test_a_linked_latest_is_neither_replaced_by_a_publish_nor_by_a_rollback(tmp_
     _publish_here(tmp_path, "a")
     registry = Registry(tmp_path, "ds")
     before = _moved_out(registry.folder / "LATEST", tmp_path / "outside" / "LATEST")
-    for attempt in (lambda: registry.rollback("v0001"), lambda: registry.publish(stage(registry, "b"), Manifest(), str)):
+    for attempt in (lambda: registry.rollback("v0001"),
+                    lambda: registry.publish(stage(registry, "b"), Manifest(), str)):
         with pytest.raises(OSError) as error:
             attempt()
         _refused(error, registry.folder / "LATEST")
