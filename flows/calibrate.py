@@ -76,9 +76,9 @@ def calibrate_version(registry_folder: str, target: str, overrides: list[str]) -
     if not version:
         raise NotFound(f"{registry.folder}: no published version to calibrate on; run negforge build first")
     manifest = registry.whole_manifest(version)
-    config = validate_config(apply_overrides(manifest["config"], overrides), f"{dataset}@{version} config")
+    config = validate_config(apply_overrides(manifest.config, overrides), f"{dataset}@{version} config")
     stored = load_candidates(registry.folder / version / "candidates")
-    _refuse_what_calibration_cannot_honour(f"{dataset}@{version}", manifest["config"], config, stored)
+    _refuse_what_calibration_cannot_honour(f"{dataset}@{version}", manifest.config, config, stored)
     result = calibrate(stored.calibration, stored.texts.positives, config, stored.topic_sample)
     lines = [f"{dataset}@{version}: {result.queries} queries with two or more positives, at most {result.folds} "
              f"folds, each hiding another of their positives", *table_lines(list(result.table))]

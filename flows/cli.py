@@ -274,11 +274,11 @@ def cmd_remine(args: argparse.Namespace) -> int:
         raise ConfigError(f"--from {args.source!r}: expected DATASET@VERSION, e.g. scifact-demo@v0001")
     registry = Registry(_default_registry(args), dataset)
     parent = registry.whole_manifest(version)
-    raw = apply_overrides(parent["config"] | {"publish": parent["config"]["publish"] | {
+    raw = apply_overrides(parent.config | {"publish": parent.config["publish"] | {
         "registry": str(registry.folder.parent)}}, args.overrides)
     config = validate_config(raw, f"{args.source} config")
     stored = load_candidates(registry.folder / version / "candidates")
-    check_remine(parent["config"], config, stored)  # refuse before any run starts
+    check_remine(parent.config, config, stored)  # refuse before any run starts
     if config.mine.strategy == "fixed":
         check_depth(config, stored)  # with auto, the window is the calibration's choice's: judged in the flow
     check_scheduler(config.runtime)
@@ -314,7 +314,7 @@ def evaluate_settings(args: argparse.Namespace, registry: str, dataset: str, ver
 
     store = Registry(registry, dataset)
     name = store.latest() if version == "latest" else version
-    stored = store.manifest(name)["config"].get("evaluate", {}) if name else {}
+    stored = store.manifest(name).config.get("evaluate", {}) if name else {}
     raw = apply_overrides(dict(stored), [o.removeprefix("evaluate.") for o in args.overrides])
     flags = {"eval": args.eval_dir and str(Path(args.eval_dir).resolve()), "split": args.split,
              "seeds": args.seeds}

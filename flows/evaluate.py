@@ -31,6 +31,7 @@ from negforge.flows.orchestration.console_lines import escape_console_lines
 from negforge.flows.orchestration.task_options import dataset_tags, negforge_task, untagged_task_runs
 from negforge.flows.stages.run_report import image_markdown, slug
 from negforge.schemas.config import BuildConfig, EvaluateConfig, validate_config
+from negforge.schemas.manifest import Manifest
 from negforge.schemas.stages import Encoder, EvaluationSplit, Retrieval
 from negforge.tasks.evaluation.base_model import base_encoder, load
 from negforge.tasks.evaluation.bootstrap import interval_text, paired_interval
@@ -70,7 +71,7 @@ class TrainingSet:
 
     name: str
     folder: Path
-    manifest: dict[str, Any]
+    manifest: Manifest
     rows: pl.DataFrame
     rows_left_out: int
 
@@ -87,16 +88,16 @@ class Request:
     key: str
 
 
-def _version(registry: Registry, version: str) -> tuple[str, dict[str, Any]]:
+def _version(registry: Registry, version: str) -> tuple[str, Manifest]:
     name = registry.latest() if version == "latest" else version
     if not name:
         raise EvaluationError(f"{registry.folder}: no LATEST version to evaluate")
     return name, registry.whole_manifest(name)
 
 
-def training_set(name: str, folder: Path, manifest: dict[str, Any], evaluation: EvaluationSplit) -> TrainingSet:
+def training_set(name: str, folder: Path, manifest: Manifest, evaluation: EvaluationSplit) -> TrainingSet:
     """A version's rows, refused when it has none or when its anchors are evaluation queries."""
-    rows, left_out = training_examples(folder, manifest["config"]["mine"]["num_negatives"])
+    rows, left_out = training_examples(folder, manifest.config["mine"]["num_negatives"])
     refuse_leakage(folder, rows, evaluation)
     return TrainingSet(name, folder, manifest, rows, left_out)
 
@@ -118,7 +119,7 @@ def check_request(registry: str, dataset: str, version: str, settings: EvaluateC
         _refuse_overwriting_models(Path(save_model), [name, second] if second else [name], _training_seeds(settings))
     if not settings.eval:
         raise EvaluationError("no evaluation data: give --eval BEIR_DIR (or set evaluate.eval in the config)")
-    config = manifest["config"]
+    config = manifest.config
     evaluation = evaluation_split(settings.eval, settings.split, settings.max_queries,
                                   config["input"]["doc_template"], config["input"]["positive_threshold"])
     first = training_set(name, store.folder / name, manifest, evaluation)
@@ -203,13 +204,13 @@ def _evaluate(request: Request, trained: TrainingSet, save_model: str | None) ->
     gain = paired_interval(_per_query([base] * len(runs), queries), _per_query(runs, queries))
     manifest = trained.manifest
     return {
-        "dataset": request.registry.dataset, "version": trained.name, "data_hash": manifest["data_hash"],
+        "dataset": request.registry.dataset, "version": trained.name, "data_hash": manifest.data_hash,
         "key": request.key, "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "evaluation": asdict(request.evaluation) | {"queries": len(queries)},
         "model": asdict(request.encoder) | {"fingerprint": request.encoder.fingerprint},
         "settings": request.settings.training_settings(), "seeds": seeds,
         "training": {"rows": trained.rows.height, "rows_left_out": trained.rows_left_out,
-                     "negatives_per_row": manifest["config"]["mine"]["num_negatives"]},
+                     "negatives_per_row": manifest.config["mine"]["num_negatives"]},
         "metrics": {"base": base["metrics"], "fine_tuned": _mean_metrics(runs)},
         "ndcg@10_gain": gain,
         "base": {"per_query_ndcg@10": base["per_query"], "seconds": base["seconds"], "cached": base["cached"]},
@@ -291,9 +292,9 @@ def _baseline(request: Request, baseline: str, scratch: Path) -> TrainingSet:
     first = request.first
     dataset = f"{request.registry.dataset}-{baseline}"
     shutil.copytree(first.folder, scratch / dataset / first.name, copy_function=_link_or_copy)
-    raw = first.manifest["config"]
+    raw = first.manifest.config
     dedup = raw["dedup"] if raw["dedup"].get("corpus") else raw["dedup"] | {"eps": None}
-    window = {"range_max": first.manifest["search"]["range_max"]}  # A's window, derived or set: random draws from it
+    window = {"range_max": first.manifest.search.range_max}  # A's window, derived or set: random draws from it
     config = validate_config(raw | {"mine": raw["mine"] | UNFILTERED | window | BASELINES[baseline], "dedup": dedup,
                                     "lexical": raw.get("lexical", {}) | {"ratio": None, "fusion": None},
                                     "publish": {"registry": str(scratch), "dataset": dataset},
@@ -324,7 +325,7 @@ def _compared(request: Request, second: TrainingSet, save_model: str | None) -> 
         "a": {"name": first["version"], "data_hash": first["data_hash"], "metrics": first["metrics"]["fine_tuned"]},
         "b": {"name": second.name, "data_hash": record["data_hash"], "metrics": record["metrics"]["fine_tuned"],
               **({"baseline": {"remined_from": first["version"],
-                               "mine": second.manifest["config"]["mine"], "record": record}}
+                               "mine": second.manifest.config["mine"], "record": record}}
                  if second.name in BASELINES else {})},
         "base": first["metrics"]["base"],
         "ndcg@10_difference": paired_interval(before, after),

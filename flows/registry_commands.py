@@ -35,12 +35,12 @@ def versions_list(args: argparse.Namespace) -> int:
         try:
             m = registry.manifest(version)
             damage = registry.problems(version)
-            line = (f"{m['created_at'][:19]}  rows={m['counts']['rows']:<7} parent={m['parent'] or '-':<6} "
-                    f"data={m['data_hash'][:12]}" + (f"  DAMAGED: {'; '.join(damage)}" if damage else ""))
+            line = (f"{m.created_at[:19]}  rows={m.counts.rows:<7} parent={m.parent or '-':<6} "
+                    f"data={m.data_hash[:12]}" + (f"  DAMAGED: {'; '.join(damage)}" if damage else ""))
         except NotFound as error:
             line = f"DAMAGED: {error}"
-        except (KeyError, TypeError) as error:  # a manifest edited by hand
-            line = f"DAMAGED: manifest.json lacks {error}"
+        except TypeError as error:  # a manifest edited by hand: what it lacks reads None
+            line = f"DAMAGED: manifest.json is incomplete ({error})"
         print(f"{version}  {line}" + ("  LATEST" if version == latest else ""))
     return 0
 
@@ -49,22 +49,22 @@ def versions_show(args: argparse.Namespace) -> int:
     registry = _registry(args)
     m = registry.manifest(args.version)
     damage = registry.problems(args.version)
-    print(f"{args.dataset} {args.version} (parent {m['parent'] or 'none'}), created {m['created_at']}")
+    print(f"{args.dataset} {args.version} (parent {m.parent or 'none'}), created {m.created_at}")
     print(f"folder: {registry.folder / args.version}")
     print(f"files: {'DAMAGED: ' + '; '.join(damage) if damage else 'all present, sizes as listed'}")
-    print(f"code: {m['code_version']}; model: {m['model']['name']} (weights {m['model']['weights_sha256'][:16]})")
-    for entry in m["inputs"]:
-        print(f"input: {printable(entry['path'])}  sha256={entry['sha256'][:12]}  read={entry['rows_read']} "
-              f"accepted={entry['rows_accepted']} rejected={entry['rows_rejected']}")
-    print("counts: " + ", ".join(f"{k}={v}" for k, v in m["counts"].items()))
-    print(f"embed: {m['embed']['texts_embedded']} embedded, {m['embed']['texts_cached']} from the store")
-    print("reasons: " + ", ".join(f"{k}={v}" for k, v in m["reasons"].items()))
-    print(f"short queries: {m['short_queries']['count']}")
-    print("scores: " + json.dumps(m["scores"]))
-    validation = m.get("validation", {})
-    print(f"validation: {'passed' if validation.get('success') else 'not recorded'}, "
-          f"{validation.get('expectations', 0)} expectations, warnings: {validation.get('warnings') or 'none'}")
-    print("timings: " + ", ".join(f"{k}={v}s" for k, v in m["timings"].items()))
+    print(f"code: {m.code_version}; model: {m.model.name} (weights {m.model.weights_sha256[:16]})")
+    for entry in m.inputs:
+        print(f"input: {printable(entry.path)}  sha256={entry.sha256[:12]}  read={entry.rows_read} "
+              f"accepted={entry.rows_accepted} rejected={entry.rows_rejected}")
+    print("counts: " + ", ".join(f"{k}={v}" for k, v in m.counts.model_dump(exclude_unset=True).items()))
+    print(f"embed: {m.embed.texts_embedded} embedded, {m.embed.texts_cached} from the store")
+    print("reasons: " + ", ".join(f"{k}={v}" for k, v in m.reasons.items()))
+    print(f"short queries: {m.short_queries.count}")
+    print("scores: " + json.dumps(m.scores.model_dump(exclude_unset=True)))
+    validation = m.validation
+    print(f"validation: {'passed' if validation.success else 'not recorded'}, "
+          f"{validation.expectations} expectations, warnings: {validation.warnings or 'none'}")
+    print("timings: " + ", ".join(f"{k}={v}s" for k, v in m.timings.items()))
     for line in _evaluation_lines(registry, args.version):
         print(line)
     return 0
@@ -97,7 +97,7 @@ def versions_verify(args: argparse.Namespace) -> int:
         for name in [registry.version_folder(version).name] if version else registry.versions():
             problems = registry.problems(name, hashes=True)
             damaged += bool(problems)
-            unlisted = not problems and "checksums" not in registry.manifest(name)
+            unlisted = not problems and registry.manifest(name).checksums is None
             print(f"{registry.dataset} {name}  " + (f"DAMAGED: {'; '.join(problems)}" if problems else
                                                      "not verifiable (its manifest lists no files)" if unlisted
                                                      else "ok"))

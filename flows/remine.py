@@ -41,7 +41,7 @@ def _remine(source: str, config: BuildConfig) -> dict[str, Any]:
     registry = Registry(config.publish.registry, config.publish.dataset)
     parent = registry.whole_manifest(source)
     stored = load_candidates(registry.folder / source / "candidates")
-    check_remine(parent["config"], config, stored)
+    check_remine(parent.config, config, stored)
     started = datetime.now(timezone.utc)
     run_dir = new_run_dir(config, started)
     timings: dict[str, float] = {}
@@ -52,11 +52,11 @@ def _remine(source: str, config: BuildConfig) -> dict[str, Any]:
     meta = stored.meta
     range_max, mine_depth = mining.window_and_depth(meta.max_positives)
     base = {
-        "created_at": started.isoformat(), "inputs": parent["inputs"], "model": parent["model"],
+        "created_at": started.isoformat(), "inputs": parent.inputs, "model": parent.model,
         "embed": {"texts_embedded": 0, "texts_cached": 0}, "search": {"depth": mine_depth, "range_max": range_max},
-        "counts": {key: parent["counts"][key] for key in COUNT_KEYS}, "rejects": parent["rejects"],
+        "counts": parent.counts.model_dump(include=set(COUNT_KEYS)), "rejects": parent.rejects,
         "remined_from": f"{config.publish.dataset}@{source}", "run_dir": str(run_dir),
-        "corpus_dedup": parent.get("corpus_dedup"), "calibration": calibration.as_dict() if calibration else None,
+        "corpus_dedup": parent.corpus_dedup, "calibration": calibration.as_dict() if calibration else None,
         "topic": topic,
     }
     queries = pl.scan_parquet(stored.texts.query_files).select(pl.len()).collect().item()

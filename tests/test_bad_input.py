@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from negforge.schemas.config import InputConfig
+from negforge.schemas.manifest import Manifest
 from negforge.schemas.stages import Ingested
 from negforge.tasks.ingest import readers
 from negforge.tasks.ingest.ingest import ingest
@@ -215,5 +216,5 @@ def test_rejected_rows_reach_the_console_and_the_run_report_with_control_charact
     version = Path(done.stdout.strip().splitlines()[-1])
     manifest = json.loads((version / "manifest.json").read_text())
     assert "\x1b[31mred\x00" in manifest["rejects"]["samples"]["malformed_json"][0]  # the data keeps the value
-    report = report_markdown(manifest, str(version), True)
+    report = report_markdown(Manifest.model_validate(manifest), str(version), True)
     assert "\x1b" not in report and "\x00" not in report and "\\x1b[31mred\\x00" in report

@@ -14,6 +14,7 @@ import pytest
 
 from negforge.flows.cli import main
 from negforge.schemas.config import EvaluateConfig, load_config
+from negforge.schemas.manifest import Manifest
 from negforge.tasks.embedding.store import INDEX, EmbeddingStore
 from negforge.tasks.evaluation.records import read_record, version_records
 from negforge.tasks.mining.lexical import build_index
@@ -120,7 +121,8 @@ def test_a_linked_latest_is_neither_replaced_by_a_publish_nor_by_a_rollback(tmp_
     _publish_here(tmp_path, "a")
     registry = Registry(tmp_path, "ds")
     before = _moved_out(registry.folder / "LATEST", tmp_path / "outside" / "LATEST")
-    for attempt in (lambda: registry.rollback("v0001"), lambda: registry.publish(stage(registry, "b"), {}, str)):
+    for attempt in (lambda: registry.rollback("v0001"),
+                    lambda: registry.publish(stage(registry, "b"), Manifest(), str)):
         with pytest.raises(OSError) as error:
             attempt()
         _refused(error, registry.folder / "LATEST")

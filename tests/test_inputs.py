@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from negforge.schemas.config import InputConfig
+from negforge.schemas.manifest import Manifest
 from negforge.tasks.ingest import readers
 from negforge.tasks.ingest.ingest import ingest
 from negforge.tasks.ingest.readers import InputError
@@ -169,7 +170,7 @@ def test_rejects_show_a_count_and_three_samples_per_reason_in_the_run_report(tmp
         "timings": {}, "reasons_per_query": {}, "reasons": {}, "scores": {}, "short_queries": {"count": 0, "ids": []},
         "validation": {"expectations": 1, "warnings": []}, "data_hash": "h",
         "embed": {"texts_embedded": 1, "texts_cached": 0}, "search": {"depth": 3, "range_max": 2}}
-    report = report_markdown(manifest, "v0001", True)
+    report = report_markdown(Manifest.model_validate(manifest), "v0001", True)
     assert ("- malformed_json: 5 (e.g. corpus.jsonl:7 *: {broken 0; corpus.jsonl:8 *: {broken 1; "
             "corpus.jsonl:9 *: {broken 2)") in report
 

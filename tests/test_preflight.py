@@ -16,6 +16,7 @@ from typing import Iterator
 
 import pytest
 
+from negforge.schemas.manifest import Manifest
 from negforge.tasks.registry.versions import Registry
 from negforge.tasks.runtime.preflight import describe, naming, permanent, store_shortfall
 from tests.conftest import ROOT, run_cli
@@ -84,7 +85,7 @@ def test_too_little_space_for_the_next_version_is_refused_with_the_figures(small
     with tmpfs(tmp_path / "small-disk", "256k") as disk:
         registry = Registry(disk, "tiny")
         staged = stage(registry, "x" * 190)  # a previous version of 190,000 bytes on a 256 KiB disk
-        registry.publish(staged, {"parent": None}, lambda m: "")
+        registry.publish(staged, Manifest(parent=None), lambda m: "")
         size = sum(p.stat().st_size for p in (registry.folder / "v0001").rglob("*") if p.is_file())
         line = _refused(small_config, f"publish.registry={disk}")
         assert line.startswith(f"negforge: error: publish.registry {disk / 'tiny'}: ") and \
@@ -94,8 +95,8 @@ def test_too_little_space_for_the_next_version_is_refused_with_the_figures(small
 FILL_AT_PUBLISH = """
 import sys
 import time
-import negforge.flows.build as build
-build.dataset_card = lambda manifest: "x" * (16 << 20)  # a README larger than the registry's disk
+import negforge.flows.stages.publishing as publishing
+publishing.dataset_card = lambda manifest: "x" * (16 << 20)  # a README larger than the registry's disk
 from negforge.flows.cli import main
 sys.exit(main(sys.argv[1:]))
 """

@@ -8,6 +8,7 @@ import polars as pl
 import pytest
 
 from negforge.schemas.config import load_config
+from negforge.schemas.manifest import Manifest
 from negforge.schemas.stages import Mined, ScoreStats
 from negforge.schemas.tables import IDS
 from negforge.tasks.gate.gates import check_candidate, check_inputs
@@ -133,14 +134,15 @@ def test_an_evaluation_query_as_anchor_fails_the_build_unless_dropped(config, ti
     built = run_cli("build", "--config", str(config), "--set", f"validate.eval_qrels={eval_qrels}",
                     "--set", "validate.drop_eval_queries=true")
     manifest = registry.manifest(Path(built.stdout.strip().splitlines()[-1]).name)
-    assert manifest["dropped_eval_queries"] == [leaked]
+    assert manifest.dropped_eval_queries == [leaked]
     assert leaked not in pl.read_parquet(registry.folder / "v0001" / "ids")["query_id"].to_list()
-    assert manifest["validation"]["success"] and manifest["validation"]["shared_positives_with_eval"] >= 1
+    assert manifest.validation.success and manifest.validation.shared_positives_with_eval >= 1
 
 
 def test_drift_warns_beyond_tolerance():
     limits = load_config(DEMO_CONFIG).validate_
-    previous = {"counts": {"rows": 100}, "scores": {"positive": {"mean": 0.6}, "negative": {"mean": 0.4}}}
+    previous = Manifest.model_validate({"counts": {"rows": 100},
+                                        "scores": {"positive": {"mean": 0.6}, "negative": {"mean": 0.4}}})
     assert drift(previous, 110, {"positive": {"mean": 0.61}, "negative": {"mean": 0.41}}, limits) == []
     warnings = drift(previous, 20, {"positive": {"mean": 0.6}, "negative": {"mean": 0.5}}, limits)
     assert len(warnings) == 2 and "row count 100 -> 20" in warnings[0]
@@ -148,7 +150,8 @@ def test_drift_warns_beyond_tolerance():
 
 def test_drift_fails_the_gate_when_configured(candidate, tmp_path):
     cfg, summary, stage, registry, _ = candidate
-    previous = {"counts": {"rows": 1000}, "scores": {"positive": {"mean": 0.6}, "negative": {"mean": 0.4}}}
+    previous = Manifest.model_validate({"counts": {"rows": 1000},
+                                        "scores": {"positive": {"mean": 0.6}, "negative": {"mean": 0.4}}})
     outcome = check_candidate(str(stage()), MINED, summary.texts, cfg, previous, str(tmp_path / "warn"))
     assert outcome["success"] and "row count 1000 ->" in outcome["warnings"][0]
     cfg.validate_.drift_fails = True

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from negforge.schemas.manifest import Manifest
 from negforge.tasks.registry.versions import NotFound, Registry
 from negforge.tasks.runtime.containment import NOT_FOLLOWED
 from tests.conftest import ROOT, run_cli
@@ -21,6 +22,7 @@ from tests.conftest import ROOT, run_cli
 PUBLISHER = """
 import sys, time
 from pathlib import Path
+from negforge.schemas.manifest import Manifest
 from negforge.tasks.registry.versions import NotFound, Registry
 root, content, start_at, hang = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4] == "hang"
 from tests.test_registry import stage
@@ -30,10 +32,10 @@ while time.time() < start_at:
     time.sleep(0.001)
 def card(manifest):
     if hang:
-        Path(root, "hanging").write_text(manifest["version"])
+        Path(root, "hanging").write_text(manifest.version)
         time.sleep(600)
-    return f"# {manifest['version']}"
-path, new = registry.publish(staged, {"parent": None, "content": content}, card)
+    return f"# {manifest.version}"
+path, new = registry.publish(staged, Manifest(parent=None, content=content), card)
 print(path.name, new)
 """
 
@@ -50,8 +52,8 @@ def stage(registry: Registry, content: str) -> Path:
 def _publish_here(root: Path, content: str) -> tuple[str, bool]:
     """Publish in this process, with the manifest fields `versions list` prints."""
     registry = Registry(root, "ds")
-    manifest = {"parent": None, "content": content, "created_at": "2026-11-26T00:00:00", "counts": {"rows": 1}}
-    path, new = registry.publish(stage(registry, content), manifest, lambda m: f"# {m['version']}")
+    manifest = Manifest(parent=None, content=content, created_at="2026-11-26T00:00:00", counts={"rows": 1})
+    path, new = registry.publish(stage(registry, content), manifest, lambda m: f"# {m.version}")
     return path.name, new
 
 
@@ -70,9 +72,9 @@ def _whole(registry: Registry) -> None:
     """Every visible version has its manifest and its data."""
     for version in registry.versions():
         manifest = registry.manifest(version)
-        assert manifest["version"] == version
+        assert manifest.version == version
         data = (registry.folder / version / "data" / "train-00000-of-00001.parquet").read_text()
-        assert data == manifest["content"] * 1000
+        assert data == manifest.content * 1000
 
 
 def test_versions_take_max_plus_one_and_latest_follows_also_after_a_rollback(tmp_path):
@@ -80,11 +82,11 @@ def test_versions_take_max_plus_one_and_latest_follows_also_after_a_rollback(tmp
     assert _publish(tmp_path, "a") == "v0001 True"
     assert _publish(tmp_path, "a") == "v0001 False"  # same content: up to date
     assert _publish(tmp_path, "b") == "v0002 True"
-    assert registry.manifest("v0002")["parent"] == "v0001"
+    assert registry.manifest("v0002").parent == "v0001"
     registry.rollback("v0001")
     assert registry.latest() == "v0001" and registry.versions() == ["v0001", "v0002"]
     assert _publish(tmp_path, "c") == "v0003 True"
-    assert registry.latest() == "v0003" and registry.manifest("v0003")["parent"] == "v0001"
+    assert registry.latest() == "v0003" and registry.manifest("v0003").parent == "v0001"
     with pytest.raises(NotFound, match="no version v0009"):
         registry.rollback("v0009")
 
@@ -96,7 +98,7 @@ def test_concurrent_publishes_of_different_content_get_distinct_whole_versions(t
     assert outputs == ["v0001 True", "v0002 True", "v0003 True", "v0004 True"]
     registry = Registry(tmp_path, "ds")
     _whole(registry)
-    assert {registry.manifest(v)["content"] for v in registry.versions()} == set("wxyz")
+    assert {registry.manifest(v).content for v in registry.versions()} == set("wxyz")
     assert registry.latest() == "v0004"
 
 
@@ -131,7 +133,7 @@ def test_versions_commands(tmp_path, capsys):
 
     registry = Registry(tmp_path, "ds")
     for version in registry.versions():
-        manifest = registry.manifest(version) | {"created_at": "2026-11-26T00:00:00", "counts": {"rows": 1},
+        manifest = registry.manifest(version).as_dict() | {"created_at": "2026-11-26T00:00:00", "counts": {"rows": 1},
                                                  "config": {"mine": {"num_negatives": 3}}}
         (registry.folder / version / "manifest.json").write_text(json.dumps(manifest))
     assert main(["versions", "list", "ds", "--registry", str(tmp_path)]) == 0
@@ -163,7 +165,7 @@ def test_verify_hashes_every_file_and_a_damaged_version_is_marked_then_replaced(
 
     registry = Registry(tmp_path, "ds")
     assert _publish_here(tmp_path, "a") == ("v0001", True)
-    assert set(registry.manifest("v0001")["checksums"]) == {"data/train-00000-of-00001.parquet", "README.md"}
+    assert set(registry.manifest("v0001").checksums) == {"data/train-00000-of-00001.parquet", "README.md"}
     assert main(["versions", "verify", "--registry", str(tmp_path)]) == 0
     assert capsys.readouterr().out == "ds v0001  ok\n"
 
@@ -178,7 +180,7 @@ def test_verify_hashes_every_file_and_a_damaged_version_is_marked_then_replaced(
     assert "DAMAGED: data/train-00000-of-00001.parquet: missing  LATEST" in capsys.readouterr().out
     assert _publish_here(tmp_path, "a") == ("v0002", True)  # same content, but v0001 is damaged: a whole new one
     assert registry.latest() == "v0002" and registry.problems("v0002", hashes=True) == []
-    assert registry.manifest("v0002")["parent"] == "v0001"
+    assert registry.manifest("v0002").parent == "v0001"
     assert main(["versions", "rollback", "ds", "v0001", "--registry", str(tmp_path)]) == 2  # not to a damaged one
     assert registry.latest() == "v0002"
 
@@ -203,7 +205,7 @@ def test_latest_naming_nothing_valid_a_version_without_manifest_and_strays_block
     assert "ds v0001  ok" in capsys.readouterr().out
 
     assert _publish_here(tmp_path, "b") == ("v0003", True)  # the next number; LATEST named no parent
-    assert registry.latest() == "v0003" and registry.manifest("v0003")["parent"] is None
+    assert registry.latest() == "v0003" and registry.manifest("v0003").parent is None
     (registry.folder / "LATEST").write_text("v0002\n")  # a version without manifest as LATEST
     assert registry.latest() is None and "no manifest.json" in registry.latest_problem()
     assert _publish_here(tmp_path, "b") == ("v0004", True)
@@ -214,7 +216,7 @@ def test_arguments_stay_inside_their_registry(tmp_path, capsys):
 
     other = Registry(tmp_path / "other", "dataset")
     for content in ("a", "b"):
-        other.publish(stage(other, content), {"parent": None}, lambda m: "")
+        other.publish(stage(other, content), Manifest(parent=None), lambda m: "")
     root = tmp_path / "R"
     _publish_here(root, "a")
     before = (other.folder / "LATEST").read_text()

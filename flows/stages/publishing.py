@@ -7,7 +7,6 @@ The staging folder is removed however this ends; a refused candidate is in quara
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 import uuid
@@ -26,6 +25,7 @@ from negforge.flows.stages.partition import combine_all
 from negforge.flows.stages.run_report import publish_artifacts
 from negforge.flows.versions_info import code_version, package_versions
 from negforge.schemas.config import BuildConfig
+from negforge.schemas.manifest import Manifest
 from negforge.schemas.stages import CalibrationFiles, Deepened, Mined, MinedPartition, StoreMeta, Texts
 from negforge.tasks.gate.gates import check_candidate
 from negforge.tasks.registry.candidates import save_candidates
@@ -33,7 +33,7 @@ from negforge.tasks.registry.charts import version_charts
 from negforge.tasks.registry.dataset_card import dataset_card
 from negforge.tasks.registry.training_set import write_training_set
 from negforge.tasks.registry.up_to_date import side_inputs
-from negforge.tasks.registry.versions import Registry
+from negforge.tasks.registry.versions import MANIFEST, Registry
 from negforge.tasks.runtime.preflight import naming
 
 validate_candidate_task = negforge_task(check_candidate, "validate candidate")
@@ -49,10 +49,11 @@ def write_task(mined: Mined, texts: Texts, config: BuildConfig, staging: str) ->
 
 
 @task(name="publish", task_run_name="publish", cache_policy=NO_CACHE)
-def publish_task(staging: str, config: BuildConfig, manifest: dict[str, Any], parent: str | None) -> dict[str, Any]:
+def publish_task(staging: str, config: BuildConfig, manifest: Manifest, parent: str | None) -> dict[str, Any]:
     """Number the staged version and move it into the registry, unless it equals the newest one."""
     registry = Registry(config.publish.registry, config.publish.dataset)
-    version_dir, published = registry.publish(Path(staging), manifest | {"parent": parent}, dataset_card)
+    version_dir, published = registry.publish(Path(staging), manifest.model_copy(update={"parent": parent}),
+                                              dataset_card)
     return {"version_dir": str(version_dir), "published": published, "version": version_dir.name}
 
 
@@ -117,7 +118,7 @@ def mine_and_publish(config: BuildConfig, texts: Texts, parts: list[MinedPartiti
         for warning in validation["warnings"]:
             logger.warning("drift: %s", warning)
 
-        manifest = {
+        manifest = Manifest.model_validate({
             "dataset": config.publish.dataset, "version": None, "parent": None, "data_hash": None,
             "code_version": code_version(), "packages": package_versions(),
             "config": config.model_dump(mode="json", by_alias=True), **base,
@@ -132,7 +133,7 @@ def mine_and_publish(config: BuildConfig, texts: Texts, parts: list[MinedPartiti
             "scores": {"positive": asdict(mined.positive_score_stats), "negative": asdict(mined.negative_score_stats)},
             "validation": validation, "charts": charts,
             "files": written["files"] | {"bytes": written["bytes"]}, "timings": timings,
-        }
+        })
         with naming(staging / "validation" / "data_docs"):
             shutil.copytree(Path(validation["data_docs"]).parent, staging / "validation" / "data_docs")
         with timed(timings, "publish"):
@@ -141,8 +142,9 @@ def mine_and_publish(config: BuildConfig, texts: Texts, parts: list[MinedPartiti
         logger.info("published %s", published["version_dir"])
     else:
         logger.info("up to date: %s", published["version_dir"])
-    stored = json.loads((Path(published["version_dir"]) / "manifest.json").read_text())
-    publish_artifacts(manifest | {key: stored[key] for key in ("version", "parent", "data_hash")},
+    stored = Manifest.read(Path(published["version_dir"]) / MANIFEST)
+    # timings: with the publish stage's, timed after the manifest was written
+    publish_artifacts(manifest.model_copy(update={"version": stored.version, "parent": stored.parent,
+                                                  "data_hash": stored.data_hash, "timings": timings}),
                       published["version_dir"], published["published"])
-    return published | {"counts": manifest["counts"], "embed": manifest["embed"], "timings": timings,
-                        "short_queries": manifest["short_queries"]["count"], "reasons": manifest["reasons"]}
+    return published | manifest.summary() | {"embed": manifest.embed.model_dump(exclude_unset=True), "timings": timings}

@@ -19,6 +19,7 @@ import polars as pl
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
 from negforge.schemas.console_text import printable
+from negforge.schemas.manifest import Manifest, Search
 from negforge.tasks.calibration.calibrate import false_negative_estimate
 
 SAMPLE_ROWS = 10
@@ -42,9 +43,9 @@ def image_markdown(path: Path, alt: str) -> str:
     return f"![{alt}](data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()})"
 
 
-def _charts(manifest: dict[str, Any], version_dir: str) -> str:
+def _charts(manifest: Manifest, version_dir: str) -> str:
     """The version's charts (those its manifest lists and its folder holds), inline."""
-    charts = [(name, Path(version_dir) / path) for name, path in manifest.get("charts", {}).items()]
+    charts = [(name, Path(version_dir) / path) for name, path in manifest.charts.items()]
     return "\n\n".join(image_markdown(path, name.replace("_", " ")) for name, path in charts if path.is_file())
 
 
@@ -53,15 +54,15 @@ def _table(header: tuple[str, ...], rows: list[tuple]) -> str:
     return "\n".join(lines + ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows])
 
 
-def _search_line(search: dict[str, Any]) -> str:
+def _search_line(search: Search) -> str:
     """The search settings, and the recall probe of an approximate index."""
-    line = f"Depth {search['depth']}, window {search['range_max']}, index `{search.get('index', 'flat')}`."
-    probe = search.get("probe")
+    line = f"Depth {search.depth}, window {search.range_max}, index `{search.index}`."
+    probe = search.probe
     if probe:
-        knob = "nprobe" if probe["kind"] == "ivf" else "efSearch"
-        line += (f" Recall probe on {probe['queries']} queries: {knob} {probe['knob']}, candidate-window recall "
-                 f"{probe['recall']}{'' if probe['met_target'] else ' (target NOT met)'}, mined negatives changed "
-                 f"{probe['negatives_changed']}.")
+        knob = "nprobe" if probe.kind == "ivf" else "efSearch"
+        line += (f" Recall probe on {probe.queries} queries: {knob} {probe.knob}, candidate-window recall "
+                 f"{probe.recall}{'' if probe.met_target else ' (target NOT met)'}, mined negatives changed "
+                 f"{probe.negatives_changed}.")
     return line
 
 
@@ -80,49 +81,49 @@ def _calibration_section(calibration: dict[str, Any] | None, topic: dict[str, An
             f"**{calibration['choice']}**: {calibration['message']}.")
 
 
-def report_markdown(manifest: dict[str, Any], version_dir: str, published: bool) -> str:
+def report_markdown(manifest: Manifest, version_dir: str, published: bool) -> str:
     """The run report, from the manifest the run wrote."""
-    counts, rejects = manifest["counts"], manifest["rejects"]
+    counts, rejects = manifest.counts, manifest.rejects
     inputs = _table(("input", "rows read", "accepted", "rejected"),
-                    [(printable(Path(i["path"]).name), i["rows_read"], i["rows_accepted"], i["rows_rejected"])
-                     for i in manifest["inputs"]])
-    reject_list = "".join(f"\n- {line}" for line in reject_lines(rejects["reasons"], rejects.get("samples", {})))
-    timings = _table(("stage", "seconds"), list(manifest["timings"].items()))
-    per_query = manifest["reasons_per_query"]
+                    [(printable(Path(i.path).name), i.rows_read, i.rows_accepted, i.rows_rejected)
+                     for i in manifest.inputs])
+    reject_list = "".join(f"\n- {line}" for line in reject_lines(rejects.reasons, rejects.samples))
+    timings = _table(("stage", "seconds"), list(manifest.timings.items()))
+    per_query = manifest.reasons_per_query
     reasons = _table(("outcome", "candidates", "queries", "mean per query", "max per query"),
                      [(name, n, per_query.get(name, {}).get("queries", ""), per_query.get(name, {}).get("mean", ""),
-                       per_query.get(name, {}).get("max", "")) for name, n in manifest["reasons"].items()])
+                       per_query.get(name, {}).get("max", "")) for name, n in manifest.reasons.items()])
     statistics = ("count", "mean", "min", "median", "max")
-    scores = _table(("scores", *statistics), [(kind, *["" if stats.get(k) is None else stats[k] for k in statistics])
-                                              for kind, stats in manifest["scores"].items()])
-    short = manifest["short_queries"]
-    short_ids = [printable(query_id) for query_id in short["ids"][:20]]
-    validation = manifest["validation"]
+    scores = _table(("scores", *statistics), [(kind, *["" if getattr(stats, k) is None else getattr(stats, k)
+                                                       for k in statistics]) for kind, stats in manifest.scores])
+    short = manifest.short_queries
+    short_ids = [printable(query_id) for query_id in short.ids[:20]]
+    validation = manifest.validation
     outcome = "published" if published else "up to date: equal to the latest version, nothing published"
-    return f"""# {manifest['dataset']} {manifest['version']}: {outcome}
+    return f"""# {manifest.dataset} {manifest.version}: {outcome}
 
 Version folder: `{version_dir}`
 
 ## Inputs
 {inputs}
 
-{counts['documents']} documents ({counts['unique_texts']} unique texts), {counts['queries_used']} queries with \
-positives, {counts['positives']} positives. Rejected rows: {counts['rows_rejected']}; rejects file \
-`{rejects['path']}`.{reject_list}
+{counts.documents} documents ({counts.unique_texts} unique texts), {counts.queries_used} queries with \
+positives, {counts.positives} positives. Rejected rows: {counts.rows_rejected}; rejects file \
+`{rejects.path}`.{reject_list}
 
-Embedded {manifest['embed']['texts_embedded']} texts, {manifest['embed']['texts_cached']} \
+Embedded {manifest.embed.texts_embedded} texts, {manifest.embed.texts_cached} \
 from the store.
 
 ## Stage timings
 {timings}
 
-Task runs per stage: {', '.join(f'{k} {v}' for k, v in manifest.get('task_runs', {}).items() if v) or 'none'}.
+Task runs per stage: {', '.join(f'{k} {v}' for k, v in manifest.task_runs.items() if v) or 'none'}.
 
 ## Search
-{_search_line(manifest['search'])}
+{_search_line(manifest.search)}
 
 ## Calibration
-{_calibration_section(manifest.get('calibration'), manifest.get('topic'))}
+{_calibration_section(manifest.calibration, manifest.topic)}
 
 ## Candidates and why they were dropped
 {reasons}
@@ -131,13 +132,13 @@ Task runs per stage: {', '.join(f'{k} {v}' for k, v in manifest.get('task_runs',
 {scores}
 
 ## Queries short of negatives
-{short['count']}{': ' + ', '.join(short_ids) if short_ids else ''}{' ...' if len(short['ids']) > 20 else ''}
+{short.count}{': ' + ', '.join(short_ids) if short_ids else ''}{' ...' if len(short.ids) > 20 else ''}
 
 ## Validation
-Passed: {validation['expectations']} expectations; drift warnings: {'; '.join(validation['warnings']) or 'none'}.
+Passed: {validation.expectations} expectations; drift warnings: {'; '.join(validation.warnings) or 'none'}.
 
 ## Result
-{counts['rows']} training rows, {counts['id_rows']} id rows; data hash `{manifest['data_hash']}`.
+{counts.rows} training rows, {counts.id_rows} id rows; data hash `{manifest.data_hash}`.
 
 ## Charts
 {_charts(manifest, version_dir) or 'none (a version published before charts were drawn)'}
@@ -152,15 +153,15 @@ def _sample(version_dir: Path) -> list[dict[str, Any]]:
             for row in shortened.iter_rows(named=True)]
 
 
-def publish_artifacts(manifest: dict[str, Any], version_dir: str, published: bool) -> None:
+def publish_artifacts(manifest: Manifest, version_dir: str, published: bool) -> None:
     """The report, sample table and version link of a finished run."""
-    key = slug(manifest["dataset"])
+    key = slug(manifest.dataset)
     folder = Path(version_dir)
     create_markdown_artifact(report_markdown(manifest, version_dir, published), key=f"{key}-report",
-                             description=f"negforge run report: {manifest['dataset']} {manifest['version']}")
+                             description=f"negforge run report: {manifest.dataset} {manifest.version}")
     create_table_artifact(_sample(folder), key=f"{key}-sample",
-                          description=f"first {SAMPLE_ROWS} training rows of {manifest['version']}")
+                          description=f"first {SAMPLE_ROWS} training rows of {manifest.version}")
     docs = folder / "validation" / "data_docs" / "index.html"
-    create_link_artifact(folder.resolve().as_uri(), link_text=f"{manifest['dataset']} {manifest['version']}",
+    create_link_artifact(folder.resolve().as_uri(), link_text=f"{manifest.dataset} {manifest.version}",
                          key=f"{key}-version",
                          description=f"Data Docs: {docs.resolve().as_uri()}" if docs.exists() else None)

@@ -9,6 +9,7 @@ from typing import Any
 import polars as pl
 
 from negforge.schemas.config import BuildConfig
+from negforge.schemas.manifest import Manifest
 from negforge.schemas.stages import Ingested, Mined, Texts
 from negforge.tasks.gate.row_checks import coverage_checks, eval_query_hashes, row_checks, shared_positives, text_checks
 from negforge.tasks.gate.validate import ValidationFailed, describe_failures, drift, quarantine, run_suites
@@ -58,7 +59,7 @@ def coverage_shortfall(queries: int, mined: Mined, config: BuildConfig) -> str:
 
 
 def check_candidate(staged: str, mined: Mined, texts: Texts, config: BuildConfig,
-                    previous: dict[str, Any] | None, out_dir: str) -> dict[str, Any]:
+                    previous: Manifest | None, out_dir: str) -> dict[str, Any]:
     """Run the output suites on the staged version; quarantine it and raise ValidationFailed when one fails."""
     from negforge.tasks.gate.expectations import MEANINGS, coverage_suite, output_suite, text_suite
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import polars as pl
 
+from negforge.schemas.manifest import Manifest
 from negforge.tasks.runtime.preflight import naming
 
 SAMPLE_ROWS = 3
@@ -106,16 +107,16 @@ def quarantine(staged: Path, registry_folder: Path, validation_root: Path) -> Pa
     return target
 
 
-def drift(previous: dict[str, Any] | None, rows: int, scores: dict[str, dict], limits: Any) -> list[str]:
+def drift(previous: Manifest | None, rows: int, scores: dict[str, dict], limits: Any) -> list[str]:
     """Warnings where the row count or mean scores moved beyond the configured tolerances since `previous`."""
     if not previous:
         return []
     warnings = []
-    before = previous["counts"]["rows"]
+    before = previous.counts.rows
     if before and abs(rows - before) / before > limits.max_row_change:
         warnings.append(f"row count {before} -> {rows} changed by more than {limits.max_row_change:.0%}")
-    for kind in ("positive", "negative"):
-        old, new = previous["scores"][kind].get("mean"), scores[kind].get("mean")
+    for kind, stats in previous.scores:
+        old, new = stats.mean, scores[kind].get("mean")
         if old is not None and new is not None and abs(new - old) > limits.max_score_shift:
             warnings.append(f"mean {kind} score {old:.4f} -> {new:.4f} shifted by more than {limits.max_score_shift}")
     return warnings

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import yaml
 
+from negforge.schemas.manifest import Manifest
 from negforge.tasks.calibration.calibrate import false_negative_estimate
 
 CHART_TITLES = {"scores": "Positive and negative scores", "reasons": "Candidates removed, per reason",
@@ -20,7 +19,7 @@ def _charts(charts: dict[str, str]) -> str:
                                               for name, path in charts.items()) + "\n"
 
 
-def dataset_card(manifest: dict[str, Any]) -> str:
+def dataset_card(manifest: Manifest) -> str:
     """Render the card from the manifest: configs header, then what the data is and how it was made."""
     header = {
         "configs": [
@@ -29,28 +28,28 @@ def dataset_card(manifest: dict[str, Any]) -> str:
         ],
         # `datasets` caches a local folder under its name ("v0001") and a hash of this header, so two registries'
         # v0001 would share a cache entry; the byte sizes make the header differ wherever the data differs.
-        "dataset_info": [{"config_name": name, "dataset_size": manifest["files"]["bytes"][folder]}
+        "dataset_info": [{"config_name": name, "dataset_size": manifest.files.bytes[folder]}
                          for name, folder in (("default", "data"), ("ids", "ids"))],
         "tags": ["negforge", "hard-negatives", "sentence-transformers"],
     }
-    cfg, counts = manifest["config"], manifest["counts"]
+    cfg, counts = manifest.config, manifest.counts
     mine = {k: v for k, v in cfg["mine"].items() if v is not None}
-    reasons = "\n".join(f"| {name} | {count} |" for name, count in manifest["reasons"].items())
+    reasons = "\n".join(f"| {name} | {count} |" for name, count in manifest.reasons.items())
     return f"""---
 {yaml.safe_dump(header, sort_keys=False).strip()}
 ---
 
-# {manifest['dataset']} {manifest['version']}
+# {manifest.dataset} {manifest.version}
 
-Hard-negative training set built by negforge from {', '.join(i['path'] for i in manifest['inputs'])}.
+Hard-negative training set built by negforge from {', '.join(i.path for i in manifest.inputs)}.
 
-- Layout: `{cfg['output']['format']}`{' with scores' if cfg['output']['scores'] else ''}; {counts['rows']} training rows
-  (config `default`), {counts['id_rows']} id rows (config `ids`: query_id, positive_id, negative_ids, scores).
-- Model: `{manifest['model']['name']}` (weights sha256 `{manifest['model']['weights_sha256'][:16]}...`).
+- Layout: `{cfg['output']['format']}`{' with scores' if cfg['output']['scores'] else ''}; {counts.rows} training rows
+  (config `default`), {counts.id_rows} id rows (config `ids`: query_id, positive_id, negative_ids, scores).
+- Model: `{manifest.model.name}` (weights sha256 `{manifest.model.weights_sha256[:16]}...`).
 - Mining: {', '.join(f'{k}={v}' for k, v in mine.items())}.
-- {false_negative_estimate(manifest.get('calibration'), manifest.get('topic'))}
-- Queries short of negatives: {manifest['short_queries']['count']}.
-- Parent version: {manifest['parent'] or 'none'}; data hash `{manifest['data_hash'][:16]}...`.
+- {false_negative_estimate(manifest.calibration, manifest.topic)}
+- Queries short of negatives: {manifest.short_queries.count}.
+- Parent version: {manifest.parent or 'none'}; data hash `{manifest.data_hash[:16]}...`.
 
 ```python
 from datasets import load_dataset
@@ -61,4 +60,4 @@ ids = load_dataset("<this folder>", "ids", split="train")     # the same rows by
 | candidate outcome | count |
 |---|---|
 {reasons}
-{_charts(manifest.get("charts", {}))}"""
+{_charts(manifest.charts)}"""

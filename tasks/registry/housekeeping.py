@@ -48,7 +48,7 @@ def _published_fingerprints(registry: str | Path) -> set[str]:
     for dataset in datasets(registry):
         for version in dataset.versions():
             try:
-                used.update(dataset.manifest(version)["model"]["fingerprints"].values())
+                used.update(dataset.manifest(version).model.fingerprints.values())
             except NotFound as error:
                 log.warning("%s", error)
     return used

@@ -9,16 +9,16 @@ finishes in seconds. Everything compared is in the manifest, so the check reads 
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
 import fsspec
 
 from negforge.schemas.config import NOT_PUBLISHED, BuildConfig
+from negforge.schemas.manifest import Manifest
 from negforge.tasks.embedding.model import resolve_model
 from negforge.tasks.ingest.readers import InputError, input_files
-from negforge.tasks.registry.versions import NotFound, Registry
+from negforge.tasks.registry.versions import MANIFEST, NotFound, Registry
 
 CHUNK = 1 << 22
 
@@ -48,10 +48,9 @@ def _same_config(config: BuildConfig, built: dict[str, Any]) -> bool:
 
 def up_to_date_result(version_dir: Path) -> dict[str, Any]:
     """What a build returns when it would publish the latest version again: that version, nothing new."""
-    manifest = json.loads((version_dir / "manifest.json").read_text())
+    manifest = Manifest.read(version_dir / MANIFEST)
     return {"version_dir": str(version_dir), "published": False, "version": version_dir.name, "manifest": manifest,
-            "counts": manifest["counts"], "embed": {"texts_embedded": 0, "texts_cached": 0}, "timings": {},
-            "short_queries": manifest["short_queries"]["count"], "reasons": manifest["reasons"]}
+            **manifest.summary(), "embed": {"texts_embedded": 0, "texts_cached": 0}, "timings": {}}
 
 
 def unchanged_version(config: BuildConfig, code_version: str) -> Path | None:
@@ -62,15 +61,15 @@ def unchanged_version(config: BuildConfig, code_version: str) -> Path | None:
         manifest = registry.manifest(latest) if latest else None
     except (NotFound, OSError, ValueError):
         return None
-    if not manifest or manifest.get("code_version") != code_version or not _same_config(config, manifest["config"]):
+    if not manifest or manifest.code_version != code_version or not _same_config(config, manifest.config):
         return None
     if registry.problems(latest):
         return None
-    if manifest["model"]["weights_sha256"] != resolve_model(config.embed.model).weights_sha256:
+    if manifest.model.weights_sha256 != resolve_model(config.embed.model).weights_sha256:
         return None
-    if manifest.get("side_inputs", []) != side_inputs(config):
+    if manifest.side_inputs != side_inputs(config):
         return None
-    stored = {(entry["path"], entry["sha256"]) for entry in manifest["inputs"]}
+    stored = {(entry.path, entry.sha256) for entry in manifest.inputs}
     specs = [config.input.corpus, *(config.input.pairs or [config.input.queries, config.input.qrels])]
     try:
         files = [file.path for spec in specs if spec for file in input_files(spec, config.input.format)]

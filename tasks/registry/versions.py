@@ -20,8 +20,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from pydantic import ValidationError
+
 from negforge.schemas.config import ConfigError, PublishConfig, validate_config
 from negforge.schemas.console_text import printable
+from negforge.schemas.manifest import FileEntry, Manifest
 from negforge.tasks.runtime.containment import inside, refuse_link
 
 VERSION = re.compile(r"^v(\d{4,})$")
@@ -151,8 +154,8 @@ class Registry:
             raise NotFound(f"{self.folder}: no version {version} (have: {', '.join(self.versions()) or 'none'})")
         return self.folder / version
 
-    def manifest(self, version: str) -> dict[str, Any]:
-        """A version's manifest; NotFound when the version or its manifest is absent or unreadable."""
+    def manifest(self, version: str) -> Manifest:
+        """A version's manifest; NotFound when the version or its manifest is absent, unreadable or not a manifest."""
         path = self.version_folder(version) / MANIFEST
         if path.is_symlink():
             raise NotFound(f"{path}: a symlink, not read (a version holds only its own files)")
@@ -164,7 +167,11 @@ class Registry:
             raise NotFound(f"{path}: unreadable ({error})") from None
         if not isinstance(manifest, dict):
             raise NotFound(f"{path}: not a manifest (a JSON {type(manifest).__name__})")
-        return manifest
+        try:
+            return Manifest.model_validate(manifest)
+        except ValidationError as error:
+            first = error.errors()[0]
+            raise NotFound(f"{path}: not a manifest ({'.'.join(map(str, first['loc']))}: {first['msg']})") from None
 
     def problems(self, version: str, hashes: bool = False) -> list[str]:
         """What is wrong with a version: its manifest, files missing, changed in size or, with `hashes`, in content,
@@ -175,7 +182,7 @@ class Registry:
         links = _symlinks(folder)
         found = [f"{printable(name)}: a symlink, not followed (a version holds only its own files)" for name in links]
         try:
-            listed = self.manifest(version).get("checksums")
+            listed = self.manifest(version).checksums
         except NotFound as error:
             return found + [str(error)] if MANIFEST not in links else found
         if listed is None:
@@ -189,13 +196,13 @@ class Registry:
                 continue  # reached through a symlink reported above: not read
             elif not path.is_file() or path.is_symlink():
                 found.append(f"{name}: missing")
-            elif path.stat().st_size != expected["size"]:
-                found.append(f"{name}: {path.stat().st_size} bytes, the manifest says {expected['size']}")
-            elif hashes and _file_entry(path)["sha256"] != expected["sha256"]:
+            elif path.stat().st_size != expected.size:
+                found.append(f"{name}: {path.stat().st_size} bytes, the manifest says {expected.size}")
+            elif hashes and _file_entry(path)["sha256"] != expected.sha256:
                 found.append(f"{name}: sha256 differs from the manifest's")
         return found
 
-    def whole_manifest(self, version: str) -> dict[str, Any]:
+    def whole_manifest(self, version: str) -> Manifest:
         """The manifest of a version whose files are all there (cheap check); NotFound naming the damage otherwise."""
         manifest = self.manifest(version)
         damage = self.problems(version)
@@ -309,8 +316,7 @@ class Registry:
         if self.latest_problem():
             log.warning("%s", self.latest_problem())
 
-    def publish(self, staged: Path, manifest: dict[str, Any], card: Callable[[dict[str, Any]], str]
-                ) -> tuple[Path, bool]:
+    def publish(self, staged: Path, manifest: Manifest, card: Callable[[Manifest], str]) -> tuple[Path, bool]:
         """Give `staged` the next version number, unless it equals the newest version and that one is whole.
 
         Args:
@@ -331,7 +337,7 @@ class Registry:
                 shutil.rmtree(path, ignore_errors=True)
             self._warn_about_the_folder()
             latest = self.latest()
-            if latest and self.manifest(latest).get("data_hash") == digest:
+            if latest and self.manifest(latest).data_hash == digest:
                 damage = self.problems(latest)
                 if not damage:
                     self.discard(staged)
@@ -341,11 +347,12 @@ class Registry:
             existing = self.versions()
             version = f"v{(int(existing[-1][1:]) + 1 if existing else 1):04d}"
             target = self.folder / version
-            manifest.update(version=version, parent=manifest.get("parent") or latest, data_hash=digest)
+            manifest.version, manifest.parent, manifest.data_hash = version, manifest.parent or latest, digest
             try:
                 _write(staged / "README.md", card(manifest))
-                manifest["checksums"] = files | {"README.md": _file_entry(staged / "README.md")}
-                _write(staged / MANIFEST, json.dumps(manifest, indent=2, allow_nan=False))
+                manifest.checksums = {name: FileEntry(**entry) for name, entry in
+                                      (files | {"README.md": _file_entry(staged / "README.md")}).items()}
+                _write(staged / MANIFEST, manifest.json_text())
                 os.rename(staged, target)
                 try:
                     _fsync_dir(self.folder)

@@ -1,0 +1,207 @@
+"""The version manifest (`manifest.json`): what a published version is, typed.
+
+A manifest is written with only the fields it was given (`exclude_unset`), top-level keys in the order they were
+given (a remine's entries come in another order than a build's), so the file stays byte for byte what the untyped
+dict gave. Manifests published by
+earlier code lack newer fields: those read as None (or empty), and unknown keys are kept (`extra="allow"`), so every
+published manifest reads and writes back unchanged. The registry's own tests publish minimal manifests, so no field
+is required.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, PrivateAttr, model_validator
+
+Number = int | float
+
+
+class _Part(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class Model(_Part):
+    """The embedding model: its name, the sha256 of its weights, the embedding store's fingerprints."""
+
+    name: str | None = None
+    weights_sha256: str | None = None
+    fingerprints: dict[str, str] = {}
+
+
+class Embed(_Part):
+    """What the embedding stage did (a remine embeds nothing and records no store repairs)."""
+
+    texts_embedded: int = 0
+    texts_cached: int = 0
+    store_repaired: list[str] = []
+
+
+class Probe(_Part):
+    """An approximate index's recall probe (tasks/search/ann_index.py Probe)."""
+
+    index: str
+    kind: str
+    knob: int
+    recall: Number
+    negatives_changed: Number | None = None
+    queries: int
+    met_target: bool
+
+
+class Search(_Part):
+    """The search window and depth mined with; the index and its recall probe (a build's only: a remine's search
+    is the stored candidates')."""
+
+    depth: int | None = None
+    range_max: int | None = None
+    index: str = "flat"
+    probe: Probe | None = None
+
+
+class Counts(_Part):
+    """Ingest counts (schemas.stages.IngestCounts) and the rows written."""
+
+    documents: int = 0
+    unique_texts: int = 0
+    queries_read: int = 0
+    queries_used: int = 0
+    queries_unused: int = 0
+    positives: int = 0
+    rows_rejected: int = 0
+    rows: int = 0
+    id_rows: int = 0
+
+
+class Input(_Part):
+    """One input file: where it was, its sha256 and its rows."""
+
+    path: str
+    sha256: str | None = None
+    rows_read: int | None = None
+    rows_accepted: int | None = None
+    rows_rejected: int | None = None
+
+
+class Rejects(_Part):
+    """The rejected rows: their table, the count per reason and samples per reason."""
+
+    path: str | None = None
+    reasons: dict[str, int] = {}
+    samples: dict[str, list[str]] = {}
+
+
+class ShortQueries(_Part):
+    count: int = 0
+    ids: list[str] = []
+
+
+class ScoreStats(_Part):
+    """schemas.stages.ScoreStats as written (None where there are no scores)."""
+
+    count: int = 0
+    mean: Number | None = None
+    min: Number | None = None
+    median: Number | None = None
+    max: Number | None = None
+
+
+class Scores(_Part):
+    positive: ScoreStats = ScoreStats()
+    negative: ScoreStats = ScoreStats()
+
+
+class Validation(_Part):
+    """The candidate's gate (tasks/gate/gates.py check_candidate)."""
+
+    success: bool | None = None
+    expectations: int = 0
+    warnings: list[str] = []
+    data_docs: str | None = None
+    shared_positives_with_eval: int | None = None
+    eval_qrels: str | None = None
+
+
+class Files(_Part):
+    """The training set's files per config (data, ids), the exports, and the bytes of each config."""
+
+    data: list[str] = []
+    ids: list[str] = []
+    exports: list[str] | None = None
+    bytes: dict[str, int] = {}
+
+
+class FileEntry(_Part):
+    sha256: str
+    size: int
+
+
+class Manifest(BaseModel):
+    """A version's manifest, in manifest.json's order. `calibration` and `topic` stay the dicts their stages write
+    (schemas/stages.py Calibration.as_dict, tasks/mining/topic.py): their readers take those dicts."""
+
+    model_config = ConfigDict(extra="allow")
+    _order: list[str] = PrivateAttr(default_factory=list)
+
+    dataset: str | None = None
+    version: str | None = None
+    parent: str | None = None
+    data_hash: str | None = None
+    code_version: str | None = None
+    packages: dict[str, str | None] = {}
+    config: dict[str, Any] = {}
+    created_at: str | None = None
+    inputs: list[Input] = []
+    model: Model = Model()
+    embed: Embed = Embed()
+    search: Search = Search()
+    counts: Counts = Counts()
+    rejects: Rejects = Rejects()
+    remined_from: str | None = None
+    calibration: dict[str, Any] | None = None
+    topic: dict[str, Any] | None = None
+    run_dir: str | None = None
+    task_runs: dict[str, int] = {}
+    corpus_dedup: dict[str, Any] | None = None
+    reasons: dict[str, int] = {}
+    reasons_per_query: dict[str, dict[str, Number]] = {}
+    short_queries: ShortQueries = ShortQueries()
+    adaptive_depth: dict[str, int | None] | None = None
+    suspected_positives: dict[str, Number | bool] | None = None
+    dropped_eval_queries: list[str] = []
+    audit: dict[str, Any] | None = None
+    side_inputs: list[dict[str, Any]] = []
+    scores: Scores = Scores()
+    validation: Validation = Validation()
+    charts: dict[str, str] = {}
+    files: Files = Files()
+    timings: dict[str, float] = {}
+    checksums: dict[str, FileEntry] | None = None
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _keep_order(cls, data: Any, handler: Any) -> Manifest:
+        manifest = handler(data)
+        if isinstance(data, dict):
+            manifest._order = list(data)
+        return manifest
+
+    @classmethod
+    def read(cls, path: Path) -> Manifest:
+        return cls.model_validate_json(path.read_text(encoding="utf-8"))
+
+    def as_dict(self) -> dict[str, Any]:
+        """The manifest as manifest.json holds it: only the fields it was given, in the order given; fields set
+        later (checksums) last."""
+        dumped = self.model_dump(mode="json", exclude_unset=True)
+        return {key: dumped[key] for key in self._order if key in dumped} | dumped
+
+    def json_text(self) -> str:
+        return json.dumps(self.as_dict(), indent=2, allow_nan=False)
+
+    def summary(self) -> dict[str, Any]:
+        """What a build or remine flow returns about its version (with the version folder, embedding and timings)."""
+        return {"counts": self.counts.model_dump(exclude_unset=True), "short_queries": self.short_queries.count,
+                "reasons": self.reasons}
