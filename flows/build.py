@@ -15,7 +15,6 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
-from negforge.flows.evaluate import evaluate_after_publish
 from negforge.flows.orchestration.console_lines import escape_console_lines
 from negforge.flows.orchestration.dask_cluster import BuildTaskRunner, current_task_runner
 from negforge.flows.orchestration.task_options import negforge_task, untagged_task_runs
@@ -146,10 +145,8 @@ def _build(config: BuildConfig, worker_count: Any) -> dict[str, Any]:
     }
     stored = StoreMeta(depth=job.depth, max_positives=texts.max_positives, documents=embedded.corpus.rows,
                        searchable=job.searchable, lexical=job.lexical_index is not None, topic=True)
-    published = mine_and_publish(config, texts, parts, run_dir, timings, base, stored, mining=mining,
-                                 corpus_duplicates=corpus_dedup.corpus_duplicates if corpus_dedup else None,
-                                 calibration_files=calibration_files, topic_sample=sample)
-    evaluated = published["published"] and config.evaluate.eval
-    return published | {"evaluation": evaluate_after_publish(config, published["version"]) if evaluated else None}
+    return mine_and_publish(config, texts, parts, run_dir, timings, base, stored, mining=mining,
+                            corpus_duplicates=corpus_dedup.corpus_duplicates if corpus_dedup else None,
+                            calibration_files=calibration_files, topic_sample=sample)
 
 

@@ -382,10 +382,14 @@ def cmd_build(args: argparse.Namespace) -> int:
     check_budget_for_the_model(config)
 
     def prepare() -> Callable[[], dict]:
-        from negforge.flows.build import build_training_set
+        from negforge.flows.build_then_evaluate import build_training_set, evaluate_published
         from negforge.tasks.gate import expectations  # noqa: F401  (Great Expectations too; validation needs it later)
 
-        return lambda: build_training_set(config)
+        def build_then_evaluate() -> dict:
+            built = build_training_set(config)
+            return built | {"evaluation": evaluate_published(config, built)}
+
+        return build_then_evaluate
 
     def cluster() -> AbstractContextManager:
         from negforge.flows.orchestration.dask_cluster import local_cluster_started_early

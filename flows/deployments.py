@@ -69,9 +69,9 @@ def runner_deployment(path: Path, config: BuildConfig):
     from prefect.client.schemas.objects import ConcurrencyLimitConfig
     from prefect.schedules import Cron
 
-    from negforge.flows.build import build_training_set
+    from negforge.flows.build_then_evaluate import build_and_evaluate
 
-    return build_training_set.to_deployment(
+    return build_and_evaluate.to_deployment(
         **_described(path, config), parameters=parameters(config),
         schedules=[Cron(s["cron"], timezone=s["timezone"], active=s["active"]) for s in _schedules(config)],
         concurrency_limit=ConcurrencyLimitConfig(**ONE_RUN_AT_A_TIME))
@@ -124,7 +124,7 @@ def prefect_yaml(paths: list[Path] | None, pool: str = "negforge") -> str:
     for path, config in dataset_configs(paths):
         relative = _relative(parameters(config)["config"], ROOT)
         deployments.append({
-            **_described(path, config), "entrypoint": "negforge.flows.build:build_training_set",
+            **_described(path, config), "entrypoint": "negforge.flows.build_then_evaluate:build_and_evaluate",
             "parameters": {"config": relative},
             "schedules": _schedules(config), "concurrency_limit": dict(ONE_RUN_AT_A_TIME),
             "work_pool": {"name": pool, "work_queue_name": "default"},
