@@ -25,6 +25,7 @@ import yaml
 from bench_args import ROOT
 
 sys.path.insert(0, str(ROOT))
+from negforge.flows.build import build_training_set  # noqa: E402
 from negforge.flows.deployments import dataset_configs  # noqa: E402
 from negforge.flows.orchestration.prefect_server import free_port  # noqa: E402
 
@@ -41,7 +42,7 @@ def _until(what: str, check, timeout: float = 600, every: float = 0.25):
 def _configs(work: Path) -> list[Path]:
     """The shipped dataset configs, publishing into `work` instead of the repository."""
     paths = []
-    for path, config in dataset_configs(None):
+    for path, config in dataset_configs([ROOT / "deployments" / "datasets"]):
         raw = config.model_dump(mode="json", by_alias=True)
         raw["publish"]["registry"], raw["runtime"]["workdir"] = str(work / "registry"), str(work / ".negforge")
         paths.append(work / path.name)
@@ -115,7 +116,7 @@ def main() -> None:
         with get_client(sync_client=True) as client:
             def registered():
                 try:
-                    return client.read_deployment_by_name("build-training-set/scifact-demo")
+                    return client.read_deployment_by_name(f"{build_training_set.name}/scifact-demo")
                 except ObjectNotFound:
                     return None
 

@@ -28,3 +28,4 @@ def _evaluate_on_completion(flow: Any, flow_run: Any, state: Any) -> None:
 
 
 build_and_evaluate = build_training_set.with_options(on_completion=[_evaluate_on_completion])
+ENTRYPOINT = f"{__name__}:build_and_evaluate"  # where a work pool's worker imports it from (deployments/prefect.yaml)

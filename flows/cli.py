@@ -16,14 +16,11 @@ from negforge.flows.orchestration.console_lines import escape_console_lines
 from negforge.flows.orchestration.prefect_server import quiet_environment
 from negforge.schemas.console_text import printable_lines, quoted
 
-DEFAULT_CONFIG = Path("deployments/datasets/scifact-demo.yaml")
-
-
-def default_config() -> Path:
-    """The demo config of the working directory, else the one beside the installed package (editable installs)."""
-    if DEFAULT_CONFIG.exists():
-        return DEFAULT_CONFIG
-    return Path(__file__).resolve().parent.parent / DEFAULT_CONFIG
+# Defaults are looked for in the working directory (flows/deployments.py), never in the source tree.
+DEMO_HELP = "the demo, deployments/datasets/scifact-demo.yaml in the working directory"
+CONFIGS_HELP = ("dataset build YAML or a folder of them (repeatable; default: deployments/datasets/ in the working "
+                "directory)")
+REGISTRY_HELP = "registry folder (default: the demo config's, else ./registry)"
 
 
 def _count(text: str) -> int:
@@ -43,19 +40,19 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     build = commands.add_parser("build", help="build and publish a training set")
     build.add_argument("--config", type=Path, default=None,
-                       help="build YAML (default: the demo, deployments/datasets/scifact-demo.yaml)")
+                       help=f"build YAML (default: {DEMO_HELP})")
     build.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                        help="override a config field; the value is parsed as YAML (repeatable)")
     remine = commands.add_parser("remine", help="a new version from the candidates stored in an earlier one")
     remine.add_argument("--from", dest="source", required=True, metavar="DATASET@VERSION",
                         help="the version whose stored candidates are mined again")
-    remine.add_argument("--registry", default=None, help="registry folder (default: the demo config's)")
+    remine.add_argument("--registry", default=None, help=REGISTRY_HELP)
     remine.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                         help="override a mine/output/validate/publish field of the source's config (repeatable)")
     calibrate = commands.add_parser("calibrate", help="run mine.strategy auto's calibration alone on a version's "
                                                       "stored calibration candidates and print its table and choice")
     calibrate.add_argument("target", metavar="DATASET[@VERSION]", help="the dataset (default version: LATEST)")
-    calibrate.add_argument("--registry", default=None, help="registry folder (default: the demo config's)")
+    calibrate.add_argument("--registry", default=None, help=REGISTRY_HELP)
     calibrate.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                            help="override a mining option of the version's config (repeatable)")
     evaluate = commands.add_parser("evaluate", help="fine-tune a model on a version and measure it against the base "
@@ -71,7 +68,7 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--seeds", type=int, default=None, help="fine-tuning runs with different seeds (default 1)")
     evaluate.add_argument("--save-model", default=None, metavar="DIR",
                           help="keep the fine-tuned models in DIR/<version>-seed<seed> (default: dropped)")
-    evaluate.add_argument("--registry", default=None, help="registry folder (default: the demo config's)")
+    evaluate.add_argument("--registry", default=None, help=REGISTRY_HELP)
     evaluate.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
                           help="an evaluate setting, e.g. steps=4 or evaluate.max_queries=20 (repeatable)")
     versions = commands.add_parser("versions", help="list, show, verify, compare or roll back published versions")
@@ -83,15 +80,14 @@ def _parser() -> argparse.ArgumentParser:
         action.add_argument("dataset")
         for positional in extra:
             action.add_argument(positional)
-        action.add_argument("--registry", default=None, help="registry folder (default: the demo config's)")
+        action.add_argument("--registry", default=None, help=REGISTRY_HELP)
     verify = actions.add_parser("verify", help="check every file's size and sha256 against the manifest")
     verify.add_argument("target", nargs="?", default=None, metavar="DATASET[@VERSION]",
                         help="one dataset or version (default: every version of every dataset)")
-    verify.add_argument("--registry", default=None, help="registry folder (default: the demo config's)")
+    verify.add_argument("--registry", default=None, help=REGISTRY_HELP)
     serve = commands.add_parser("serve", help="serve the datasets' deployments (and a local Prefect server if "
                                               "PREFECT_API_URL is unset) until stopped")
-    serve.add_argument("--config", dest="configs", type=Path, action="append", default=[],
-                       help="dataset build YAML (repeatable; default: deployments/datasets/*.yaml)")
+    serve.add_argument("--config", dest="configs", type=Path, action="append", default=[], help=CONFIGS_HELP)
     serve.add_argument("--port", type=int, default=4200, help="port of the local Prefect server (default 4200)")
     trigger = commands.add_parser("trigger", help="start a run of a dataset's deployment through the Prefect API")
     trigger.add_argument("dataset")
@@ -100,13 +96,12 @@ def _parser() -> argparse.ArgumentParser:
     trigger.add_argument("--wait", action="store_true", help="follow the run to its end and exit with its status")
     deployments = commands.add_parser("deployments", help="write deployments/prefect.yaml from the dataset configs")
     deployments.add_argument("action", choices=["render"])
-    deployments.add_argument("--config", dest="configs", type=Path, action="append", default=[],
-                             help="dataset build YAML (repeatable; default: deployments/datasets/*.yaml)")
+    deployments.add_argument("--config", dest="configs", type=Path, action="append", default=[], help=CONFIGS_HELP)
     deployments.add_argument("--pool", default="negforge", help="process work pool name (default negforge)")
     gc = commands.add_parser("gc", help="remove old run workspaces, unreferenced embedding-store entries and "
                                         "staging folders of builds that are gone")
     gc.add_argument("--config", type=Path, default=None,
-                    help="build YAML naming the workdir and registry (only those are read; default: the demo's)")
+                    help=f"build YAML naming the workdir and registry (only those are read; default: {DEMO_HELP})")
     gc.add_argument("--registry", default=None, help="registry folder (wins over the config's)")
     gc.add_argument("--workdir", default=None, help="workdir (wins over the config's)")
     gc.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
@@ -124,12 +119,13 @@ def cmd_versions(args: argparse.Namespace) -> int:
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
+    from negforge.flows.deployments import demo_config
     from negforge.flows.registry_commands import gc
     from negforge.schemas.config import StorageConfig, read_config, validate_config
 
-    path = args.config or default_config()
-    raw = {} if args.registry and args.workdir and not args.config else read_config(path, args.overrides)
-    storage = validate_config(raw, str(path), StorageConfig)
+    path = args.config or (None if args.registry and args.workdir else demo_config())
+    raw = read_config(path, args.overrides) if path else {}
+    storage = validate_config(raw, str(path or "defaults"), StorageConfig)
     return gc(args, args.workdir or storage.runtime.workdir, args.registry or storage.publish.registry)
 
 
@@ -165,10 +161,14 @@ def _print_result(result: dict) -> int:
 
 
 def _default_registry(args: argparse.Namespace) -> str:
-    """--registry, else the default config's publish.registry."""
-    from negforge.schemas.config import load_config
+    """--registry, else the demo config's publish.registry when the working directory has it, else the default
+    (./registry): these commands take no --config, so a missing demo is no error."""
+    from negforge.flows.deployments import DEMO_CONFIG
+    from negforge.schemas.config import PublishConfig, load_config
 
-    return args.registry or load_config(default_config()).publish.registry
+    if args.registry:
+        return args.registry
+    return load_config(DEMO_CONFIG).publish.registry if DEMO_CONFIG.is_file() else PublishConfig().registry
 
 
 class Stopped(KeyboardInterrupt):
@@ -364,13 +364,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
+    from negforge.flows.deployments import demo_config
     from negforge.flows.versions_info import code_version
     from negforge.schemas.config import load_config
     from negforge.tasks.calibration.calibrate import replaced_fields
     from negforge.tasks.registry.up_to_date import unchanged_version, up_to_date_result
     from negforge.tasks.runtime.preflight import check_budget_for_the_model, check_scheduler
 
-    config = load_config(args.config or default_config(), args.overrides)
+    config = load_config(args.config or demo_config(), args.overrides)
     replaced = replaced_fields(config)
     if replaced:
         print(f"negforge: mine.strategy auto mines with the setting calibration chooses (or its default), not with "

@@ -20,10 +20,10 @@ import yaml
 
 from negforge.schemas.config import BuildConfig, ConfigError, apply_overrides, load_config, map_paths, validate_config
 
-ROOT = Path(__file__).resolve().parent.parent
-DATASETS = ROOT / "deployments" / "datasets"
-FLOW = "build-training-set"
-EVALUATE_FLOW = "evaluate-training-set"
+# Where configs are looked for when none are given: under the working directory, never the source tree (an installed
+# wheel has none). Relative paths inside a config stay relative to its file (schemas/config.py).
+DATASETS = Path("deployments") / "datasets"
+DEMO_CONFIG = DATASETS / "scifact-demo.yaml"
 LOCAL_API = "http://127.0.0.1:4200/api"  # where `negforge serve` starts its server when PREFECT_API_URL is unset
 
 
@@ -31,12 +31,36 @@ class NoPrefectAPI(RuntimeError):
     """No Prefect API answers at the configured (or default local) address."""
 
 
+def _not_found(what: str, option: str) -> ConfigError:
+    return ConfigError(f"{what} in {Path.cwd()}; pass --config {option}")
+
+
+def demo_config() -> Path:
+    """The build config a command without --config uses: the demo, in the working directory."""
+    if not DEMO_CONFIG.is_file():
+        raise _not_found(f"no --config given and no {DEMO_CONFIG}", "FILE")
+    return DEMO_CONFIG
+
+
+def config_files(paths: list[Path] | None) -> list[Path]:
+    """The given build YAMLs, a folder standing for every *.yaml in it; none given: those in ./deployments/datasets."""
+    if not paths:
+        files = sorted(DATASETS.glob("*.yaml"))
+        if not files:
+            raise _not_found(f"no --config given and no {DATASETS}/*.yaml", "FILE_OR_FOLDER")
+        return files
+    files = []
+    for path in paths:
+        found = sorted(path.glob("*.yaml")) if path.is_dir() else [path]
+        if not found:
+            raise ConfigError(f"{path}: a folder without *.yaml dataset configs")
+        files += found
+    return files
+
+
 def dataset_configs(paths: list[Path] | None) -> list[tuple[Path, BuildConfig]]:
-    """The given build YAMLs, or every one in deployments/datasets; dataset names must be unique."""
-    files = paths or sorted(DATASETS.glob("*.yaml"))
-    if not files:
-        raise ConfigError(f"no dataset configs given and none in {DATASETS}")
-    configs = [(path, load_config(path)) for path in files]
+    """The dataset configs of `config_files`, loaded; dataset names must be unique."""
+    configs = [(path, load_config(path)) for path in config_files(paths)]
     names = [config.publish.dataset for _, config in configs]
     if len(set(names)) != len(names):
         raise ConfigError(f"two configs publish the same dataset: {sorted(n for n in names if names.count(n) > 1)}")
@@ -114,23 +138,31 @@ def _relative(raw: dict[str, Any], root: Path) -> dict[str, Any]:
                      else value)
 
 
+def _entrypoint(flow) -> str:
+    """Where a work pool's worker imports the flow from, read off the flow itself."""
+    return f"{flow.fn.__module__}:{flow.fn.__name__}"
+
+
 def prefect_yaml(paths: list[Path] | None, pool: str = "negforge") -> str:
     """deployments/prefect.yaml for `prefect deploy --all`: one deployment per dataset config on a process pool.
 
     Generated from the dataset configs (`negforge deployments render`), so the two never disagree; paths are
-    relative to the repository root, where the pull step puts the worker.
+    relative to the working directory it is rendered in, where the pull step puts the worker ($NEGFORGE_ROOT).
     """
+    from negforge.flows.build_then_evaluate import ENTRYPOINT
+    from negforge.flows.evaluate import evaluate_training_set
+
     deployments = []
     for path, config in dataset_configs(paths):
-        relative = _relative(parameters(config)["config"], ROOT)
+        relative = _relative(parameters(config)["config"], Path.cwd())
         deployments.append({
-            **_described(path, config), "entrypoint": "negforge.flows.build_then_evaluate:build_and_evaluate",
+            **_described(path, config), "entrypoint": ENTRYPOINT,
             "parameters": {"config": relative},
             "schedules": _schedules(config), "concurrency_limit": dict(ONE_RUN_AT_A_TIME),
             "work_pool": {"name": pool, "work_queue_name": "default"},
         })
         deployments.append({
-            **_evaluation_described(path, config), "entrypoint": "negforge.flows.evaluate:evaluate_training_set",
+            **_evaluation_described(path, config), "entrypoint": _entrypoint(evaluate_training_set),
             "parameters": evaluate_parameters(relative), "schedules": [],
             "concurrency_limit": dict(ONE_RUN_AT_A_TIME), "work_pool": {"name": pool, "work_queue_name": "default"},
         })
@@ -173,6 +205,9 @@ def trigger(dataset: str, overrides: list[str], wait: bool) -> int:
     from prefect.deployments import run_deployment
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
+    from negforge.flows.build import build_training_set
+
+    name = f"{build_training_set.name}/{dataset}"
     url = api_url()
     with temporary_settings(updates={PREFECT_API_URL: url}):
         from prefect.client.orchestration import get_client
@@ -180,12 +215,11 @@ def trigger(dataset: str, overrides: list[str], wait: bool) -> int:
 
         with get_client(sync_client=True) as client:
             try:
-                deployment = client.read_deployment_by_name(f"{FLOW}/{dataset}")
+                deployment = client.read_deployment_by_name(name)
             except ObjectNotFound:
-                raise ConfigError(f"no deployment {FLOW}/{dataset} at {url}; serve or deploy its config "
-                                  f"first") from None
+                raise ConfigError(f"no deployment {name} at {url}; serve or deploy its config first") from None
         stored = deployment.parameters["config"]
-        config = validate_config(apply_overrides(stored, overrides), f"{FLOW}/{dataset} with --set")
+        config = validate_config(apply_overrides(stored, overrides), f"{name} with --set")
         run = run_deployment(deployment.id, parameters=parameters(config), timeout=None if wait else 0,
                              poll_interval=2)
         ui = url.removesuffix("/api")

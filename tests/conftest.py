@@ -150,9 +150,9 @@ def local_workers(processes: list) -> list:
     return [process for process in processes if process.parent() is not None and is_forkserver(process.parent())]
 
 
-def run_cli(*args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
-    """Run `negforge ARGS` as a user would, in the project root."""
-    done = subprocess.run([sys.executable, "-m", "negforge.flows.cli", *args], cwd=ROOT, capture_output=True, text=True,
+def run_cli(*args: str, check: bool = True, timeout: float = 600, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    """Run `negforge ARGS` as a user would, in the project root (or `cwd`)."""
+    done = subprocess.run([sys.executable, "-m", "negforge.flows.cli", *args], cwd=cwd, capture_output=True, text=True,
                           env=os.environ.copy(), timeout=timeout)
     if check:
         assert done.returncode == 0, done.stderr[-3000:]

@@ -148,6 +148,7 @@ def test_trigger_refuses_bad_overrides_and_a_missing_api(served):
 
 
 def test_serve_without_an_api_starts_a_local_server_and_stops_it(dataset_config, tmp_path):
+    """Run outside the checkout, with a folder of configs, as an installed negforge would be."""
     import httpx
 
     from negforge.flows.orchestration.prefect_server import free_port
@@ -155,7 +156,7 @@ def test_serve_without_an_api_starts_a_local_server_and_stops_it(dataset_config,
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"} | {"PREFECT_HOME": str(tmp_path)}
     process = subprocess.Popen([sys.executable, "-m", "negforge.flows.cli", "serve", "--port", str(port), "--config",
-                                str(dataset_config)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                str(dataset_config.parent)], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)
     api = f"http://127.0.0.1:{port}/api"
     try:

@@ -14,7 +14,8 @@ from negforge.flows.deployments import prefect_yaml
 from tests.conftest import DEMO, ROOT, beir_subset, run_cli, write_config
 
 
-def test_committed_prefect_yaml_matches_the_dataset_configs():
+def test_committed_prefect_yaml_matches_the_dataset_configs(monkeypatch):
+    monkeypatch.chdir(ROOT)  # rendered from the project root: its deployments/datasets, paths relative to it
     assert (ROOT / "deployments" / "prefect.yaml").read_text() == prefect_yaml(None), \
         "deployments/prefect.yaml is stale: run `negforge deployments render > deployments/prefect.yaml`"
 
