@@ -217,12 +217,13 @@ def _stop_in_disguise(error: Exception, received: list[int]) -> int | None:
     return signal.SIGTERM if "TerminationSignal" in str(error) else None
 
 
-def _published_before_the_stop() -> str:
+def _published_before_the_stop(earlier: int) -> str:
     """What a stopped run leaves published: nothing, or the versions it published before the stop (a build stopped
-    while it evaluates what it published); a scratch registry's versions, gone with their folder, do not count."""
+    while it evaluates what it published); those of runs before it in this process (`earlier` of them: tests run
+    many) and a scratch registry's versions, gone with their folder, do not count."""
     from negforge.tasks.registry.versions import published_here
 
-    versions = [str(path) for path in published_here() if path.is_dir()]
+    versions = [str(path) for path in published_here()[earlier:] if path.is_dir()]
     return f"published before the stop: {', '.join(versions)}" if versions else "nothing was published"
 
 
@@ -238,7 +239,9 @@ def _run_flow(args: argparse.Namespace, dataset: str, prepare: Callable[[], Call
     """
     from negforge.flows.orchestration.prefect_server import prefect_api
     from negforge.flows.orchestration.task_options import dataset_tags
+    from negforge.tasks.registry.versions import published_here
 
+    earlier = len(published_here())
     try:
         with _stop_on_signals() as received, prefect_api() as api_ready:
             if not args.debug:  # before the cluster starts: its workers read the console level when they start
@@ -255,7 +258,7 @@ def _run_flow(args: argparse.Namespace, dataset: str, prepare: Callable[[], Call
                             raise Stopped(signum) from None
                         raise
     except Stopped as stopped:
-        print(f"negforge: stopped by {signal.Signals(stopped.signum).name}; {_published_before_the_stop()}",
+        print(f"negforge: stopped by {signal.Signals(stopped.signum).name}; {_published_before_the_stop(earlier)}",
               file=sys.stderr)
         return 128 + stopped.signum
     finally:

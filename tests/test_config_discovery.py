@@ -33,9 +33,9 @@ def outside(tmp_path) -> Path:
 def test_a_folder_of_configs_renders_from_outside_the_checkout(outside):
     _configs(outside / "configs")
     rendered = _rendered(run_cli("deployments", "render", "--config", "configs", cwd=outside).stdout)
-    assert sorted(rendered) == [(d, f"negforge.flows.{flow}") for d in ("alpha", "beta")
-                                for flow in ("build:build_training_set", "evaluate:evaluate_training_set")]
-    config = rendered["alpha", "negforge.flows.build:build_training_set"]["parameters"]["config"]
+    flows = ("build_then_evaluate:build_and_evaluate", "evaluate:evaluate_training_set")
+    assert sorted(rendered) == [(d, f"negforge.flows.{flow}") for d in ("alpha", "beta") for flow in flows]
+    config = rendered["alpha", "negforge.flows.build_then_evaluate:build_and_evaluate"]["parameters"]["config"]
     # relative to the config file when read, then to the working directory the worker runs in
     assert config["input"]["corpus"] == "data/corpus.jsonl" and config["publish"]["registry"] == "configs/registry"
 

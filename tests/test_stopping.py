@@ -96,10 +96,10 @@ import sys
 import time
 from pathlib import Path
 
-import negforge.flows.build as build
+import negforge.flows.stages.publishing as publishing  # the publishing tail's steps
 
 marker, step_name = Path(sys.argv.pop(1)), sys.argv.pop(1)
-step = getattr(build, step_name)
+step = getattr(publishing, step_name)
 
 
 def then_wait(*args, **kwargs):
@@ -109,7 +109,7 @@ def then_wait(*args, **kwargs):
     return done
 
 
-setattr(build, step_name, then_wait)
+setattr(publishing, step_name, then_wait)
 from negforge.flows.cli import main
 sys.exit(main(sys.argv[1:]))
 """
