@@ -27,7 +27,6 @@ from negforge.tasks.runtime.sizing import ranges, task_count, weighted_ranges
 KINDS = ("query", "corpus")
 MATRIX_NAMES = {"query": "queries.npy", "corpus": "corpus.npy"}
 CHARS_PER_TOKEN = 4  # English WordPiece/BPE text averages 4-4.5 characters a token
-PROGRESS_BATCHES = 16  # batches per encode call: how often an embedding task reports progress
 TODO_ROW_GROUP = 4096  # rows per row group of the texts to embed: a task's slice reads little beyond its rows
 
 
@@ -148,16 +147,6 @@ def _write_rows(plan: EmbedPlan, keys: pl.DataFrame, vectors: np.ndarray) -> Non
             matrix.flush()
 
 
-def _encode(spec: EncoderSpec, texts: pl.Series, progress: TaskProgress) -> np.ndarray:
-    """Vectors of `texts`, encoded a few batches per call so that progress moves as they finish."""
-    step = spec.batch_size * PROGRESS_BATCHES
-    done = []
-    for start in range(0, len(texts), step):
-        done.append(encode(spec, texts.slice(start, step).to_list()))
-        progress.advance(len(done[-1]))
-    return np.concatenate(done)
-
-
 def _embed_and_store(plan: EmbedPlan, store: EmbeddingStore, spec: EncoderSpec, keys: pl.DataFrame,
                      progress: TaskProgress) -> list[str]:
     """Embed `keys` (with their texts) a part at a time: store each part, fill its rows. A part that an earlier
@@ -174,7 +163,7 @@ def _embed_and_store(plan: EmbedPlan, store: EmbeddingStore, spec: EncoderSpec, 
             except FileNotFoundError:
                 pass  # merged by another run's compaction since: embed it again
         if vectors is None:
-            vectors = _encode(spec, chunk["text"], progress)
+            vectors = encode(spec, chunk["text"].to_list(), progress.advance)  # a whole part per call
             store.put(chunk["text_hash"], vectors)
         _write_rows(plan, chunk, vectors)
     return damaged

@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Callable
 
 BUNDLED_NAMES = {"sentence-transformers/all-MiniLM-L6-v2", "all-MiniLM-L6-v2"}
 BUNDLED_WEIGHTS_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
@@ -18,6 +19,7 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 PAD_MULTIPLE = 16  # tokens: a text is padded to its length rounded up to this (see `encode`)
 MIN_BATCH_TOKENS = 1024  # token rows per batch at least (see `encode`)
 LENGTH_BATCH = 4096  # texts tokenized at a time to find their lengths
+PROGRESS_BATCHES = 16  # batches between progress reports
 
 
 class ModelError(RuntimeError):
@@ -139,7 +141,7 @@ def _bucket_batch(texts: list[str], padded: int, batch_size: int) -> tuple[list[
     return texts + texts[-1:] * fill, rows
 
 
-def encode(spec: EncoderSpec, texts: list[str]):
+def encode(spec: EncoderSpec, texts: list[str], advance: Callable[[int], None] | None = None):
     """Normalized float32 embeddings of `texts` under the spec's prompt.
 
     A text's vector must not depend on the texts it is batched with: a part embedded again (after a killed worker,
@@ -148,6 +150,8 @@ def encode(spec: EncoderSpec, texts: list[str]):
     the last bits, and so does a small batch (on CPU, products of <= 192 token rows take another path: measured at
     2-8 threads). So each text is padded to its length rounded up to PAD_MULTIPLE, batched only with texts of that
     padded length, and every batch has at least MIN_BATCH_TOKENS token rows (tests/test_deterministic_embedding.py).
+    Give it whole parts: each padded length ends in one short batch per call. `advance` is told how many texts are
+    done every PROGRESS_BATCHES batches.
     """
     import numpy as np
 
@@ -161,11 +165,16 @@ def encode(spec: EncoderSpec, texts: list[str]):
     for padded in np.unique(lengths):
         rows = np.flatnonzero(lengths == padded)
         batch, batch_size = _bucket_batch([texts[i] for i in rows], int(padded), spec.batch_size)
-        part = model.encode(batch, batch_size=batch_size, **options,
-                            processing_kwargs={"text": {"pad_to_multiple_of": PAD_MULTIPLE}})
-        if vectors is None:
-            vectors = np.empty((len(texts), part.shape[1]), dtype=np.float32)
-        vectors[rows] = part[:len(rows)]
+        step = batch_size * PROGRESS_BATCHES  # whole batches: only the bucket's last one is short
+        for start in range(0, len(batch), step):
+            part = model.encode(batch[start:start + step], batch_size=batch_size, **options,
+                                processing_kwargs={"text": {"pad_to_multiple_of": PAD_MULTIPLE}})
+            if vectors is None:
+                vectors = np.empty((len(texts), part.shape[1]), dtype=np.float32)
+            done = rows[start:start + step]
+            vectors[done] = part[:len(done)]
+            if advance:
+                advance(len(done))
     return vectors
 
 
