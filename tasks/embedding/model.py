@@ -123,12 +123,10 @@ def _padded_lengths(model, texts: list[str], prompt: str | None):
     inputs carry no attention mask (nothing is padded there)."""
     import numpy as np
 
-    counts = []
-    for start in range(0, len(texts), LENGTH_BATCH):
-        mask = model.preprocess(texts[start:start + LENGTH_BATCH], prompt=prompt).get("attention_mask")
-        if mask is None:
-            return None
-        counts.append(mask.sum(dim=1).numpy())
+    if "attention_mask" not in model.preprocess(texts[:1], prompt=prompt):
+        return None  # asked of one text: tokenizing is all the work of a static-embedding model
+    counts = [model.preprocess(texts[start:start + LENGTH_BATCH], prompt=prompt)["attention_mask"].sum(dim=1).numpy()
+              for start in range(0, len(texts), LENGTH_BATCH)]
     return -(-np.concatenate(counts) // PAD_MULTIPLE) * PAD_MULTIPLE
 
 
@@ -159,23 +157,24 @@ def encode(spec: EncoderSpec, texts: list[str], advance: Callable[[int], None] |
     options = {"prompt": spec.prompt or None, "normalize_embeddings": True, "convert_to_numpy": True,
                "show_progress_bar": False}
     lengths = _padded_lengths(model, texts, options["prompt"]) if texts else None
-    if lengths is None:
-        return np.ascontiguousarray(model.encode(texts, batch_size=spec.batch_size, **options), dtype=np.float32)
+    if lengths is None:  # nothing is padded (or nothing to embed): batches as given
+        groups = [(np.arange(len(texts)), texts, spec.batch_size, {})]
+    else:
+        groups = [(rows, *_bucket_batch([texts[i] for i in rows], int(padded), spec.batch_size),
+                   {"processing_kwargs": {"text": {"pad_to_multiple_of": PAD_MULTIPLE}}})
+                  for padded in np.unique(lengths) for rows in [np.flatnonzero(lengths == padded)]]
     vectors = None
-    for padded in np.unique(lengths):
-        rows = np.flatnonzero(lengths == padded)
-        batch, batch_size = _bucket_batch([texts[i] for i in rows], int(padded), spec.batch_size)
-        step = batch_size * PROGRESS_BATCHES  # whole batches: only the bucket's last one is short
-        for start in range(0, len(batch), step):
-            part = model.encode(batch[start:start + step], batch_size=batch_size, **options,
-                                processing_kwargs={"text": {"pad_to_multiple_of": PAD_MULTIPLE}})
+    for rows, batch, batch_size, padding in groups:
+        step = batch_size * PROGRESS_BATCHES  # whole batches: only the group's last one is short
+        for start in range(0, len(rows), step):
+            part = model.encode(batch[start:start + step], batch_size=batch_size, **options, **padding)
             if vectors is None:
                 vectors = np.empty((len(texts), part.shape[1]), dtype=np.float32)
             done = rows[start:start + step]
             vectors[done] = part[:len(done)]
             if advance:
                 advance(len(done))
-    return vectors
+    return vectors if vectors is not None else np.empty((0, model.get_embedding_dimension() or 0), np.float32)
 
 
 def embedding_dimension(ref: ModelRef) -> int | None:
