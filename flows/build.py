@@ -136,7 +136,7 @@ def _build(config: BuildConfig, worker_count: Any) -> dict[str, Any]:
         "counts": counts.as_dict(),
         "rejects": {"path": ingested.rejects_path, "reasons": ingested.reject_reasons,
                     "samples": ingested.reject_samples},
-        "calibration": calibration.as_dict() if calibration else None, "topic": topic,
+        "calibration": calibration, "topic": topic,
         "run_dir": str(run_dir),
         "task_runs": {"embed": embedded.task_runs, "dedup_corpus": corpus_dedup.task_runs if corpus_dedup else 0,
                       "approximate_index": 2 if probe else 0, "search_and_mine": len(parts)},

@@ -81,9 +81,9 @@ def calibrate_version(registry_folder: str, target: str, overrides: list[str]) -
     _refuse_what_calibration_cannot_honour(f"{dataset}@{version}", manifest.config, config, stored)
     result = calibrate(stored.calibration, stored.texts.positives, config, stored.topic_sample)
     lines = [f"{dataset}@{version}: {result.queries} queries with two or more positives, at most {result.folds} "
-             f"folds, each hiding another of their positives", *table_lines(list(result.table))]
+             f"folds, each hiding another of their positives", *table_lines([row.model_dump() for row in result.table])]
     lines += [f"skipped {name!r}: {reason}" for name, reason in result.skipped.items()]
     lines += [f"chosen: {result.choice} ({result.message})",
               "settings: " + " ".join(f"{key}={value}" for key, value in result.settings.items()),
-              false_negative_estimate(result.as_dict(), None)]
+              false_negative_estimate(result, None)]
     return lines

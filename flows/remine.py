@@ -56,7 +56,7 @@ def _remine(source: str, config: BuildConfig) -> dict[str, Any]:
         "embed": {"texts_embedded": 0, "texts_cached": 0}, "search": {"depth": mine_depth, "range_max": range_max},
         "counts": parent.counts.model_dump(include=set(COUNT_KEYS)), "rejects": parent.rejects,
         "remined_from": f"{config.publish.dataset}@{source}", "run_dir": str(run_dir),
-        "corpus_dedup": parent.corpus_dedup, "calibration": calibration.as_dict() if calibration else None,
+        "corpus_dedup": parent.corpus_dedup, "calibration": calibration,
         "topic": topic,
     }
     queries = pl.scan_parquet(stored.texts.query_files).select(pl.len()).collect().item()

@@ -138,9 +138,68 @@ class FileEntry(_Part):
     size: int
 
 
+class TopicBound(_Part):
+    """What `mine.topic_quantile` derived (tasks/mining/topic.py with_topic_bound): the bound, from how many
+    positives of how many queries."""
+
+    quantile: Number
+    max_topic_centrality: Number
+    positives: int = 0
+    queries: int = 0
+
+
+class CalibrationRow(_Part):
+    """One setting of the calibration's table, measured over all folds (tasks/calibration/calibrate.py `_row`);
+    `difference_interval`: its rate less the starting setting's, paired bootstrap."""
+
+    setting: str
+    false_negative_rate: Number | None = None
+    ci95: list[Number] | None = None
+    vs_plain: Number | None = None
+    vs_plain_ci95: list[Number] | None = None
+    hidden_kept: int = 0
+    coverage: Number = 0.0
+    hardness: Number | None = None
+    mean_negative_score: Number | None = None
+    negatives: int = 0
+    difference_interval: list[Number] | None = None
+
+
+class CalibrationEstimate(_Part):
+    """The chosen setting's false-negative rate over plain top-k's, with its 95% interval (None: too few hidden
+    positives among plain top-k's negatives)."""
+
+    vs_plain: Number | None = None
+    ci95: list[Number] | None = None
+    false_negative_reduction: Number | None = None
+
+
+class Calibration(_Part):
+    """What calibration chose and why (`outcome`: default, fewer_false_negatives, lowest_false_negative_rate,
+    highest_coverage, hardest_with_coverage, or fallback), the chosen setting's fields, and the whole table;
+    `skipped` names the grid settings that could not be applied, with the reason; `estimate` (None: nothing to
+    measure on); `compared_with`: the setting the choice started from (the table's `difference_interval` is against
+    it)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    outcome: str
+    choice: str | None = None
+    settings: dict[str, Any] = {}
+    message: str = ""
+    queries: int = 0
+    folds: int = 0
+    table: list[CalibrationRow] = []
+    skipped: dict[str, str] = {}
+    estimate: CalibrationEstimate | None = None
+    compared_with: str | None = None
+
+    def row(self, setting: str) -> CalibrationRow | None:
+        return next((row for row in self.table if row.setting == setting), None)
+
+
 class Manifest(BaseModel):
-    """A version's manifest, in manifest.json's order. `calibration` and `topic` stay the dicts their stages write
-    (schemas/stages.py Calibration.as_dict, tasks/mining/topic.py): their readers take those dicts."""
+    """A version's manifest, in manifest.json's order."""
 
     model_config = ConfigDict(extra="allow")
     _order: list[str] = PrivateAttr(default_factory=list)
@@ -160,8 +219,8 @@ class Manifest(BaseModel):
     counts: Counts = Counts()
     rejects: Rejects = Rejects()
     remined_from: str | None = None
-    calibration: dict[str, Any] | None = None
-    topic: dict[str, Any] | None = None
+    calibration: Calibration | None = None
+    topic: TopicBound | None = None
     run_dir: str | None = None
     task_runs: dict[str, int] = {}
     corpus_dedup: dict[str, Any] | None = None

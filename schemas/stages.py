@@ -240,30 +240,6 @@ class CalibrationFiles:
 
 
 @dataclass(frozen=True)
-class Calibration:
-    """What calibration chose and why (`outcome`: default, fewer_false_negatives, lowest_false_negative_rate,
-    highest_coverage, hardest_with_coverage, or fallback), the chosen setting's fields, and the whole table;
-    `skipped` names the grid settings that could not be applied, with the reason; `estimate`: the chosen setting's
-    false-negative rate over plain top-k's with its 95% interval (None: nothing to measure on; its fields None: too
-    few hidden positives among plain top-k's negatives);
-    `compared_with`: the setting the choice started from (the table's `difference_interval` is against it)."""
-
-    outcome: str
-    choice: str | None
-    settings: dict[str, Any]
-    message: str
-    queries: int
-    folds: int
-    table: tuple[dict[str, Any], ...]
-    skipped: dict[str, str]
-    estimate: dict[str, Any] | None = None
-    compared_with: str | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self) | {"table": list(self.table)}
-
-
-@dataclass(frozen=True)
 class EvaluationSplit:
     """An evaluation split (tasks/evaluation/split.py): its BEIR files, which split, how many queries are measured,
     and `key`, a hash of the files' bytes, the split and how its texts are read, which names its results."""

@@ -11,6 +11,7 @@ import polars as pl
 import pytest
 
 from negforge.schemas.config import ConfigError, load_config, validate_config
+from negforge.schemas.manifest import Calibration, CalibrationEstimate, CalibrationRow, TopicBound
 from negforge.schemas.tables import POSITIVES, frame
 from negforge.tasks.calibration.calibrate import (
     DEFAULT,
@@ -109,17 +110,17 @@ def test_options_that_calibration_replaces_are_named_when_set_explicitly():
 
 
 def test_a_version_says_what_is_known_of_its_false_negatives():
-    topic = {"quantile": 0.1, "max_topic_centrality": 0.061, "positives": 300, "queries": 290}
-    fallback = {"outcome": "fallback", "queries": 3, "choice": DEFAULT}
+    topic = TopicBound(quantile=0.1, max_topic_centrality=0.061, positives=300, queries=290)
+    fallback = Calibration(outcome="fallback", queries=3, choice=DEFAULT)
     assert "no estimate is possible" in false_negative_estimate(fallback, topic)
     assert DEFAULT in false_negative_estimate(fallback, topic) and "0.061" in false_negative_estimate(fallback, topic)
     table = [{"setting": "plain top-k", "hidden_kept": 24}]
-    measured = {"outcome": "default", "queries": 40, "choice": DEFAULT, "table": table,
-                "estimate": {"vs_plain": 0.25, "ci95": [0.1, 0.5], "false_negative_reduction": 0.75}}
+    measured = Calibration(outcome="default", queries=40, choice=DEFAULT, table=table,
+                           estimate={"vs_plain": 0.25, "ci95": [0.1, 0.5], "false_negative_reduction": 0.75})
     line = false_negative_estimate(measured, topic)
     assert "0.25x plain top-k's rate (95% interval 0.10-0.50x; plain top-k kept 24 hidden positives)" in line
-    few = measured | {"table": [{"setting": "plain top-k", "hidden_kept": 3}],
-                      "estimate": {"vs_plain": None, "ci95": None, "false_negative_reduction": None}}
+    few = measured.model_copy(update={"table": [CalibrationRow(setting="plain top-k", hidden_kept=3)],
+                                      "estimate": CalibrationEstimate()})
     assert "plain top-k kept 3 hidden positives among its negatives, fewer than the 10" in false_negative_estimate(
         few, topic)
     assert "not estimated" in false_negative_estimate(None, None)
@@ -183,7 +184,7 @@ def test_a_default_build_calibrates_and_mines_with_its_choice(multi_positive, pr
                        stored.texts.positives, config, stored.topic_sample)
     lexical = [name for name in GRID if _uses(name, "lexical")]
     assert sorted(result.skipped) == sorted(lexical) and "BM25" in result.skipped[lexical[0]]
-    assert not {row["setting"] for row in result.table} & set(lexical)
+    assert not {row.setting for row in result.table} & set(lexical)
 
 
 @pytest.mark.slow

@@ -7,6 +7,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from negforge.schemas.manifest import Calibration
 from negforge.schemas.stages import Mined, ScoreStats
 from negforge.schemas.tables import IDS
 from negforge.tasks.registry.charts import version_charts
@@ -56,13 +57,13 @@ def test_equal_data_give_equal_bytes(tmp_path):
     assert first == second
 
 
-CALIBRATION = {"outcome": "fewer_false_negatives", "choice": "relative_margin 0.05", "queries": 25, "folds": 3,
+CALIBRATION = Calibration.model_validate({"outcome": "fewer_false_negatives", "choice": "relative_margin 0.05", "queries": 25, "folds": 3,
                "table": [{"setting": "plain top-k", "false_negative_rate": 0.12, "ci95": [0.08, 0.15],
                           "coverage": 1.0, "hardness": 1.0},
                          {"setting": "relative_margin 0.05", "false_negative_rate": 0.03, "ci95": [0.01, 0.05],
                           "coverage": 0.99, "hardness": 0.8},
                          {"setting": "lexical ratio 1", "false_negative_rate": None, "ci95": None,
-                          "coverage": 0.0, "hardness": None}]}
+                          "coverage": 0.0, "hardness": None}]})
 
 
 def test_the_calibration_is_drawn_when_it_measured_a_table(tmp_path):
@@ -71,5 +72,5 @@ def test_the_calibration_is_drawn_when_it_measured_a_table(tmp_path):
     staged = _staged(tmp_path, [[0.5, 0.4], [0.3, 0.2]])
     charts = version_charts(staged, _mined(None), CALIBRATION)
     assert charts["calibration"] == "charts/calibration.png" and imread(tmp_path / charts["calibration"]).std() > 0.05
-    fallback = CALIBRATION | {"outcome": "fallback", "table": []}
+    fallback = CALIBRATION.model_copy(update={"outcome": "fallback", "table": []})
     assert "calibration" not in version_charts(staged, _mined(None), fallback)

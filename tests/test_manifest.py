@@ -1,7 +1,9 @@
 """The typed manifest reads every manifest published before it and writes it back unchanged.
 
 The fixtures are real manifests (their checksums trimmed to the training set's files): a build and a remine of the
-tests' tiny config published by the code at 7d7b075, the last before the manifest was typed, and a build by 13c83f0.
+tests' tiny config published by the code at 7d7b075, the last before the manifest was typed, a build by 13c83f0, and
+a MEDLINE build by 13c83f0 with `mine.strategy: auto` (the calibration's whole table, before it was typed; paths
+shortened).
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ def test_a_published_manifest_reads_and_writes_back_byte_for_byte(path):
     assert manifest.scores.negative.mean == raw["scores"]["negative"]["mean"]
     assert manifest.model.weights_sha256 == raw["model"]["weights_sha256"]
     assert set(manifest.checksums) == set(raw["checksums"])
+    if raw["calibration"] and raw["calibration"]["table"]:
+        assert [row.setting for row in manifest.calibration.table] == [r["setting"] for r in raw["calibration"]["table"]]
+        assert manifest.topic.max_topic_centrality == raw["topic"]["max_topic_centrality"]
 
 
 def test_a_remine_keeps_its_own_order_and_what_it_lacks_stays_absent():

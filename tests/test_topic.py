@@ -8,6 +8,7 @@ import polars as pl
 import pytest
 
 from negforge.schemas.config import ConfigError, MineConfig, load_config
+from negforge.schemas.manifest import TopicBound
 from negforge.schemas.tables import HITS, POSITIVE_SCORES, POSITIVES, frame
 from negforge.tasks.mining.rules import REASONS, mine
 from negforge.tasks.mining.topic import (
@@ -87,8 +88,8 @@ def test_with_topic_bound_turns_the_quantile_into_a_cosine_and_says_so():
                           schema={"query_row": pl.UInt32, "doc_row": pl.UInt32, "topic_centrality": pl.Float32})
     mining, derived = with_topic_bound(config, sample)
     assert mining.mine.max_topic_centrality == pytest.approx(-0.05) and mining.mine.topic_quantile is None
-    assert derived == {"quantile": 0.25, "max_topic_centrality": mining.mine.max_topic_centrality, "positives": 4,
-                       "queries": 4}
+    assert derived == TopicBound(quantile=0.25, max_topic_centrality=mining.mine.max_topic_centrality, positives=4,
+                                 queries=4)
     assert with_topic_bound(load_config(DEMO_CONFIG), None) == (load_config(DEMO_CONFIG), None)
     with pytest.raises(ValueError, match="topic sample"):
         with_topic_bound(config, None)

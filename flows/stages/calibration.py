@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import polars as pl
@@ -22,7 +21,8 @@ from prefect import get_run_logger
 
 from negforge.flows.orchestration.task_options import negforge_task
 from negforge.schemas.config import BuildConfig
-from negforge.schemas.stages import Calibration, CalibrationFiles, SearchJob, Texts
+from negforge.schemas.manifest import Calibration, TopicBound
+from negforge.schemas.stages import CalibrationFiles, SearchJob, Texts
 from negforge.tasks.calibration.calibrate import (
     MIN_QUERIES,
     applicable_settings,
@@ -109,7 +109,7 @@ def _calibrate_on_workers(files: CalibrationFiles, positives: str, config: Build
 
 
 def calibrated(config: BuildConfig, positives: str, files: CalibrationFiles | None, workers: int,
-               sample: str | None) -> tuple[BuildConfig, Calibration | None, dict[str, Any] | None]:
+               sample: str | None) -> tuple[BuildConfig, Calibration | None, TopicBound | None]:
     """The config to mine with (the calibration's choice applied, a topic quantile turned into its bound from the
     topic sample `sample`), the calibration that chose it (None: fixed) and the topic bound derived (None: none)."""
     calibration = None
@@ -119,7 +119,7 @@ def calibrated(config: BuildConfig, positives: str, files: CalibrationFiles | No
     mining, topic = with_topic_bound(config, pl.read_parquet(sample) if sample else None)
     if topic:
         get_run_logger().info("topic bound: max_topic_centrality %s, the %s quantile of %d positives of %d queries",
-                              topic["max_topic_centrality"], topic["quantile"], topic["positives"], topic["queries"])
+                              topic.max_topic_centrality, topic.quantile, topic.positives, topic.queries)
     return mining, calibration, topic
 
 

@@ -19,7 +19,7 @@ import polars as pl
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
 from negforge.schemas.console_text import printable
-from negforge.schemas.manifest import Manifest, Search
+from negforge.schemas.manifest import Calibration, Manifest, Search, TopicBound
 from negforge.tasks.calibration.calibrate import false_negative_estimate
 
 SAMPLE_ROWS = 10
@@ -66,19 +66,19 @@ def _search_line(search: Search) -> str:
     return line
 
 
-def _calibration_section(calibration: dict[str, Any] | None, topic: dict[str, Any] | None) -> str:
+def _calibration_section(calibration: Calibration | None, topic: TopicBound | None) -> str:
     """What is known of the version's false negatives, then the calibration's table and choice (mine.strategy auto)."""
     known = false_negative_estimate(calibration, topic)
-    if not calibration or calibration["outcome"] == "fallback":
+    if not calibration or calibration.outcome == "fallback":
         return known
     table = _table(("setting", "false-negative rate", "95% interval", "x plain top-k", "95% interval", "coverage",
                     "hardness"),
-                   [(row["setting"], row["false_negative_rate"], row["ci95"], row.get("vs_plain"),
-                     row.get("vs_plain_ci95"), row["coverage"], row["hardness"]) for row in calibration["table"]])
-    skipped = "".join(f"\n- skipped {name}: {reason}" for name, reason in calibration["skipped"].items())
-    return (f"{known}\n\n{calibration['queries']} queries with several positives, at most {calibration['folds']} "
+                   [(row.setting, row.false_negative_rate, row.ci95, row.vs_plain, row.vs_plain_ci95, row.coverage,
+                     row.hardness) for row in calibration.table])
+    skipped = "".join(f"\n- skipped {name}: {reason}" for name, reason in calibration.skipped.items())
+    return (f"{known}\n\n{calibration.queries} queries with several positives, at most {calibration.folds} "
             f"folds, each hiding another of their positives.\n\n{table}{skipped}\n\nChosen: "
-            f"**{calibration['choice']}**: {calibration['message']}.")
+            f"**{calibration.choice}**: {calibration.message}.")
 
 
 def report_markdown(manifest: Manifest, version_dir: str, published: bool) -> str:

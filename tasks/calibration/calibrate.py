@@ -38,7 +38,8 @@ import numpy as np
 import polars as pl
 
 from negforge.schemas.config import BuildConfig
-from negforge.schemas.stages import Calibration, CalibrationFiles
+from negforge.schemas.manifest import Calibration, TopicBound
+from negforge.schemas.stages import CalibrationFiles
 from negforge.schemas.tables import HIDDEN, frame
 from negforge.tasks.gate.audit import bootstrap_picks, bootstrap_rates, rate_with_interval
 from negforge.tasks.mining.adaptive_depth import depth_levels, mine_adaptively
@@ -365,7 +366,7 @@ def chosen_setting(files: CalibrationFiles, pooled: dict[str, pl.DataFrame], ski
     estimate = {"vs_plain": chosen["vs_plain"], "ci95": chosen["vs_plain_ci95"],
                 "false_negative_reduction": None if chosen["vs_plain"] is None else round(1 - chosen["vs_plain"], 4)}
     return Calibration(outcome=outcome, choice=choice, settings=setting_fields(choice), message=reason,
-                       queries=baseline.height, folds=files.folds, table=tuple(table), skipped=skipped,
+                       queries=baseline.height, folds=files.folds, table=table, skipped=skipped,
                        estimate=estimate, compared_with=start)
 
 
@@ -388,27 +389,28 @@ def fallback(queries: int, config: BuildConfig) -> Calibration:
                        table=(), skipped={}, estimate=None, compared_with=None)
 
 
-def false_negative_estimate(calibration: dict[str, Any] | None, topic: dict[str, Any] | None) -> str:
+def false_negative_estimate(calibration: Calibration | None, topic: TopicBound | None) -> str:
     """What a version can say about its false negatives (the manifest's `calibration` and `topic`): the calibration's
     estimate against plain top-k with its interval, or that none was possible and which fixed rule was used."""
-    bound = (f" (topic bound {topic['max_topic_centrality']}: the {topic['quantile']} quantile of {topic['positives']}"
+    bound = (f" (topic bound {topic.max_topic_centrality}: the {topic.quantile} quantile of {topic.positives}"
              f" known positives' topic centralities)") if topic else ""
     if calibration is None:
         return f"False negatives: not estimated (mine.strategy fixed); mined with the options as set{bound}."
-    if calibration["outcome"] == "fallback":
-        return (f"False negatives: no estimate is possible: {calibration['queries']} queries have two or more known "
+    if calibration.outcome == "fallback":
+        return (f"False negatives: no estimate is possible: {calibration.queries} queries have two or more known "
                 f"positives, {MIN_QUERIES} are needed to hide one and count it among the negatives. Mined with the "
-                f"fixed rule {calibration['choice']}{bound}, the default measured with one and two known positives per "
+                f"fixed rule {calibration.choice}{bound}, the default measured with one and two known positives per "
                 f"query (README, Calibration).")
-    estimate = calibration.get("estimate") or {}
-    plain = next((row for row in calibration.get("table", ()) if row["setting"] == BASELINE), {})
-    if estimate.get("vs_plain") is None:
-        measured = (f"not estimated: plain top-k kept {plain.get('hidden_kept', 0)} hidden positives among its "
+    estimate = calibration.estimate
+    plain = calibration.row(BASELINE)
+    kept = plain.hidden_kept if plain else 0
+    if estimate is None or estimate.vs_plain is None:
+        measured = (f"not estimated: plain top-k kept {kept} hidden positives among its "
                     f"negatives, fewer than the {MIN_EVENTS} a ratio needs")
     else:
-        low, high = estimate["ci95"]
-        measured = (f"estimated at {estimate['vs_plain']:.2f}x plain top-k's rate (95% interval {low:.2f}-{high:.2f}x; "
-                    f"plain top-k kept {plain.get('hidden_kept')} hidden positives)")
-    return (f"False negatives: {measured}, measured on {calibration['queries']} queries with several known positives, "
+        low, high = estimate.ci95
+        measured = (f"estimated at {estimate.vs_plain:.2f}x plain top-k's rate (95% interval {low:.2f}-{high:.2f}x; "
+                    f"plain top-k kept {kept} hidden positives)")
+    return (f"False negatives: {measured}, measured on {calibration.queries} queries with several known positives, "
             f"each hidden in turn as a stand-in for the unlabelled relevant documents. Mined with "
-            f"{calibration['choice']}{bound} ({calibration['outcome']}).")
+            f"{calibration.choice}{bound} ({calibration.outcome}).")

@@ -23,6 +23,7 @@ import numpy as np
 import polars as pl
 
 from negforge.schemas.config import BuildConfig
+from negforge.schemas.manifest import TopicBound
 
 TOPIC_SIZE = 10
 SAMPLE_QUERIES = 2000
@@ -80,7 +81,7 @@ def topic_threshold(sample: pl.DataFrame, quantile: float) -> float:
     return round(float(np.quantile(values, quantile)), 6)
 
 
-def with_topic_bound(config: BuildConfig, sample: pl.DataFrame | None) -> tuple[BuildConfig, dict[str, Any] | None]:
+def with_topic_bound(config: BuildConfig, sample: pl.DataFrame | None) -> tuple[BuildConfig, TopicBound | None]:
     """The config to mine with, `mine.topic_quantile` turned into its `max_topic_centrality` (`sample`: TOPIC_SAMPLE),
     and what was derived (None when the quantile is unset)."""
     quantile = config.mine.topic_quantile
@@ -90,6 +91,5 @@ def with_topic_bound(config: BuildConfig, sample: pl.DataFrame | None) -> tuple[
         raise ValueError("mine.topic_quantile needs the topic sample, which these candidates do not have")
     bound = topic_threshold(sample, quantile)
     mine = config.mine.model_copy(update={"topic_quantile": None, "max_topic_centrality": bound})
-    return config.model_copy(update={"mine": mine}), {
-        "quantile": quantile, "max_topic_centrality": bound, "positives": sample.height,
-        "queries": sample["query_row"].n_unique()}
+    return config.model_copy(update={"mine": mine}), TopicBound(
+        quantile=quantile, max_topic_centrality=bound, positives=sample.height, queries=sample["query_row"].n_unique())

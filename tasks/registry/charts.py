@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from negforge.schemas.manifest import Calibration
 from negforge.schemas.stages import Mined
 from negforge.tasks.calibration.calibrate import MIN_COVERAGE
 
@@ -90,24 +91,24 @@ def _audit(report: dict[str, Any], folder: Path) -> str:
     return save(fig, folder / "audit.png")
 
 
-def _calibration(calibration: dict[str, Any], folder: Path) -> str:
-    rows = [row for row in calibration["table"] if row.get("false_negative_rate") is not None]
+def _calibration(calibration: Calibration, folder: Path) -> str:
+    rows = [row for row in calibration.table if row.false_negative_rate is not None]
     fig, ax = figure(height=4.2)
     for row in rows:
-        chosen = row["setting"] == calibration["choice"]
-        low, high = row["ci95"] or (row["false_negative_rate"],) * 2
-        rate = row["false_negative_rate"]
-        ax.errorbar([row["hardness"] or 0.0], [rate], yerr=[[rate - low], [high - rate]], fmt="o", capsize=3,
-                    color=POSITIVE if chosen else OTHER, alpha=1.0 if row["coverage"] >= MIN_COVERAGE else 0.4)
+        chosen = row.setting == calibration.choice
+        rate = row.false_negative_rate
+        low, high = row.ci95 or (rate, rate)
+        ax.errorbar([row.hardness or 0.0], [rate], yerr=[[rate - low], [high - rate]], fmt="o", capsize=3,
+                    color=POSITIVE if chosen else OTHER, alpha=1.0 if row.coverage >= MIN_COVERAGE else 0.4)
         if chosen:
-            ax.annotate(f" chosen: {row['setting']}", (row["hardness"] or 0.0, rate), fontsize=8)
+            ax.annotate(f" chosen: {row.setting}", (row.hardness or 0.0, rate), fontsize=8)
     ax.set(xlabel="hardness (mean negative score / plain top-k's)", ylabel="false-negative rate (95% interval)",
-           title=f"Calibration: {len(rows)} settings, {calibration['folds']} folds, {calibration['queries']} queries "
+           title=f"Calibration: {len(rows)} settings, {calibration.folds} folds, {calibration.queries} queries "
                  f"(faded: coverage < {MIN_COVERAGE})")
     return save(fig, folder / "calibration.png")
 
 
-def version_charts(version_dir: str, mined: Mined, calibration: dict[str, Any] | None = None) -> dict[str, str]:
+def version_charts(version_dir: str, mined: Mined, calibration: Calibration | None = None) -> dict[str, str]:
     """Draw the charts of a staged version into its `charts/` folder; returns {chart: path in the version}.
     `calibration`: the manifest's calibration (mine.strategy auto), drawn when it measured a table."""
     folder = Path(version_dir) / "charts"
@@ -116,6 +117,6 @@ def version_charts(version_dir: str, mined: Mined, calibration: dict[str, Any] |
              "negative_rank": _by_rank(ids, folder)}
     if mined.audit and mined.audit.get("n_queries"):
         drawn["audit"] = _audit(mined.audit, folder)
-    if calibration and calibration.get("outcome") != "fallback" and calibration.get("table"):
+    if calibration and calibration.outcome != "fallback" and calibration.table:
         drawn["calibration"] = _calibration(calibration, folder)
     return {name: f"charts/{file}" for name, file in drawn.items()}
