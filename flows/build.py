@@ -9,9 +9,10 @@ scheduler as that run's config says; a local cluster starts while the flow inges
 
 from __future__ import annotations
 
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
 
 from prefect import flow, get_run_logger
 
@@ -26,14 +27,24 @@ from negforge.flows.stages.publishing import mine_and_publish, new_run_dir, time
 from negforge.flows.stages.run_report import publish_artifacts, reject_lines
 from negforge.flows.versions_info import code_version
 from negforge.schemas.config import BuildConfig
-from negforge.schemas.stages import StoreMeta
+from negforge.schemas.manifest import Calibration, TopicBound
+from negforge.schemas.stages import (
+    CalibrationFiles,
+    CorpusDeduplicated,
+    Embedded,
+    Ingested,
+    MinedPartition,
+    SearchJob,
+    StoreMeta,
+    Texts,
+)
 from negforge.tasks.embedding.model import embedding_dimension, resolve_model
 from negforge.tasks.gate.gates import check_inputs
 from negforge.tasks.ingest.ingest import ingest
 from negforge.tasks.registry.up_to_date import unchanged_version, up_to_date_result
 from negforge.tasks.runtime.preflight import check_budget_for_the_model, naming, preflight, store_shortfall
 from negforge.tasks.runtime.sizing import check_budget
-from negforge.tasks.search.ann_index import check_index_settings
+from negforge.tasks.search.ann_index import Probe, check_index_settings
 
 ingest_task = negforge_task(ingest, "ingest", retried=True)
 validate_inputs_task = negforge_task(check_inputs, "validate inputs")
@@ -65,17 +76,38 @@ def build_training_set(config: BuildConfig) -> dict[str, Any]:
                 starter.join()
 
 
-def _build(config: BuildConfig, worker_count: Any) -> dict[str, Any]:
-    logger = get_run_logger()
+def _build(config: BuildConfig, worker_count: Callable[[], int]) -> dict[str, Any]:
+    """The build's stages in order, as the README's diagram draws them; each times itself into `timings`."""
     timings: dict[str, float] = {}
     started = datetime.now(timezone.utc)
     run_dir = new_run_dir(config, started)
     preflight(config)
     check_budget_for_the_model(config)
+    ingested = _ingest(config, run_dir, timings)
+    embedded = _embed(ingested, config, run_dir, worker_count, timings)
+    corpus_dedup = _dedup_corpus(ingested.texts, embedded, config, run_dir, worker_count(), timings)
+    job = search_job(ingested.texts, embedded, config, corpus_dedup, _lexical_index(ingested.texts, config, timings),
+                     run_dir, worker_count())
+    calibration = _calibrate(job, config, run_dir, worker_count(), timings)
+    job, parts, probe = _search_and_mine(job, calibration.mining, embedded.corpus.rows, run_dir, worker_count(),
+                                         timings)
+    texts = ingested.texts
+    stored = StoreMeta(depth=job.depth, max_positives=texts.max_positives, documents=embedded.corpus.rows,
+                       searchable=job.searchable, lexical=job.lexical_index is not None, topic=True)
+    return mine_and_publish(config, texts, parts, run_dir, timings,
+                            _provenance(started, config, ingested, embedded, job, probe, calibration, corpus_dedup,
+                                        len(parts), run_dir),
+                            stored, mining=calibration.mining,
+                            corpus_duplicates=corpus_dedup.corpus_duplicates if corpus_dedup else None,
+                            calibration_files=calibration.files, topic_sample=calibration.sample)
 
+
+def _ingest(config: BuildConfig, run_dir: Path, timings: dict[str, float]) -> Ingested:
+    """Read and check the inputs (rejects counted and sampled), then validate them."""
+    logger = get_run_logger()
     with timed(timings, "ingest"):
         ingested = ingest_task(config.input, str(run_dir / "ingest"), config.runtime.shard_size)
-    texts, counts = ingested.texts, ingested.counts
+    counts = ingested.counts
     logger.info("ingested %d documents (%d unique texts), %d queries with positives, %d rows rejected",
                 counts.documents, counts.unique_texts, counts.queries_used, counts.rows_rejected)
     for line in reject_lines(ingested.reject_reasons, ingested.reject_samples):
@@ -83,49 +115,91 @@ def _build(config: BuildConfig, worker_count: Any) -> dict[str, Any]:
     check_index_settings(config.search, counts.unique_texts)
     with timed(timings, "validate_inputs"):
         validate_inputs_task(ingested, str(run_dir / "validation" / "inputs"))
+    return ingested
 
+
+def _embed(ingested: Ingested, config: BuildConfig, run_dir: Path, worker_count: Callable[[], int],
+           timings: dict[str, float]) -> Embedded:
+    """Embed what the store lacks, after checking the memory budget against the model's dimension."""
+    logger = get_run_logger()
     dimension = embedding_dimension(resolve_model(config.embed.model))
     if dimension:
         check_budget(config.runtime, worker_count(), dimension)
-    shortfall = store_shortfall(config.runtime.workdir, counts.unique_texts, dimension)
+    shortfall = store_shortfall(config.runtime.workdir, ingested.counts.unique_texts, dimension)
     if shortfall:
         logger.warning(shortfall)
     with timed(timings, "embed"):
-        embedded = embed_stage(texts, config, run_dir, worker_count())
+        embedded = embed_stage(ingested.texts, config, run_dir, worker_count())
     logger.info("embedded %d texts, %d from the store", embedded.texts_embedded, embedded.texts_cached)
     if embedded.store_repaired:
         logger.warning("embedding store: damaged parts set aside and their texts embedded again: %s",
                        ", ".join(embedded.store_repaired))
     if not dimension:  # a model whose configs do not say: now its vectors do, before any search
         check_budget(config.runtime, worker_count(), embedded.corpus.dim)
+    return embedded
 
-    corpus_dedup = None
-    if config.dedup.corpus:
-        with timed(timings, "dedup_corpus"):
-            corpus_dedup = dedup_corpus(texts, embedded.corpus, config, run_dir / "corpus-dedup", worker_count())
-        logger.info("corpus deduplication dropped %d near-duplicate documents", corpus_dedup.dropped)
 
-    index = None
-    if config.lexical_scores():
-        with timed(timings, "lexical_index"):
-            index = lexical_index(texts, config)
-    job = search_job(texts, embedded, config, corpus_dedup, index, run_dir, worker_count())
-    mining, calibration, calibration_files, sample, topic = config, None, None, None, None
-    if config.mine.strategy == "auto" or config.mine.topic_quantile is not None:
-        with timed(timings, "calibrate"):
-            sample, calibration_files = samples(job, config, run_dir, worker_count())
-            mining, calibration, topic = calibrated(config, texts.positives, calibration_files, worker_count(), sample)
-    range_max, depth = mining.window_and_depth(texts.max_positives)  # the window of the options mined with
-    job = replace(job, depth=depth, range_max=range_max,
-                  bound=mining.depth_bound(texts.max_positives, embedded.corpus.rows))
+def _dedup_corpus(texts: Texts, embedded: Embedded, config: BuildConfig, run_dir: Path, workers: int,
+                  timings: dict[str, float]) -> CorpusDeduplicated | None:
+    """Near-duplicate documents set aside before search (`dedup.corpus`); None when it is off."""
+    if not config.dedup.corpus:
+        return None
+    with timed(timings, "dedup_corpus"):
+        deduplicated = dedup_corpus(texts, embedded.corpus, config, run_dir / "corpus-dedup", workers)
+    get_run_logger().info("corpus deduplication dropped %d near-duplicate documents", deduplicated.dropped)
+    return deduplicated
+
+
+def _lexical_index(texts: Texts, config: BuildConfig, timings: dict[str, float]) -> str | None:
+    """The BM25 index, when a lexical rule or score needs it."""
+    if not config.lexical_scores():
+        return None
+    with timed(timings, "lexical_index"):
+        return lexical_index(texts, config)
+
+
+@dataclass(frozen=True)
+class _Calibrated:
+    """The config to mine with and what chose it (all None under mine.strategy fixed without a topic quantile)."""
+
+    mining: BuildConfig
+    calibration: Calibration | None = None
+    files: CalibrationFiles | None = None
+    sample: str | None = None
+    topic: TopicBound | None = None
+
+
+def _calibrate(job: SearchJob, config: BuildConfig, run_dir: Path, workers: int,
+               timings: dict[str, float]) -> _Calibrated:
+    """Search the topic sample and the calibration candidates, then choose the options to mine with."""
+    if config.mine.strategy != "auto" and config.mine.topic_quantile is None:
+        return _Calibrated(mining=config)
+    with timed(timings, "calibrate"):
+        sample, files = samples(job, config, run_dir, workers)
+        mining, calibration, topic = calibrated(config, job.texts.positives, files, workers, sample)
+    return _Calibrated(mining, calibration, files, sample, topic)
+
+
+def _search_and_mine(job: SearchJob, mining: BuildConfig, documents: int, run_dir: Path, workers: int,
+                     timings: dict[str, float]) -> tuple[SearchJob, list[MinedPartition], Probe | None]:
+    """Search and mine every partition with the window of the options mined with (after calibration)."""
+    range_max, depth = mining.window_and_depth(job.texts.max_positives)
+    job = replace(job, depth=depth, range_max=range_max, bound=mining.depth_bound(job.texts.max_positives, documents))
     with timed(timings, "search_and_mine"):
-        parts, probe = search_and_mine_all(job, mining, run_dir, worker_count())
+        parts, probe = search_and_mine_all(job, mining, run_dir, workers)
     if probe:
-        (logger.info if probe.met_target else logger.warning)(
+        (get_run_logger().info if probe.met_target else get_run_logger().warning)(
             "%s index: %s=%d, probe recall %.4f on %d queries (target %s%s), mined negatives changed: %s",
             probe.kind, "nprobe" if probe.kind == "ivf" else "efSearch", probe.knob, probe.recall, probe.queries,
-            config.search.target_recall, "" if probe.met_target else ", NOT met", probe.negatives_changed)
-    base = {
+            mining.search.target_recall, "" if probe.met_target else ", NOT met", probe.negatives_changed)
+    return job, parts, probe
+
+
+def _provenance(started: datetime, config: BuildConfig, ingested: Ingested, embedded: Embedded, job: SearchJob,
+                probe: Probe | None, calibrated: _Calibrated, corpus_dedup: CorpusDeduplicated | None,
+                partitions: int, run_dir: Path) -> dict[str, Any]:
+    """The manifest entries only the build knows (the publishing tail adds what it does)."""
+    return {
         "created_at": started.isoformat(), "inputs": list(ingested.inputs),
         "model": {"name": config.embed.model, "weights_sha256": resolve_model(config.embed.model).weights_sha256,
                   "fingerprints": embedded.fingerprints},
@@ -133,20 +207,13 @@ def _build(config: BuildConfig, worker_count: Any) -> dict[str, Any]:
                   "store_repaired": list(embedded.store_repaired)},
         "search": {"depth": job.depth, "range_max": job.range_max, "index": config.search.index,
                    "probe": asdict(probe) if probe else None},
-        "counts": counts.as_dict(),
+        "counts": ingested.counts.as_dict(),
         "rejects": {"path": ingested.rejects_path, "reasons": ingested.reject_reasons,
                     "samples": ingested.reject_samples},
-        "calibration": calibration, "topic": topic,
+        "calibration": calibrated.calibration, "topic": calibrated.topic,
         "run_dir": str(run_dir),
         "task_runs": {"embed": embedded.task_runs, "dedup_corpus": corpus_dedup.task_runs if corpus_dedup else 0,
-                      "approximate_index": 2 if probe else 0, "search_and_mine": len(parts)},
+                      "approximate_index": 2 if probe else 0, "search_and_mine": partitions},
         "corpus_dedup": {"dropped": corpus_dedup.dropped, "record": "candidates/corpus-duplicates.parquet"}
         if corpus_dedup else None,
     }
-    stored = StoreMeta(depth=job.depth, max_positives=texts.max_positives, documents=embedded.corpus.rows,
-                       searchable=job.searchable, lexical=job.lexical_index is not None, topic=True)
-    return mine_and_publish(config, texts, parts, run_dir, timings, base, stored, mining=mining,
-                            corpus_duplicates=corpus_dedup.corpus_duplicates if corpus_dedup else None,
-                            calibration_files=calibration_files, topic_sample=sample)
-
-
