@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from negforge.schemas.config import BuildConfig, apply_overrides, validate_config
+from negforge.schemas.manifest import CalibrationRow
 from negforge.schemas.stages import StoredCandidates
 from negforge.tasks.calibration.calibrate import (
     CALIBRATED,
@@ -32,11 +33,11 @@ def _cell(value: Any) -> str:
     return f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
-def table_lines(table: list[dict[str, Any]]) -> list[str]:
+def table_lines(table: list[CalibrationRow]) -> list[str]:
     """The calibration table as aligned text lines."""
     header = ("setting", "false_negative_rate", "ci95", "vs_plain", "vs_plain_ci95", "coverage", "hardness",
               "mean_negative_score")
-    rows = [header] + [tuple(_cell(row[key]) for key in header) for row in table]
+    rows = [header] + [tuple(_cell(getattr(row, key)) for key in header) for row in table]
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
 
@@ -81,7 +82,7 @@ def calibrate_version(registry_folder: str, target: str, overrides: list[str]) -
     _refuse_what_calibration_cannot_honour(f"{dataset}@{version}", manifest.config, config, stored)
     result = calibrate(stored.calibration, stored.texts.positives, config, stored.topic_sample)
     lines = [f"{dataset}@{version}: {result.queries} queries with two or more positives, at most {result.folds} "
-             f"folds, each hiding another of their positives", *table_lines([row.model_dump() for row in result.table])]
+             f"folds, each hiding another of their positives", *table_lines(result.table)]
     lines += [f"skipped {name!r}: {reason}" for name, reason in result.skipped.items()]
     lines += [f"chosen: {result.choice} ({result.message})",
               "settings: " + " ".join(f"{key}={value}" for key, value in result.settings.items()),
