@@ -27,7 +27,7 @@ from negforge.flows.stages.publishing import mine_and_publish, new_run_dir, time
 from negforge.flows.stages.run_report import publish_artifacts, reject_lines
 from negforge.flows.versions_info import code_version
 from negforge.schemas.config import BuildConfig
-from negforge.schemas.manifest import Calibration, TopicBound
+from negforge.schemas.manifest import Calibration, Counts, Embed, Model, Provenance, Rejects, Search, TopicBound
 from negforge.schemas.stages import (
     CalibrationFiles,
     CorpusDeduplicated,
@@ -197,23 +197,22 @@ def _search_and_mine(job: SearchJob, mining: BuildConfig, documents: int, run_di
 
 def _provenance(started: datetime, config: BuildConfig, ingested: Ingested, embedded: Embedded, job: SearchJob,
                 probe: Probe | None, calibrated: _Calibrated, corpus_dedup: CorpusDeduplicated | None,
-                partitions: int, run_dir: Path) -> dict[str, Any]:
-    """The manifest entries only the build knows (the publishing tail adds what it does)."""
-    return {
-        "created_at": started.isoformat(), "inputs": list(ingested.inputs),
-        "model": {"name": config.embed.model, "weights_sha256": resolve_model(config.embed.model).weights_sha256,
-                  "fingerprints": embedded.fingerprints},
-        "embed": {"texts_embedded": embedded.texts_embedded, "texts_cached": embedded.texts_cached,
-                  "store_repaired": list(embedded.store_repaired)},
-        "search": {"depth": job.depth, "range_max": job.range_max, "index": config.search.index,
-                   "probe": asdict(probe) if probe else None},
-        "counts": ingested.counts.as_dict(),
-        "rejects": {"path": ingested.rejects_path, "reasons": ingested.reject_reasons,
-                    "samples": ingested.reject_samples},
-        "calibration": calibrated.calibration, "topic": calibrated.topic,
-        "run_dir": str(run_dir),
-        "task_runs": {"embed": embedded.task_runs, "dedup_corpus": corpus_dedup.task_runs if corpus_dedup else 0,
-                      "approximate_index": 2 if probe else 0, "search_and_mine": partitions},
-        "corpus_dedup": {"dropped": corpus_dedup.dropped, "record": "candidates/corpus-duplicates.parquet"}
+                partitions: int, run_dir: Path) -> Provenance:
+    """The manifest entries only the build knows, from what its stages returned (the publishing tail adds the rest)."""
+    return Provenance(
+        created_at=started.isoformat(), inputs=list(ingested.inputs),
+        model=Model(name=config.embed.model, weights_sha256=resolve_model(config.embed.model).weights_sha256,
+                    fingerprints=embedded.fingerprints),
+        embed=Embed(texts_embedded=embedded.texts_embedded, texts_cached=embedded.texts_cached,
+                    store_repaired=list(embedded.store_repaired)),
+        search=Search(depth=job.depth, range_max=job.range_max, index=config.search.index,
+                      probe=asdict(probe) if probe else None),
+        counts=Counts(**ingested.counts.as_dict()),
+        rejects=Rejects(path=ingested.rejects_path, reasons=ingested.reject_reasons,
+                        samples=ingested.reject_samples),
+        calibration=calibrated.calibration, topic=calibrated.topic, run_dir=str(run_dir),
+        task_runs={"embed": embedded.task_runs, "dedup_corpus": corpus_dedup.task_runs if corpus_dedup else 0,
+                   "approximate_index": 2 if probe else 0, "search_and_mine": partitions},
+        corpus_dedup={"dropped": corpus_dedup.dropped, "record": "candidates/corpus-duplicates.parquet"}
         if corpus_dedup else None,
-    }
+    )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from negforge.schemas.config import BuildConfig, apply_overrides, validate_config
+from negforge.schemas.config import BuildConfig
 from negforge.schemas.manifest import CalibrationRow
 from negforge.schemas.stages import StoredCandidates
 from negforge.tasks.calibration.calibrate import (
@@ -42,7 +42,7 @@ def table_lines(table: list[CalibrationRow]) -> list[str]:
     return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
 
 
-def _refuse_what_calibration_cannot_honour(name: str, built: dict[str, Any], config: BuildConfig,
+def _refuse_what_calibration_cannot_honour(name: str, built: BuildConfig, config: BuildConfig,
                                            stored: StoredCandidates) -> None:
     """Refuse a version without calibration candidates, and --set options its stored candidates cannot be mined with,
     rather than calibrate without them: settings the candidates were made with, fields every grid setting sets
@@ -51,12 +51,12 @@ def _refuse_what_calibration_cannot_honour(name: str, built: dict[str, Any], con
     if fixed:
         raise CalibrationError(f"{name}: calibration mines the version's stored candidates again, so "
                                f"{', '.join(fixed)} cannot change; run negforge build with them")
-    before, after = validate_config(built).content_dict(), config.content_dict()
-    gridded = [f"{section}.{field}" for section, field in CALIBRATED if after[section][field] != before[section][field]]
+    gridded = [f"{section}.{field}" for section, field in CALIBRATED
+               if getattr(getattr(config, section), field) != getattr(getattr(built, section), field)]
     if gridded:
         raise CalibrationError(f"{name}: every calibration setting sets {', '.join(gridded)} itself, so --set cannot "
                                f"choose it; to mine with it, remine with mine.strategy=fixed")
-    if after["mine"]["calibration_folds"] != before["mine"]["calibration_folds"]:
+    if config.mine.calibration_folds != built.mine.calibration_folds:
         raise CalibrationError(f"{name}: mine.calibration_folds cannot change: the folds were drawn and searched when "
                                f"the version was built; run negforge build with it")
     files = stored.calibration
@@ -77,9 +77,9 @@ def calibrate_version(registry_folder: str, target: str, overrides: list[str]) -
     if not version:
         raise NotFound(f"{registry.folder}: no published version to calibrate on; run negforge build first")
     manifest = registry.whole_manifest(version)
-    config = validate_config(apply_overrides(manifest.config, overrides), f"{dataset}@{version} config")
+    config = manifest.build_config(overrides=overrides)
     stored = load_candidates(registry.folder / version / "candidates")
-    _refuse_what_calibration_cannot_honour(f"{dataset}@{version}", manifest.config, config, stored)
+    _refuse_what_calibration_cannot_honour(f"{dataset}@{version}", manifest.build_config(), config, stored)
     result = calibrate(stored.calibration, stored.texts.positives, config, stored.topic_sample)
     lines = [f"{dataset}@{version}: {result.queries} queries with two or more positives, at most {result.folds} "
              f"folds, each hiding another of their positives", *table_lines(result.table)]

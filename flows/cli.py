@@ -10,11 +10,14 @@ import signal
 import sys
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from negforge.flows.orchestration.console_lines import escape_console_lines
 from negforge.flows.orchestration.prefect_server import quiet_environment
 from negforge.schemas.console_text import printable_lines, quoted
+
+if TYPE_CHECKING:  # imported where used: every command pays for the CLI's imports
+    from negforge.schemas.evaluation import Evaluated
 
 # Defaults are looked for in the working directory (flows/deployments.py), never in the source tree.
 DEMO_HELP = "the demo, deployments/datasets/scifact-demo.yaml in the working directory"
@@ -153,7 +156,7 @@ def _print_result(result: dict) -> int:
           f"{result['embed']['texts_embedded']} texts embedded, {result['embed']['texts_cached']} from the store; "
           f"{result['short_queries']} queries short of negatives")
     if result.get("evaluation"):
-        print(f"evaluated: {result['evaluation']['path']}")
+        print(f"evaluated: {result['evaluation'].path}")
     if not result["published"]:
         print("up to date")
     print(result["version_dir"])
@@ -267,7 +270,7 @@ def _run_flow(args: argparse.Namespace, dataset: str, prepare: Callable[[], Call
 
 
 def cmd_remine(args: argparse.Namespace) -> int:
-    from negforge.schemas.config import ConfigError, apply_overrides, validate_config
+    from negforge.schemas.config import ConfigError
     from negforge.tasks.registry.candidates import check_depth, check_remine, load_candidates
     from negforge.tasks.registry.versions import Registry
     from negforge.tasks.runtime.preflight import check_scheduler
@@ -277,11 +280,10 @@ def cmd_remine(args: argparse.Namespace) -> int:
         raise ConfigError(f"--from {args.source!r}: expected DATASET@VERSION, e.g. scifact-demo@v0001")
     registry = Registry(_default_registry(args), dataset)
     parent = registry.whole_manifest(version)
-    raw = apply_overrides(parent.config | {"publish": parent.config["publish"] | {
-        "registry": str(registry.folder.parent)}}, args.overrides)
-    config = validate_config(raw, f"{args.source} config")
+    config = parent.build_config({"publish": {"registry": str(registry.folder.parent)}}, args.overrides,
+                                 f"{args.source} config")
     stored = load_candidates(registry.folder / version / "candidates")
-    check_remine(parent.config, config, stored)  # refuse before any run starts
+    check_remine(parent.build_config(), config, stored)  # refuse before any run starts
     if config.mine.strategy == "fixed":
         check_depth(config, stored)  # with auto, the window is the calibration's choice's: judged in the flow
     check_scheduler(config.runtime)
@@ -317,26 +319,24 @@ def evaluate_settings(args: argparse.Namespace, registry: str, dataset: str, ver
 
     store = Registry(registry, dataset)
     name = store.latest() if version == "latest" else version
-    stored = store.manifest(name).config.get("evaluate", {}) if name else {}
-    raw = apply_overrides(dict(stored), [o.removeprefix("evaluate.") for o in args.overrides])
+    stored = store.manifest(name).build_config().evaluate.model_dump(mode="json") if name else {}
+    raw = apply_overrides(stored, [o.removeprefix("evaluate.") for o in args.overrides])
     flags = {"eval": args.eval_dir and str(Path(args.eval_dir).resolve()), "split": args.split,
              "seeds": args.seeds}
     return validate_config(raw | {k: v for k, v in flags.items() if v is not None}, "evaluate", EvaluateConfig)
 
 
-def _print_evaluation(result: dict) -> int:
-    from negforge.tasks.evaluation.bootstrap import interval_text
-
-    first = result.get("first", result)
-    metrics = first["metrics"]
-    print(f"{first['dataset']} {first['version']} on {first['evaluation']['split']} "
-          f"({first['evaluation']['queries']} queries): " + ", ".join(
-              f"{m} {metrics['base'][m]:.4f} -> {metrics['fine_tuned'][m]:.4f}" for m in metrics["base"]))
-    print(f"nDCG@10 gain over the base model: {interval_text(first['ndcg@10_gain'])}")
-    if "first" in result:
-        print(f"nDCG@10 of {result['b']['name']} minus {result['a']['name']}: "
-              f"{interval_text(result['ndcg@10_difference'])}")
-    print(result["path"])
+def _print_evaluation(result: Evaluated) -> int:
+    """The evaluation's metrics, its gain (and a comparison's difference), then the record's path last."""
+    record = result.record
+    metrics = record.metrics
+    print(f"{record.dataset} {record.version} on {record.evaluation.split} ({record.evaluation.queries} queries): "
+          + ", ".join(f"{m} {metrics.base[m]:.4f} -> {metrics.fine_tuned[m]:.4f}" for m in metrics.base))
+    print(f"nDCG@10 gain over the base model: {record.gain.text()}")
+    if result.comparison:
+        print(f"nDCG@10 of {result.comparison.b.name} minus {result.comparison.a.name}: "
+              f"{result.comparison.difference.text()}")
+    print(result.path)
     return 0
 
 

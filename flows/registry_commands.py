@@ -72,11 +72,9 @@ def versions_show(args: argparse.Namespace) -> int:
 
 def _evaluation_lines(registry: Registry, version: str) -> list[str]:
     """One line per evaluation of a version: split, key, base and fine-tuned nDCG@10, the gain's interval."""
-    from negforge.tasks.evaluation.bootstrap import interval_text
-
-    return [f"evaluation {r['key']} ({r['evaluation']['split']} of {r['evaluation']['folder']}, "
-            f"{len(r['seeds'])} seeds, {r['created_at'][:19]}): nDCG@10 {r['metrics']['base']['ndcg@10']:.4f} -> "
-            f"{r['metrics']['fine_tuned']['ndcg@10']:.4f}, gain {interval_text(r['ndcg@10_gain'])}"
+    return [f"evaluation {r.key} ({r.evaluation.split} of {r.evaluation.folder}, {len(r.seeds)} seeds, "
+            f"{r.created_at[:19]}): nDCG@10 {r.metrics.base['ndcg@10']:.4f} -> "
+            f"{r.metrics.fine_tuned['ndcg@10']:.4f}, gain {r.gain.text()}"
             for r in version_records(registry.folder, version)] or ["evaluations: none"]
 
 
@@ -124,17 +122,16 @@ def versions_diff(args: argparse.Namespace) -> int:
 
 def _print_evaluations_diff(registry: Registry, a: str, b: str) -> None:
     """Fine-tuned nDCG@10 of both versions where they were evaluated alike (same key), and their comparisons."""
-    from negforge.tasks.evaluation.bootstrap import interval_text
-
-    first = {r["key"]: r for r in version_records(registry.folder, a)}
-    second = {r["key"]: r for r in version_records(registry.folder, b)}
+    first = {r.key: r for r in version_records(registry.folder, a)}
+    second = {r.key: r for r in version_records(registry.folder, b)}
     for key in sorted(set(first) & set(second)):
-        print(f"evaluation {key} ({first[key]['evaluation']['split']}): fine-tuned nDCG@10 "
-              f"{first[key]['metrics']['fine_tuned']['ndcg@10']:.4f} -> {second[key]['metrics']['fine_tuned']['ndcg@10']:.4f}")
-    for record in comparison_records(registry.folder, a, b):
-        print(f"compared ({record['key']}): nDCG@10 of {record['b']['name']} minus {record['a']['name']}: "
-              f"{interval_text(record['ndcg@10_difference'])}")
-    if not (set(first) & set(second)) and not comparison_records(registry.folder, a, b):
+        print(f"evaluation {key} ({first[key].evaluation.split}): fine-tuned nDCG@10 "
+              f"{first[key].metrics.fine_tuned['ndcg@10']:.4f} -> {second[key].metrics.fine_tuned['ndcg@10']:.4f}")
+    comparisons = comparison_records(registry.folder, a, b)
+    for record in comparisons:
+        print(f"compared ({record.key}): nDCG@10 of {record.b.name} minus {record.a.name}: "
+              f"{record.difference.text()}")
+    if not (set(first) & set(second)) and not comparisons:
         print(f"evaluations: none in common (negforge evaluate --compare {registry.dataset}@{a} {b} --eval BEIR_DIR)")
 
 

@@ -20,6 +20,7 @@ from negforge.flows.stages.calibration import calibrated
 from negforge.flows.stages.partition import mine_stored_all
 from negforge.flows.stages.publishing import mine_and_publish, new_run_dir
 from negforge.schemas.config import BuildConfig
+from negforge.schemas.manifest import Counts, Embed, Provenance, Search
 from negforge.schemas.stages import COUNT_KEYS
 from negforge.tasks.mining.adaptive_depth import depth_levels
 from negforge.tasks.registry.candidates import check_depth, check_remine, load_candidates
@@ -41,7 +42,7 @@ def _remine(source: str, config: BuildConfig) -> dict[str, Any]:
     registry = Registry(config.publish.registry, config.publish.dataset)
     parent = registry.whole_manifest(source)
     stored = load_candidates(registry.folder / source / "candidates")
-    check_remine(parent.config, config, stored)
+    check_remine(parent.build_config(), config, stored)
     started = datetime.now(timezone.utc)
     run_dir = new_run_dir(config, started)
     timings: dict[str, float] = {}
@@ -51,19 +52,16 @@ def _remine(source: str, config: BuildConfig) -> dict[str, Any]:
     check_depth(mining, stored)
     meta = stored.meta
     range_max, mine_depth = mining.window_and_depth(meta.max_positives)
-    base = {
-        "created_at": started.isoformat(), "inputs": parent.inputs, "model": parent.model,
-        "embed": {"texts_embedded": 0, "texts_cached": 0}, "search": {"depth": mine_depth, "range_max": range_max},
-        "counts": parent.counts.model_dump(include=set(COUNT_KEYS)), "rejects": parent.rejects,
-        "remined_from": f"{config.publish.dataset}@{source}", "run_dir": str(run_dir),
-        "corpus_dedup": parent.corpus_dedup, "calibration": calibration,
-        "topic": topic,
-    }
     queries = pl.scan_parquet(stored.texts.query_files).select(pl.len()).collect().item()
     levels = depth_levels(mine_depth, mining.depth_bound(meta.max_positives, meta.documents))
     parts = mine_stored_all(stored.texts, stored.files, queries, mining, range_max, levels, meta.searchable, run_dir,
                             workers=workers)
-    base["task_runs"] = {"mine": len(parts)}
-    return mine_and_publish(config, stored.texts, parts, run_dir, timings, base, meta, parent=source, mining=mining,
-                            corpus_duplicates=stored.corpus_duplicates, calibration_files=stored.calibration,
-                            topic_sample=stored.topic_sample)
+    provenance = Provenance(
+        created_at=started.isoformat(), inputs=parent.inputs, model=parent.model,
+        embed=Embed(texts_embedded=0, texts_cached=0), search=Search(depth=mine_depth, range_max=range_max),
+        counts=Counts(**parent.counts.model_dump(include=set(COUNT_KEYS))), rejects=parent.rejects,
+        remined_from=f"{config.publish.dataset}@{source}", calibration=calibration, topic=topic,
+        run_dir=str(run_dir), task_runs={"mine": len(parts)}, corpus_dedup=parent.corpus_dedup)
+    return mine_and_publish(config, stored.texts, parts, run_dir, timings, provenance, meta, parent=source,
+                            mining=mining, corpus_duplicates=stored.corpus_duplicates,
+                            calibration_files=stored.calibration, topic_sample=stored.topic_sample)

@@ -16,6 +16,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, PrivateAttr, model_validator
 
+from negforge.schemas.config import NOT_PUBLISHED, BuildConfig, apply_overrides, validate_config
+
 Number = int | float
 
 
@@ -198,6 +200,28 @@ class Calibration(_Part):
         return next((row for row in self.table if row.setting == setting), None)
 
 
+class Provenance(BaseModel):
+    """The manifest entries only the run knows, from what its stages returned (a build's: ingest, embedding, search,
+    calibration; a remine's: its parent's and its calibration's); the publishing tail adds the rest
+    (flows/stages/publishing.py). Sub-entries a run does not know are left unset, so they are not written."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    created_at: str
+    inputs: list[Input]
+    model: Model
+    embed: Embed
+    search: Search
+    counts: Counts
+    rejects: Rejects
+    remined_from: str | None = None
+    calibration: Calibration | None = None
+    topic: TopicBound | None = None
+    run_dir: str
+    task_runs: dict[str, int]
+    corpus_dedup: dict[str, Any] | None = None
+
+
 class Manifest(BaseModel):
     """A version's manifest, in manifest.json's order."""
 
@@ -259,6 +283,20 @@ class Manifest(BaseModel):
 
     def json_text(self) -> str:
         return json.dumps(self.as_dict(), indent=2, allow_nan=False)
+
+    def build_config(self, changes: dict[str, dict[str, Any]] | None = None, overrides: list[str] | None = None,
+                     source: str | None = None) -> BuildConfig:
+        """The config this version was built with, validated: `changes` merged into its sections, then `--set`
+        overrides. A config the current code refuses raises ConfigError naming the version (`source`)."""
+        raw = self.config | {section: (self.config.get(section) or {}) | values
+                             for section, values in (changes or {}).items()}
+        return validate_config(apply_overrides(raw, overrides or []),
+                               source or f"{self.dataset}@{self.version} config")
+
+    def built_with(self, config: BuildConfig) -> bool:
+        """Whether this version was built with the settings of `config` that determine the published data."""
+        return config.content_dict() == {key: value for key, value in self.config.items()
+                                         if key not in NOT_PUBLISHED}
 
     def summary(self) -> dict[str, Any]:
         """What a build or remine flow returns about its version (with the version folder, embedding and timings)."""

@@ -5,6 +5,7 @@ workdir or registry root, chosen by the user, is followed."""
 from __future__ import annotations
 
 import errno
+import json
 import os
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import pytest
 
 from negforge.flows.cli import main
 from negforge.schemas.config import EvaluateConfig, load_config
+from negforge.schemas.evaluation import EvaluationRecord
 from negforge.schemas.manifest import Manifest
 from negforge.tasks.embedding.store import INDEX, EmbeddingStore
 from negforge.tasks.evaluation.records import read_record, version_records
@@ -134,9 +136,20 @@ def test_evaluation_records_are_not_read_or_written_through_a_link(tmp_path):
     folder = tmp_path / "registry" / "ds" / "evaluations"
     folder.mkdir(parents=True)
     (tmp_path / "outside").mkdir()
-    (tmp_path / "outside" / "v0001-key.json").write_text('{"version": "v0001", "from": "outside"}')
+    record = {"dataset": "ds", "version": "v0001", "key": "key", "created_at": "2026-12-07T00:00:00+00:00",
+              "evaluation": {"folder": "f", "split": "test", "corpus": "c", "queries": 1, "qrels": "q",
+                             "doc_template": "{text}", "positive_threshold": 0.0, "key": "k"},
+              "model": {"name": "m", "path": "p", "weights_sha256": "w", "query_prompt": "", "corpus_prompt": "",
+                        "fingerprint": "f"},
+              "settings": {}, "seeds": [0], "training": {"rows": 1, "rows_left_out": 0, "negatives_per_row": 1},
+              "metrics": {"base": {}, "fine_tuned": {}},
+              "ndcg@10_gain": {"mean": 0, "ci": [0, 0], "level": 0.95, "queries": 1, "seeds": 1, "samples": 1},
+              "base": {"per_query_ndcg@10": {}, "seconds": 0, "cached": False}, "fine_tuned": [], "timings": {}}
+    (tmp_path / "outside" / "v0001-key.json").write_text(json.dumps(record))
+    assert read_record(tmp_path / "outside" / "v0001-key.json", EvaluationRecord).version == "v0001"  # a record
     (folder / "v0001-key.json").symlink_to(tmp_path / "outside" / "v0001-key.json")
-    assert read_record(folder / "v0001-key.json") is None and version_records(folder.parent, "v0001") == []
+    assert read_record(folder / "v0001-key.json", EvaluationRecord) is None
+    assert version_records(folder.parent, "v0001") == []
     from negforge.flows.evaluate import check_request
 
     with pytest.raises(OSError) as error:  # before the version, the split or the model is looked at

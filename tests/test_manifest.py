@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from negforge.schemas.config import ConfigError
 from negforge.schemas.manifest import Manifest
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -57,3 +58,31 @@ def test_fields_set_after_reading_are_written_and_unknown_keys_kept():
     manifest.version, manifest.data_hash = "v0001", "h"
     assert manifest.as_dict() == {"dataset": "d", "parent": None, "someday": {"a": 1}, "version": "v0001",
                                   "data_hash": "h"}
+
+
+@pytest.mark.parametrize("path", PUBLISHED, ids=[p.stem for p in PUBLISHED])
+def test_a_published_config_reads_as_the_config_model(path):
+    manifest, raw = Manifest.read(path), json.loads(path.read_text())
+    config = manifest.build_config()
+    dumped = config.model_dump(mode="json", by_alias=True)  # fields added since read as their defaults
+    assert all(dumped[section][key] == value for section, values in raw["config"].items()
+               for key, value in values.items())
+    moved = manifest.build_config({"publish": {"registry": "/elsewhere"}}, ["mine.num_negatives=7"])
+    assert (moved.publish.registry, moved.publish.dataset) == ("/elsewhere", raw["config"]["publish"]["dataset"])
+    assert moved.mine.num_negatives == 7
+    assert manifest.config == raw["config"]  # what was read is left as it was
+
+
+def test_built_with_compares_what_determines_the_published_data():
+    config = Manifest.read(FIXTURES / "manifest-build-7d7b075.json").build_config()
+    built = Manifest.model_validate({"config": config.model_dump(mode="json", by_alias=True)})
+    assert built.built_with(config)
+    assert built.built_with(config.model_copy(update={"runtime": config.runtime.model_copy(update={"n_workers": 9})}))
+    assert not built.built_with(config.model_copy(update={"mine": config.mine.model_copy(update={"num_negatives": 9})}))
+
+
+def test_a_config_the_code_refuses_names_the_version():
+    manifest = Manifest.read(FIXTURES / "manifest-build-7d7b075.json")
+    manifest.config["mine"] = manifest.config["mine"] | {"retired_option": 1}
+    with pytest.raises(ConfigError, match=r"^tiny@v0001 config: mine.retired_option: unknown field"):
+        manifest.build_config()

@@ -12,8 +12,8 @@ def test_one_query_in_four_gains_one_point():
     # Resampling 4 queries: the mean is Binomial(4, 1/4) / 4; P(0) = 0.316 and P(<= 2) = 0.949 < 0.975 <= P(<= 3),
     # so the 95% percentile interval is exactly [0, 0.75].
     result = paired_interval(np.zeros((1, 4)), np.array([[0.0, 0.0, 0.0, 1.0]]))
-    assert result["mean"] == 0.25 and result["ci"] == [0.0, 0.75]
-    assert (result["queries"], result["seeds"]) == (4, 1)
+    assert result.mean == 0.25 and result.ci == [0.0, 0.75]
+    assert (result.queries, result.seeds) == (4, 1)
 
 
 def test_pairing_cancels_query_difficulty():
@@ -21,7 +21,7 @@ def test_pairing_cancels_query_difficulty():
     # where comparing the two means unpaired would be wide.
     difficulty = np.random.default_rng(1).random((3, 200))
     result = paired_interval(difficulty, difficulty + 0.05)
-    assert result["ci"] == pytest.approx([0.05, 0.05]) and result["seeds"] == 3
+    assert result.ci == pytest.approx([0.05, 0.05]) and result.seeds == 3
 
 
 def test_seeds_are_resampled_too():
@@ -30,7 +30,7 @@ def test_seeds_are_resampled_too():
     before = np.zeros((2, 50))
     after = np.vstack([np.full(50, 0.1), np.zeros(50)])
     result = paired_interval(before, after)
-    assert result["mean"] == pytest.approx(0.05) and result["ci"] == pytest.approx([0.0, 0.1])
+    assert result.mean == pytest.approx(0.05) and result.ci == pytest.approx([0.0, 0.1])
 
 
 def test_a_real_difference_excludes_zero_and_noise_does_not():
@@ -38,8 +38,8 @@ def test_a_real_difference_excludes_zero_and_noise_does_not():
     base = rng.random((1, 300))
     better = paired_interval(base, base + 0.03 + rng.normal(0, 0.05, (1, 300)))
     noise = paired_interval(base, base + rng.normal(0, 0.05, (1, 300)))
-    assert better["ci"][0] > 0
-    assert noise["ci"][0] < 0 < noise["ci"][1]
+    assert better.ci[0] > 0
+    assert noise.ci[0] < 0 < noise.ci[1]
 
 
 def test_refuses_unpaired_shapes():

@@ -25,7 +25,7 @@ from negforge.flows.stages.partition import combine_all
 from negforge.flows.stages.run_report import publish_artifacts
 from negforge.flows.versions_info import code_version, package_versions
 from negforge.schemas.config import BuildConfig
-from negforge.schemas.manifest import Manifest
+from negforge.schemas.manifest import Manifest, Provenance
 from negforge.schemas.stages import CalibrationFiles, Deepened, Mined, MinedPartition, StoreMeta, Texts
 from negforge.tasks.gate.gates import check_candidate
 from negforge.tasks.registry.candidates import save_candidates
@@ -70,7 +70,7 @@ def new_run_dir(config: BuildConfig, started: datetime) -> Path:
 
 
 def mine_and_publish(config: BuildConfig, texts: Texts, parts: list[MinedPartition], run_dir: Path,
-                     timings: dict[str, float], base: dict[str, Any], stored: StoreMeta, parent: str | None = None,
+                     timings: dict[str, float], provenance: Provenance, stored: StoreMeta, parent: str | None = None,
                      mining: BuildConfig | None = None, corpus_duplicates: str | None = None,
                      calibration_files: CalibrationFiles | None = None,
                      topic_sample: str | None = None) -> dict[str, Any]:
@@ -79,7 +79,8 @@ def mine_and_publish(config: BuildConfig, texts: Texts, parts: list[MinedPartiti
 
     Args:
         config: the config as given (the manifest's `config`).
-        base: the manifest entries the caller knows (inputs, model, embedding counts, search, counts, calibration).
+        provenance: the manifest entries the caller knows (inputs, model, embedding counts, search, counts,
+            calibration)
         stored: what the stored candidates are (their search depth, sizes, BM25 scores), for re-mining.
         parent: the version a remine started from (default: the registry's LATEST at publish time).
         mining: the config mined with (the calibration's choice applied; default: config).
@@ -114,15 +115,15 @@ def mine_and_publish(config: BuildConfig, texts: Texts, parts: list[MinedPartiti
                                                  registry.manifest(latest) if latest else None,
                                                  str(run_dir / "validation" / "candidate"))
         with timed(timings, "charts"), naming(staging):
-            charts = charts_task(str(staging), mined, base.get("calibration"))
+            charts = charts_task(str(staging), mined, provenance.calibration)
         for warning in validation["warnings"]:
             logger.warning("drift: %s", warning)
 
         manifest = Manifest.model_validate({
             "dataset": config.publish.dataset, "version": None, "parent": None, "data_hash": None,
             "code_version": code_version(), "packages": package_versions(),
-            "config": config.model_dump(mode="json", by_alias=True), **base,
-            "counts": base["counts"] | {"rows": written["rows"], "id_rows": written["id_rows"]},
+            "config": config.model_dump(mode="json", by_alias=True), **provenance.model_dump(exclude_unset=True),
+            "counts": provenance.counts.model_copy(update={"rows": written["rows"], "id_rows": written["id_rows"]}),
             "reasons": mined.reasons, "reasons_per_query": mined.reasons_per_query,
             "short_queries": {"count": len(mined.short_queries), "ids": list(mined.short_queries)},
             "adaptive_depth": {"bound": mining.depth_bound(stored.max_positives, stored.documents),

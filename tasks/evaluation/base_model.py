@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from negforge.schemas.config import BuildConfig
 from negforge.schemas.stages import Encoder
 from negforge.tasks.embedding.model import ModelError, named_prompt, resolve_model
 from negforge.tasks.evaluation.split import EvaluationError
@@ -14,23 +15,22 @@ def _prompt(ref: Any, prompt: str | None, prompt_name: str | None) -> str:
     return prompt if prompt is not None else (named_prompt(ref, prompt_name) if prompt_name else "")
 
 
-def base_encoder(model: str | None, version_config: dict[str, Any]) -> Encoder:
+def base_encoder(model: str | None, version_config: BuildConfig) -> Encoder:
     """The base model of an evaluation: `model`, else the version's embed.model; the version's prompts always.
 
     Raises:
         EvaluationError: the model is neither bundled, nor a local folder, nor in the local hub cache.
     """
-    embed = version_config["embed"]
-    name = model or embed["model"]
+    embed = version_config.embed
+    name = model or embed.model
     try:
         ref = resolve_model(name)
-        query = _prompt(ref, embed.get("query_prompt"), embed.get("query_prompt_name"))
-        corpus = _prompt(ref, embed.get("corpus_prompt"), embed.get("corpus_prompt_name"))
+        query = _prompt(ref, embed.query_prompt, embed.query_prompt_name)
+        corpus = _prompt(ref, embed.corpus_prompt, embed.corpus_prompt_name)
     except ModelError as error:
         raise EvaluationError(f"base model {name!r} cannot load offline: {' '.join(str(error).split())}") from None
     return Encoder(name=name, path=ref.path, weights_sha256=ref.weights_sha256, query_prompt=query,
-                   corpus_prompt=corpus, max_seq_length=embed.get("max_seq_length"),
-                   device=version_config.get("runtime", {}).get("device"))
+                   corpus_prompt=corpus, max_seq_length=embed.max_seq_length, device=version_config.runtime.device)
 
 
 def load(encoder: Encoder):

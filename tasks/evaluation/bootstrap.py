@@ -8,15 +8,15 @@ uncertainty); drawing with replacement is done as multinomial counts, so memory 
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
+
+from negforge.schemas.evaluation import Interval
 
 SAMPLES = 10_000
 
 
 def paired_interval(before: np.ndarray, after: np.ndarray, level: float = 0.95, samples: int = SAMPLES,
-                    seed: int = 0) -> dict[str, Any]:
+                    seed: int = 0) -> Interval:
     """Mean of `after - before` and its percentile-bootstrap interval.
 
     Args:
@@ -25,7 +25,7 @@ def paired_interval(before: np.ndarray, after: np.ndarray, level: float = 0.95, 
         level: the interval's coverage.
 
     Returns:
-        mean, ci (low, high), level, queries, seeds, samples.
+        The mean, its interval (low, high), and what it was drawn from.
     """
     differences = np.asarray(after, dtype=np.float64) - np.asarray(before, dtype=np.float64)
     if differences.ndim != 2 or not differences.size:
@@ -38,11 +38,6 @@ def paired_interval(before: np.ndarray, after: np.ndarray, level: float = 0.95, 
     means = np.einsum("rs,sr->r", seed_counts, per_seed) / seeds
     tail = (1 - level) / 2
     low, high = np.quantile(means, [tail, 1 - tail])
-    return {"mean": round(float(differences.mean()), 6), "ci": [round(float(low), 6), round(float(high), 6)],
-            "level": level, "queries": queries, "seeds": seeds, "samples": samples}
+    return Interval(mean=round(float(differences.mean()), 6), ci=[round(float(low), 6), round(float(high), 6)],
+                    level=level, queries=queries, seeds=seeds, samples=samples)
 
-
-def interval_text(interval: dict[str, Any]) -> str:
-    """A difference with its interval, e.g. `+0.0312 (95% interval +0.0101 to +0.0530, 300 queries x 1 seeds)`."""
-    return (f"{interval['mean']:+.4f} ({int(interval['level'] * 100)}% interval {interval['ci'][0]:+.4f} to "
-            f"{interval['ci'][1]:+.4f}, {interval['queries']} queries x {interval['seeds']} seeds)")

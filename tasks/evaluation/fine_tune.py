@@ -15,6 +15,7 @@ from typing import Any
 import polars as pl
 
 from negforge.schemas.config import EvaluateConfig
+from negforge.schemas.evaluation import FineTuning
 from negforge.schemas.stages import Encoder
 from negforge.tasks.evaluation.base_model import load
 from negforge.tasks.runtime.preflight import naming
@@ -27,7 +28,7 @@ def _prompts(encoder: Encoder, columns: list[str]) -> dict[str, str] | None:
 
 
 def fine_tune(encoder: Encoder, rows: pl.DataFrame, settings: EvaluateConfig, seed: int,
-              save_to: str | None = None) -> tuple[Any, dict[str, Any]]:
+              save_to: str | None = None) -> tuple[Any, FineTuning]:
     """Train a fresh copy of the base model on `rows` (anchor, positive, negative_1..n) with one seed.
 
     Returns:
@@ -65,5 +66,5 @@ def fine_tune(encoder: Encoder, rows: pl.DataFrame, settings: EvaluateConfig, se
     if save_to:
         with naming(save_to):
             model.save(save_to)
-    return model, {"steps": result.global_step, "rows": rows.height, "train_loss": round(result.training_loss, 6),
-                   "seconds": round(time.perf_counter() - started, 2)}
+    return model, FineTuning(steps=result.global_step, rows=rows.height, train_loss=round(result.training_loss, 6),
+                             seconds=round(time.perf_counter() - started, 2))

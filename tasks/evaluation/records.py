@@ -16,13 +16,15 @@ import json
 import os
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
 
 from negforge.schemas.config import EvaluateConfig
+from negforge.schemas.evaluation import BaseMeasurement, Comparison, EvaluationRecord
 from negforge.schemas.stages import Encoder, EvaluationSplit
 from negforge.tasks.runtime.preflight import naming
 
 FOLDER = "evaluations"
+Record = TypeVar("Record", BaseMeasurement, EvaluationRecord, Comparison)
 
 
 def record_key(evaluation: EvaluationSplit, encoder: Encoder, settings: EvaluateConfig) -> str:
@@ -45,43 +47,44 @@ def base_path(dataset_folder: Path, encoder: Encoder, evaluation: EvaluationSpli
     return evaluations_folder(dataset_folder) / "base" / f"{encoder.fingerprint}-{evaluation.key}.json"
 
 
-def read_record(path: Path) -> dict[str, Any] | None:
-    """A record, or None when absent, unreadable or a symlink (then it is computed again; `negforge evaluate` refuses
-    a linked record before that, tasks/runtime/containment.py)."""
+def read_record(path: Path, kind: type[Record]) -> Record | None:
+    """A record of `kind`, or None when absent, unreadable, not such a record, or a symlink (then it is computed
+    again; `negforge evaluate` refuses a linked record before that, tasks/runtime/containment.py)."""
     try:
         with open(os.open(path, os.O_RDONLY | os.O_NOFOLLOW), encoding="utf-8") as handle:
-            record = json.loads(handle.read())
-    except (OSError, ValueError):
+            return kind.model_validate_json(handle.read())
+    except (OSError, ValueError):  # pydantic's ValidationError is a ValueError
         return None
-    return record if isinstance(record, dict) else None
 
 
-def write_record(path: Path, record: dict[str, Any]) -> None:
+def write_record(path: Path, record: BaseMeasurement | EvaluationRecord | Comparison) -> None:
     """Write a record atomically (a reader never sees half of one); standard JSON only."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
     try:
         with naming(path):
-            tmp.write_text(json.dumps(record, indent=1, allow_nan=False), encoding="utf-8")
+            tmp.write_text(json.dumps(record.as_json(), indent=1, allow_nan=False), encoding="utf-8")
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 
 
-def _records(dataset_folder: Path, patterns: list[str]) -> list[dict[str, Any]]:
-    """The readable records whose names match `patterns`, oldest first; none in a linked evaluations folder."""
+def _records(dataset_folder: Path, patterns: list[str], kind: type[Record]) -> list[Record]:
+    """The readable records of `kind` whose names match `patterns`, oldest first; none in a linked evaluations
+    folder."""
     folder = evaluations_folder(dataset_folder)
     if folder.is_symlink():
         return []
-    found = [read_record(p) for pattern in patterns for p in folder.glob(pattern)]
-    return sorted((r for r in found if r), key=lambda r: r.get("created_at", ""))
+    found = [read_record(p, kind) for pattern in patterns for p in folder.glob(pattern)]
+    return sorted((r for r in found if r), key=lambda r: r.created_at)
 
 
-def version_records(dataset_folder: Path, version: str) -> list[dict[str, Any]]:
+def version_records(dataset_folder: Path, version: str) -> list[EvaluationRecord]:
     """The evaluations of a version, oldest first."""
-    return _records(dataset_folder, [f"{version}-*.json"])
+    return _records(dataset_folder, [f"{version}-*.json"], EvaluationRecord)
 
 
-def comparison_records(dataset_folder: Path, a: str, b: str) -> list[dict[str, Any]]:
+def comparison_records(dataset_folder: Path, a: str, b: str) -> list[Comparison]:
     """Comparisons of versions a and b (either way round), oldest first."""
-    return _records(dataset_folder, [f"compare-{first}-vs-{second}-*.json" for first, second in ((a, b), (b, a))])
+    return _records(dataset_folder, [f"compare-{first}-vs-{second}-*.json" for first, second in ((a, b), (b, a))],
+                    Comparison)

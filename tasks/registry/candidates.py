@@ -12,10 +12,10 @@ import json
 import shutil
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 import polars as pl
 
+from negforge.schemas.config import BuildConfig
 from negforge.schemas.stages import CandidateFiles, StoredCandidates, StoreMeta, Texts
 from negforge.tasks.calibration.calibrate import MIN_QUERIES, calibration_rows, load_calibration
 
@@ -70,32 +70,28 @@ def load_candidates(folder: Path) -> StoredCandidates:
                             topic_sample=str(sample) if sample.exists() else None)
 
 
-def settings_fixed_by_candidates(parent_config: dict[str, Any], config: Any, stored: StoredCandidates) -> list[str]:
-    """The settings that made the stored candidates and that `config` changes, named for a refusal: the inputs, model
-    and search (each field), corpus deduplication, the rescoring model and the BM25 settings. (The rescorer's margin and
-    threshold and the lexical rules may change: every candidate has its scores.)"""
-    new = config.content_dict()
-    changed = [f"{section}.{key}" for section in ("input", "embed", "search")
-               for key in dict.fromkeys([*new[section], *parent_config[section]])
-               if new[section].get(key) != parent_config[section].get(key)]
-    old_dedup, old_rescore = parent_config.get("dedup", {}), parent_config.get("rescore", {})
-    if config.dedup.corpus != old_dedup.get("corpus", False) or (
-            config.dedup.corpus and config.dedup.eps != old_dedup.get("eps")):
+def settings_fixed_by_candidates(parent: BuildConfig, config: BuildConfig, stored: StoredCandidates) -> list[str]:
+    """The settings that made the stored candidates (`parent`: the version's config) and that `config` changes, named
+    for a refusal: the inputs, model and search (each field), corpus deduplication, the rescoring model and the BM25
+    settings. (The rescorer's margin and threshold and the lexical rules may change: every candidate has its
+    scores.)"""
+    changed = [f"{section}.{field}" for section in ("input", "embed", "search")
+               for field in type(getattr(config, section)).model_fields
+               if getattr(getattr(config, section), field) != getattr(getattr(parent, section), field)]
+    if config.dedup.corpus != parent.dedup.corpus or (config.dedup.corpus and config.dedup.eps != parent.dedup.eps):
         changed.append("dedup.corpus (and its eps)")
-    if config.rescore.scoring_settings() != {key: old_rescore.get(key) for key in config.rescore.scoring_settings()}:
+    if config.rescore.scoring_settings() != parent.rescore.scoring_settings():
         changed.append("the rescorer's model and inputs")
-    old_lexical = parent_config.get("lexical", {})
-    if stored.meta.lexical and config.lexical.index_settings() != {
-            key: old_lexical.get(key) for key in config.lexical.index_settings()}:
+    if stored.meta.lexical and config.lexical.index_settings() != parent.lexical.index_settings():
         changed.append("the BM25 settings (lexical.k1, b, stopwords)")
     return changed
 
 
-def check_remine(parent_config: dict[str, Any], config: Any, stored: StoredCandidates) -> None:
+def check_remine(parent: BuildConfig, config: BuildConfig, stored: StoredCandidates) -> None:
     """Refuse options the stored candidates cannot serve: settings they were made with (settings_fixed_by_candidates),
     a lexical rule without BM25 scores, calibration without the calibration's candidates, or the topic rule without
     topic centralities or the topic sample (check_depth judges the window, once the options to mine with are known)."""
-    changed = settings_fixed_by_candidates(parent_config, config, stored)
+    changed = settings_fixed_by_candidates(parent, config, stored)
     if changed:
         raise RemineError(f"re-mining reuses the stored candidates, so {', '.join(changed)} cannot change; "
                           f"use negforge build for that")
@@ -117,7 +113,7 @@ def check_remine(parent_config: dict[str, Any], config: Any, stored: StoredCandi
                           "run negforge build, or remine with mine.strategy=fixed and without mine.topic_quantile")
 
 
-def check_depth(mining: Any, stored: StoredCandidates) -> None:
+def check_depth(mining: BuildConfig, stored: StoredCandidates) -> None:
     """Refuse options to mine with (the calibration's choice applied) whose window needs deeper candidates than
     were stored."""
     needed = mining.window_and_depth(stored.meta.max_positives)[1]

@@ -32,8 +32,8 @@ def dataset_card(manifest: Manifest) -> str:
                          for name, folder in (("default", "data"), ("ids", "ids"))],
         "tags": ["negforge", "hard-negatives", "sentence-transformers"],
     }
-    cfg, counts = manifest.config, manifest.counts
-    mine = {k: v for k, v in cfg["mine"].items() if v is not None}
+    cfg, counts = manifest.build_config(), manifest.counts
+    mine = {k: v for k, v in cfg.mine.model_dump(mode="json").items() if v is not None}
     reasons = "\n".join(f"| {name} | {count} |" for name, count in manifest.reasons.items())
     return f"""---
 {yaml.safe_dump(header, sort_keys=False).strip()}
@@ -43,7 +43,7 @@ def dataset_card(manifest: Manifest) -> str:
 
 Hard-negative training set built by negforge from {', '.join(i.path for i in manifest.inputs)}.
 
-- Layout: `{cfg['output']['format']}`{' with scores' if cfg['output']['scores'] else ''}; {counts.rows} training rows
+- Layout: `{cfg.output.format}`{' with scores' if cfg.output.scores else ''}; {counts.rows} training rows
   (config `default`), {counts.id_rows} id rows (config `ids`: query_id, positive_id, negative_ids, scores).
 - Model: `{manifest.model.name}` (weights sha256 `{manifest.model.weights_sha256[:16]}...`).
 - Mining: {', '.join(f'{k}={v}' for k, v in mine.items())}.

@@ -14,7 +14,7 @@ from typing import Any
 
 import fsspec
 
-from negforge.schemas.config import NOT_PUBLISHED, BuildConfig
+from negforge.schemas.config import BuildConfig
 from negforge.schemas.manifest import Manifest
 from negforge.tasks.embedding.model import resolve_model
 from negforge.tasks.ingest.readers import InputError, input_files
@@ -41,11 +41,6 @@ def side_inputs(config: BuildConfig) -> list[dict[str, Any]]:
     return [{"path": path, "sha256": sha256_of(path)} for path in dict.fromkeys(p for p in paths if p)]
 
 
-def _same_config(config: BuildConfig, built: dict[str, Any]) -> bool:
-    published = {key: value for key, value in built.items() if key not in NOT_PUBLISHED}
-    return config.content_dict() == published
-
-
 def up_to_date_result(version_dir: Path) -> dict[str, Any]:
     """What a build returns when it would publish the latest version again: that version, nothing new."""
     manifest = Manifest.read(version_dir / MANIFEST)
@@ -61,7 +56,7 @@ def unchanged_version(config: BuildConfig, code_version: str) -> Path | None:
         manifest = registry.manifest(latest) if latest else None
     except (NotFound, OSError, ValueError):
         return None
-    if not manifest or manifest.code_version != code_version or not _same_config(config, manifest.config):
+    if not manifest or manifest.code_version != code_version or not manifest.built_with(config):
         return None
     if registry.problems(latest):
         return None
