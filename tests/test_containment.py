@@ -13,6 +13,7 @@ import polars as pl
 import pytest
 
 from negforge.flows.cli import main
+from negforge.flows.orchestration.preflight import check_links
 from negforge.schemas.config import EvaluateConfig, load_config
 from negforge.schemas.manifest import Manifest
 from negforge.tasks.embedding.store import INDEX, EmbeddingStore
@@ -20,7 +21,6 @@ from negforge.tasks.evaluation.records import read_record, version_records
 from negforge.tasks.mining.lexical import build_index
 from negforge.tasks.registry.versions import Registry
 from negforge.tasks.runtime.containment import NOT_FOLLOWED, inside
-from negforge.tasks.runtime.preflight import check_links
 from tests.conftest import DEMO, beir_subset, run_cli, write_config
 from tests.test_lexical import SETTINGS, _shard
 from tests.test_preflight import _error_line

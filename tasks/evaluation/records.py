@@ -20,7 +20,7 @@ from typing import Any
 
 from negforge.schemas.config import EvaluateConfig
 from negforge.schemas.stages import Encoder, EvaluationSplit
-from negforge.tasks.runtime.preflight import naming
+from negforge.tasks.runtime.os_errors import naming
 
 FOLDER = "evaluations"
 
