@@ -18,6 +18,7 @@ from prefect import flow, get_run_logger
 
 from negforge.flows.orchestration.console_lines import escape_console_lines
 from negforge.flows.orchestration.dask_cluster import BuildTaskRunner, current_task_runner
+from negforge.flows.orchestration.preflight import check_budget_for_the_model, preflight, store_shortfall
 from negforge.flows.orchestration.task_options import negforge_task, untagged_task_runs
 from negforge.flows.stages.calibration import calibrated, lexical_index, samples
 from negforge.flows.stages.corpus_dedup import dedup_corpus
@@ -42,7 +43,7 @@ from negforge.tasks.embedding.model import embedding_dimension, resolve_model
 from negforge.tasks.gate.gates import check_inputs
 from negforge.tasks.ingest.ingest import ingest
 from negforge.tasks.registry.up_to_date import unchanged_version, up_to_date_result
-from negforge.tasks.runtime.preflight import check_budget_for_the_model, naming, preflight, store_shortfall
+from negforge.tasks.runtime.os_errors import naming
 from negforge.tasks.runtime.sizing import check_budget
 from negforge.tasks.search.ann_index import Probe, check_index_settings
 

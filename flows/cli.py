@@ -270,10 +270,10 @@ def _run_flow(args: argparse.Namespace, dataset: str, prepare: Callable[[], Call
 
 
 def cmd_remine(args: argparse.Namespace) -> int:
+    from negforge.flows.orchestration.preflight import check_scheduler
     from negforge.schemas.config import ConfigError
     from negforge.tasks.registry.candidates import check_depth, check_remine, load_candidates
     from negforge.tasks.registry.versions import Registry
-    from negforge.tasks.runtime.preflight import check_scheduler
 
     dataset, sep, version = args.source.partition("@")
     if not sep or not version:
@@ -368,11 +368,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_build(args: argparse.Namespace) -> int:
     from negforge.flows.deployments import demo_config
+    from negforge.flows.orchestration.preflight import check_budget_for_the_model, check_scheduler
     from negforge.flows.versions_info import code_version
     from negforge.schemas.config import load_config
     from negforge.tasks.calibration.calibrate import replaced_fields
     from negforge.tasks.registry.up_to_date import unchanged_version, up_to_date_result
-    from negforge.tasks.runtime.preflight import check_budget_for_the_model, check_scheduler
 
     config = load_config(args.config or demo_config(), args.overrides)
     replaced = replaced_fields(config)
@@ -443,6 +443,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     escape_console_lines(tracebacks=args.debug)  # without --debug, a failed run's message lines say what went wrong
     from negforge.flows.deployments import NoPrefectAPI
+    from negforge.flows.orchestration.preflight import StorageError
     from negforge.schemas.config import ConfigError
     from negforge.tasks.calibration.calibrate import CalibrationError
     from negforge.tasks.embedding.model import ModelError
@@ -452,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
     from negforge.tasks.mining.lexical import LexicalError
     from negforge.tasks.registry.candidates import RemineError
     from negforge.tasks.registry.versions import NotFound
-    from negforge.tasks.runtime.preflight import StorageError, describe, permanent
+    from negforge.tasks.runtime.os_errors import describe, permanent
     from negforge.tasks.runtime.sizing import BudgetError
     from negforge.tasks.search.ann_index import IndexSettingError
 

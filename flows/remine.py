@@ -15,6 +15,7 @@ import polars as pl
 from prefect import flow
 
 from negforge.flows.orchestration.console_lines import escape_console_lines
+from negforge.flows.orchestration.preflight import preflight
 from negforge.flows.orchestration.task_options import untagged_task_runs
 from negforge.flows.stages.calibration import calibrated
 from negforge.flows.stages.partition import mine_stored_all
@@ -25,7 +26,7 @@ from negforge.schemas.stages import COUNT_KEYS
 from negforge.tasks.mining.adaptive_depth import depth_levels
 from negforge.tasks.registry.candidates import check_depth, check_remine, load_candidates
 from negforge.tasks.registry.versions import Registry
-from negforge.tasks.runtime.preflight import naming, preflight
+from negforge.tasks.runtime.os_errors import naming
 
 
 @flow(name="remine-training-set", flow_run_name="remine {config.publish.dataset}", validate_parameters=True)

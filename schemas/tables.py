@@ -1,4 +1,5 @@
-"""Column names and dtypes of the tables that stages hand each other; each stage writes through `frame`."""
+"""Column names and dtypes of the tables that stages hand each other; each stage writes through `frame`, and reads
+texts back from the text shards (TEXT_SHARD) through `shard_rows`."""
 
 from __future__ import annotations
 
@@ -55,3 +56,9 @@ def check(schema: dict[str, pl.DataType], df: pl.DataFrame, what: str) -> pl.Dat
     if actual != schema:
         raise TypeError(f"{what}: columns {actual} do not match the declared {schema}")
     return df
+
+
+def shard_rows(shards: list[str], rows: pl.Series) -> pl.DataFrame:
+    """(row, id, text) of the wanted rows of text shards (TEXT_SHARD), read shard by shard."""
+    wanted = rows.unique().cast(pl.UInt32)
+    return pl.scan_parquet(shards).select("row", "id", "text").filter(pl.col("row").is_in(wanted)).collect()

@@ -14,6 +14,7 @@ import polars as pl
 import pytest
 
 from negforge.flows.cli import main
+from negforge.flows.orchestration.preflight import check_links
 from negforge.schemas.config import EvaluateConfig, load_config
 from negforge.schemas.evaluation import EvaluationRecord
 from negforge.schemas.manifest import Manifest
@@ -22,7 +23,6 @@ from negforge.tasks.evaluation.records import read_record, version_records
 from negforge.tasks.mining.lexical import build_index
 from negforge.tasks.registry.versions import Registry
 from negforge.tasks.runtime.containment import NOT_FOLLOWED, inside
-from negforge.tasks.runtime.preflight import check_links
 from tests.conftest import DEMO, beir_subset, run_cli, write_config
 from tests.test_lexical import SETTINGS, _shard
 from tests.test_preflight import _error_line

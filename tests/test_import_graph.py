@@ -1,5 +1,6 @@
 """negforge's modules import each other without a loop, at module level or inside functions: a loop hidden by a
-function-level import still ties the modules together (what one changes, the other must know)."""
+function-level import still ties the modules together (what one changes, the other must know). The domain packages
+are layered the same way, and each tasks/<domain>/__init__.py says truly which domains it imports."""
 
 from __future__ import annotations
 
@@ -55,6 +56,28 @@ def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
+def _domain(module: str) -> str:
+    """The node of `module` in the domain graph: its negforge.tasks.<domain>, or negforge.flows or negforge.schemas
+    whole (flows' subpackages with flows: stages and orchestration use each other and flows' own modules)."""
+    parts = module.split(".")
+    return ".".join(parts[:3] if parts[1] == "tasks" and len(parts) > 2 else parts[:2])
+
+
+def _domain_graph() -> dict[str, set[str]]:
+    """Which domains each domain's modules import, itself left out."""
+    modules = _modules()
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        graph.setdefault(_domain(name), set()).update(_domain(other) for other in _imports(path, modules))
+    return {domain: imported - {domain} for domain, imported in graph.items()}
+
+
+def _may_import(init: Path) -> set[str]:
+    """The domains a package's docstring allows, from its closing "May import: schemas, tasks.gate." line."""
+    allowed = ast.get_docstring(ast.parse(init.read_text())).split("May import:")[1]
+    return {name.strip().removesuffix(".") for name in allowed.split(",")}
+
+
 def test_no_import_loops():
     modules = _modules()
     graph = {name: _imports(path, modules) - {name} for name, path in modules.items()}
@@ -62,6 +85,26 @@ def test_no_import_loops():
     for name in graph:
         graph[name] = {other for other in graph[name] if not name.startswith(other + ".")}
     assert _cycle(graph) is None, " -> ".join(_cycle(graph))
+
+
+def test_the_domain_packages_are_layered():
+    """No loop between packages either: a domain that imports another must not be imported back by it, through any
+    other, or the two cannot be understood, tested or changed apart."""
+    graph = _domain_graph()
+    assert _cycle(graph) is None, " -> ".join(_cycle(graph))
+
+
+def test_each_domain_says_exactly_which_domains_it_imports():
+    """Each tasks/<domain>/__init__.py's "May import:" names exactly the domains its modules import: a missing one is
+    an import nobody allowed, and an extra one (a superset) would let the line drift from the code unnoticed."""
+    graph = _domain_graph()
+    drifted = {}
+    for init in sorted((ROOT / "tasks").glob("*/__init__.py")):
+        said = _may_import(init)
+        done = {domain.removeprefix("negforge.") for domain in graph[f"negforge.tasks.{init.parent.name}"]}
+        if said != done:
+            drifted[init.parent.name] = f"says {sorted(said)}, imports {sorted(done)}"
+    assert not drifted, drifted
 
 
 def test_the_loop_finder_finds_loops():

@@ -15,7 +15,7 @@ from negforge.schemas.config import DedupConfig, MineConfig
 from negforge.schemas.tables import NEAR_PAIRS, frame
 from negforge.tasks.embedding.model import EncoderSpec, encode, resolve_model
 from negforge.tasks.mining.rules import mine
-from negforge.tasks.search.similarity import candidate_similarity
+from negforge.tasks.mining.similarity import candidate_similarity
 from tests.conftest import DEMO, beir_subset, run_cli
 from tests.test_mine import _case, _kept, _reason
 

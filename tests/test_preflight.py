@@ -16,9 +16,10 @@ from typing import Iterator
 
 import pytest
 
+from negforge.flows.orchestration.preflight import store_shortfall
 from negforge.schemas.manifest import Manifest
 from negforge.tasks.registry.versions import Registry
-from negforge.tasks.runtime.preflight import describe, naming, permanent, store_shortfall
+from negforge.tasks.runtime.os_errors import describe, naming, permanent
 from tests.conftest import ROOT, run_cli
 from tests.test_registry import stage
 

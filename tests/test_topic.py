@@ -11,6 +11,7 @@ from negforge.schemas.config import ConfigError, MineConfig, load_config
 from negforge.schemas.manifest import TopicBound
 from negforge.schemas.tables import HITS, POSITIVE_SCORES, POSITIVES, frame
 from negforge.tasks.mining.rules import REASONS, mine
+from negforge.tasks.mining.similarity import candidate_similarity
 from negforge.tasks.mining.topic import (
     TOPIC_SIZE,
     centrality,
@@ -20,7 +21,6 @@ from negforge.tasks.mining.topic import (
     topic_threshold,
     with_topic_bound,
 )
-from negforge.tasks.search.similarity import candidate_similarity
 from tests.conftest import DEMO_CONFIG
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from negforge.schemas.config import MineConfig
 from negforge.schemas.tables import TEXT_SHARD, frame
+from negforge.tasks.mining.ids_table import ids_table
 from negforge.tasks.mining.rules import mine, reasons_per_query
-from negforge.tasks.registry.training_set import ids_table
 from tests.test_mine import CANDS, _case
 
 

@@ -1,5 +1,6 @@
-"""How runs are run: the Dask cluster's lifecycle (local or at `runtime.dask_address`), the Prefect API server
-started for a run, task options (retries, names), progress of stages, console escaping, the workers' forkserver.
+"""How runs are run: the checks before a run (preflight), the Dask cluster's lifecycle (local or at
+`runtime.dask_address`), the Prefect API server started for a run, task options (retries, names), progress of stages,
+console escaping, the workers' forkserver.
 
-May import: flows.stages, schemas, tasks.runtime.
+May import: flows.stages, schemas, tasks.embedding, tasks.registry, tasks.runtime.
 """

@@ -14,7 +14,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.context import TagsContext
 
 from negforge.flows.orchestration.console_lines import escape_console_lines
-from negforge.tasks.runtime.preflight import permanent
+from negforge.tasks.runtime.os_errors import permanent
 
 
 def _transient(task: Any, task_run: Any, state: Any) -> bool:

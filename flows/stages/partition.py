@@ -27,10 +27,10 @@ from negforge.schemas.stages import (
 )
 from negforge.tasks.mining.combine import combine
 from negforge.tasks.mining.partition import mine_partition, search_and_mine
+from negforge.tasks.mining.recall_probe import probe
 from negforge.tasks.runtime.sizing import memory_budget_bytes, ranges, task_count
 from negforge.tasks.search.ann_index import Probe, build_index
 from negforge.tasks.search.exact import SLACK, block_rows
-from negforge.tasks.search.recall_probe import probe
 
 search_and_mine_task = negforge_task(search_and_mine, "search and mine", retried=True)
 mine_partition_task = negforge_task(mine_partition, "mine")

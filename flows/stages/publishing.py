@@ -34,7 +34,7 @@ from negforge.tasks.registry.dataset_card import dataset_card
 from negforge.tasks.registry.training_set import write_training_set
 from negforge.tasks.registry.up_to_date import side_inputs
 from negforge.tasks.registry.versions import MANIFEST, Registry
-from negforge.tasks.runtime.preflight import naming
+from negforge.tasks.runtime.os_errors import naming
 
 validate_candidate_task = negforge_task(check_candidate, "validate candidate")
 charts_task = negforge_task(version_charts, "draw charts")

@@ -44,8 +44,8 @@ from negforge.schemas.tables import HIDDEN, frame
 from negforge.tasks.gate.audit import bootstrap_picks, bootstrap_rates, rate_with_interval
 from negforge.tasks.mining.adaptive_depth import depth_levels, mine_adaptively
 from negforge.tasks.mining.rules import query_rng
+from negforge.tasks.mining.similarity import candidate_similarity
 from negforge.tasks.mining.topic import with_topic_bound
-from negforge.tasks.search.similarity import candidate_similarity
 
 MIN_QUERIES = 20
 MIN_COVERAGE = 0.95

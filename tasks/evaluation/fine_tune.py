@@ -18,7 +18,7 @@ from negforge.schemas.config import EvaluateConfig
 from negforge.schemas.evaluation import FineTuning
 from negforge.schemas.stages import Encoder
 from negforge.tasks.evaluation.base_model import load
-from negforge.tasks.runtime.preflight import naming
+from negforge.tasks.runtime.os_errors import naming
 
 
 def _prompts(encoder: Encoder, columns: list[str]) -> dict[str, str] | None:

@@ -21,7 +21,7 @@ from typing import TypeVar
 from negforge.schemas.config import EvaluateConfig
 from negforge.schemas.evaluation import BaseMeasurement, Comparison, EvaluationRecord
 from negforge.schemas.stages import Encoder, EvaluationSplit
-from negforge.tasks.runtime.preflight import naming
+from negforge.tasks.runtime.os_errors import naming
 
 FOLDER = "evaluations"
 Record = TypeVar("Record", BaseMeasurement, EvaluationRecord, Comparison)

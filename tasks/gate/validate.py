@@ -16,7 +16,7 @@ from typing import Any
 import polars as pl
 
 from negforge.schemas.manifest import Manifest
-from negforge.tasks.runtime.preflight import naming
+from negforge.tasks.runtime.os_errors import naming
 
 SAMPLE_ROWS = 3
 

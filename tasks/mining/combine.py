@@ -15,8 +15,8 @@ from negforge.schemas.config import BuildConfig
 from negforge.schemas.stages import Mined, MinedPartition, ScoreStats, Texts
 from negforge.tasks.gate.audit import audit
 from negforge.tasks.gate.row_checks import contaminated_queries
+from negforge.tasks.mining.ids_table import ids_table
 from negforge.tasks.mining.rules import reason_counts, reasons_per_query, sample_window
-from negforge.tasks.registry.training_set import ids_table
 
 
 def score_stats(scores: pl.Series) -> ScoreStats:

@@ -15,8 +15,7 @@ import numpy as np
 import polars as pl
 
 from negforge.schemas.stages import CorpusDeduplicated, VectorFile
-from negforge.schemas.tables import CORPUS_DUPLICATES, CORPUS_PAIRS
-from negforge.tasks.registry.training_set import shard_rows
+from negforge.schemas.tables import CORPUS_DUPLICATES, CORPUS_PAIRS, shard_rows
 from negforge.tasks.search.exact import open_vectors, pair_scores
 
 

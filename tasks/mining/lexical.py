@@ -23,8 +23,7 @@ import bm25s
 import numpy as np
 import polars as pl
 
-from negforge.schemas.tables import LEXICAL_PAIRS, frame
-from negforge.tasks.registry.training_set import shard_rows
+from negforge.schemas.tables import LEXICAL_PAIRS, frame, shard_rows
 from negforge.tasks.runtime.containment import inside
 
 

@@ -21,10 +21,10 @@ from negforge.schemas.tables import HITS, POSITIVE_SCORES, frame
 from negforge.tasks.mining.adaptive_depth import depth_levels, mine_adaptively, mine_options
 from negforge.tasks.mining.lexical import with_bm25
 from negforge.tasks.mining.rescore import rescore_pairs, rescorer_spec
+from negforge.tasks.mining.similarity import candidate_similarity
 from negforge.tasks.runtime.progress import TaskProgress
 from negforge.tasks.search.ann_index import propose_approximately
 from negforge.tasks.search.exact import SLACK, open_vectors, pair_scores, propose, rank_exactly
-from negforge.tasks.search.similarity import candidate_similarity
 
 # Bytes of candidate vectors gathered at once for exact scores and similarities: a task's memory then stays near a
 # block of the corpus whatever the depth (a chunk of 2,048 queries at depth 58 gathered ~550 MB at dimension 384).

@@ -16,9 +16,8 @@ import numpy as np
 import polars as pl
 
 from negforge.schemas.config import RescoreConfig
-from negforge.schemas.tables import RESCORE_PAIRS
+from negforge.schemas.tables import RESCORE_PAIRS, shard_rows
 from negforge.tasks.embedding.model import EncoderSpec, encode, resolve_model
-from negforge.tasks.registry.training_set import shard_rows
 
 
 @dataclass(frozen=True)

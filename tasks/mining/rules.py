@@ -89,7 +89,7 @@ def mine(hits: pl.DataFrame, positives: pl.DataFrame, positive_scores: pl.DataFr
         positive_scores: (query_row, doc_row, score) of the positives.
         cfg: the mining options.
         range_max: the window size, derived when cfg.range_max is unset.
-        near_pairs: near-duplicate candidate pairs per query (tasks/search/similarity.py), for the in-row dedup.
+        near_pairs: near-duplicate candidate pairs per query (tasks/mining/similarity.py), for the in-row dedup.
         eps: near-duplicates have cosine >= 1 - eps (None: no near-duplicate rules).
         rescore: the rescorer's rule, applied when the hits and positive scores carry a `rescore` column.
         lexical: the BM25 rules, applied when the hits and positive scores carry a `bm25` column.

@@ -1,5 +1,5 @@
-"""Search: exact (blocked FAISS) and IVF search of the corpus for each query, the IVF recall probe, and the
-cosine similarities mining needs beside the scores.
+"""Search: exact (blocked FAISS) and approximate (IVF, HNSW) search of the corpus for each query. What mining
+computes from the candidates (their similarities, the recall probe's mined negatives) is tasks.mining's.
 
-May import: schemas, tasks.mining, tasks.runtime.
+May import: schemas, tasks.runtime.
 """

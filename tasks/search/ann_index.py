@@ -5,10 +5,10 @@ worker can hold it), trained on a seeded sample within the memory budget, and bu
 config gives the same index on the same machine. It only proposes candidates: their scores are computed exactly
 (tasks/search/exact.py), so an approximate search can miss candidates but never misscore them.
 
-Every run measures it: a seeded sample of queries is searched exactly and approximately, and the probe reports the
-candidate-window recall (the share of the exact top-`depth` found) and the share of mined negatives that change.
-With `search.target_recall`, nprobe (ivf) or efSearch (hnsw) doubles until the probe meets the target, or says it
-cannot.
+Every run measures it: a seeded sample of queries is searched exactly and approximately, and the probe
+(tasks/mining/recall_probe.py: it mines the sample, so it sits with mining) reports the candidate-window recall (the
+share of the exact top-`depth` found) and the share of mined negatives that change. With `search.target_recall`,
+nprobe (ivf) or efSearch (hnsw) doubles until the probe meets the target, or says it cannot.
 """
 
 from __future__ import annotations

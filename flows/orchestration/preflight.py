@@ -1,81 +1,35 @@
 """Preflight: before any work, check that the registry and the workdir can take what a run writes, so that a run
-that cannot finish stops at once, naming the path and the figures, instead of after the whole pipeline.
+that cannot finish stops at once, naming the path and the figures, instead of after the whole pipeline. It checks
+several domains (the runtime's storage and links, the registry's last version, the model's dimension), so it runs
+here, above them.
 
 Too little space for the registry (less than the previous version took) refuses the run: a publish that fails at
 the end wastes all of it. Too little for the embedding store only warns: the estimate (every text embedded anew) is
-an upper bound, and texts already in the store need no space.
-
-What no check can foresee (a disk that fills during the run) ends the same way: a permanent OS error is never
-retried, and `naming` gives it the path being written where the library that failed named none.
+an upper bound, and texts already in the store need no space. What no check can foresee (a disk that fills during
+the run) ends as a permanent OS error (tasks/runtime/os_errors.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import errno
-import os
-import re
 import shutil
 import tempfile
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from negforge.schemas.config import BuildConfig, ConfigError, RuntimeConfig
 from negforge.schemas.console_text import quoted, shortened
 from negforge.tasks.embedding.model import embedding_dimension, resolve_model
 from negforge.tasks.registry.versions import Registry
 from negforge.tasks.runtime.containment import inside
+from negforge.tasks.runtime.os_errors import describe
 from negforge.tasks.runtime.sizing import check_budget
 
-# OS errors that a second try cannot mend: never retried, reported in one line naming the path.
-PERMANENT_ERRNOS = {errno.ENOTDIR, errno.EISDIR, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC,
-                    errno.EDQUOT, errno.ELOOP}  # ELOOP: a symlink where negforge opens without following one
 DEFAULT_DIMENSION = 4096  # when the model's config does not say: as large as common embedding models get
 SCHEDULER_TIMEOUT_S = 5  # a scheduler that has not answered by then is taken for absent (Dask itself waits 30 s, twice)
-_NUMBER_IN_MESSAGE = re.compile(r"\(os error (\d+)\)|\[Errno (\d+)\]")
 
 
 class StorageError(RuntimeError):
     """A folder negforge must write is not a writable folder, or holds too little free space."""
-
-
-def os_errno(error: BaseException) -> int | None:
-    """The OS error number of an OSError: its errno, else the one its message carries. polars reports its Rust I/O
-    errors as `OSError('No space left on device (os error 28)')`, shutil.copytree its failed copies as a list of
-    `[Errno 28] ...` lines: neither sets errno, so a full disk read as a transient error, was retried and ended in a
-    traceback."""
-    if not isinstance(error, OSError):
-        return None
-    if error.errno is not None:
-        return error.errno
-    found = _NUMBER_IN_MESSAGE.search(str(error))
-    return int(found.group(1) or found.group(2)) if found else None
-
-
-def permanent(error: BaseException) -> bool:
-    """Whether an error is an OS error that retrying cannot fix (not a folder, read-only, permission, no space)."""
-    return os_errno(error) in PERMANENT_ERRNOS
-
-
-@contextmanager
-def naming(path: str | Path) -> Iterator[None]:
-    """Name `path`, the folder being written, in a permanent OS error that names no file: a full disk reported by a
-    buffered write's flush, by polars or by shutil.copytree says only `[Errno 28] No space left on device`, and the
-    user must know which disk to free."""
-    try:
-        yield
-    except OSError as error:
-        code = os_errno(error)
-        if code not in PERMANENT_ERRNOS or error.filename is not None:
-            raise
-        raise OSError(code, os.strerror(code), str(path)) from error
-
-
-def describe(error: OSError) -> str:
-    """One line for an OS error: the path(s) it concerns and what went wrong."""
-    paths = " -> ".join(str(p) for p in (error.filename, error.filename2) if p is not None)
-    return f"{paths}: {error.strerror}" if paths else str(error)
 
 
 def _size(n: int) -> str:
