@@ -26,7 +26,6 @@ from negforge.flows.stages.embedding import embed_stage, model_warm_up
 from negforge.flows.stages.partition import search_and_mine_all, search_job
 from negforge.flows.stages.publishing import mine_and_publish, new_run_dir, timed
 from negforge.flows.stages.run_report import publish_artifacts, reject_lines
-from negforge.flows.versions_info import code_version
 from negforge.schemas.config import BuildConfig
 from negforge.schemas.manifest import Calibration, Counts, Embed, Model, Provenance, Rejects, Search, TopicBound
 from negforge.schemas.stages import (
@@ -43,6 +42,7 @@ from negforge.tasks.embedding.model import embedding_dimension, resolve_model
 from negforge.tasks.gate.gates import check_inputs
 from negforge.tasks.ingest.ingest import ingest
 from negforge.tasks.registry.up_to_date import unchanged_version, up_to_date_result
+from negforge.tasks.registry.versions_info import code_version
 from negforge.tasks.runtime.os_errors import naming
 from negforge.tasks.runtime.sizing import check_budget
 from negforge.tasks.search.ann_index import Probe, check_index_settings

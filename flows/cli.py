@@ -369,10 +369,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_build(args: argparse.Namespace) -> int:
     from negforge.flows.deployments import demo_config
     from negforge.flows.orchestration.preflight import check_budget_for_the_model, check_scheduler
-    from negforge.flows.versions_info import code_version
     from negforge.schemas.config import load_config
     from negforge.tasks.calibration.calibrate import replaced_fields
     from negforge.tasks.registry.up_to_date import unchanged_version, up_to_date_result
+    from negforge.tasks.registry.versions_info import code_version
 
     config = load_config(args.config or demo_config(), args.overrides)
     replaced = replaced_fields(config)

@@ -26,9 +26,10 @@ import polars as pl
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
+from negforge.flows.orchestration.artifact_keys import slug
 from negforge.flows.orchestration.console_lines import escape_console_lines
 from negforge.flows.orchestration.task_options import dataset_tags, negforge_task, untagged_task_runs
-from negforge.flows.stages.run_report import image_markdown, slug
+from negforge.flows.stages.run_report import image_markdown
 from negforge.schemas.config import BuildConfig, EvaluateConfig
 from negforge.schemas.evaluation import (
     Baseline,

@@ -15,7 +15,7 @@ from prefect import get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.futures import PrefectFuture, wait
 
-from negforge.flows.stages.run_report import slug
+from negforge.flows.orchestration.artifact_keys import slug
 from negforge.tasks.runtime.progress import units_done
 
 POLL_S = 0.5

@@ -23,7 +23,6 @@ from prefect.cache_policies import NO_CACHE
 from negforge.flows.orchestration.task_options import negforge_task
 from negforge.flows.stages.partition import combine_all
 from negforge.flows.stages.run_report import publish_artifacts
-from negforge.flows.versions_info import code_version, package_versions
 from negforge.schemas.config import BuildConfig
 from negforge.schemas.manifest import Manifest, Provenance
 from negforge.schemas.stages import CalibrationFiles, Deepened, Mined, MinedPartition, StoreMeta, Texts
@@ -34,6 +33,7 @@ from negforge.tasks.registry.dataset_card import dataset_card
 from negforge.tasks.registry.training_set import write_training_set
 from negforge.tasks.registry.up_to_date import side_inputs
 from negforge.tasks.registry.versions import MANIFEST, Registry
+from negforge.tasks.registry.versions_info import code_version, package_versions
 from negforge.tasks.runtime.os_errors import naming
 
 validate_candidate_task = negforge_task(check_candidate, "validate candidate")

@@ -11,24 +11,19 @@
 from __future__ import annotations
 
 import base64
-import re
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
+from negforge.flows.orchestration.artifact_keys import slug
 from negforge.schemas.console_text import printable
 from negforge.schemas.manifest import Calibration, Manifest, Search, TopicBound
 from negforge.tasks.calibration.calibrate import false_negative_estimate
 
 SAMPLE_ROWS = 10
 SAMPLE_CHARS = 160
-
-
-def slug(dataset: str) -> str:
-    """A dataset name as artifact keys allow it: lowercase letters, digits and dashes."""
-    return re.sub(r"[^a-z0-9]+", "-", dataset.lower()).strip("-") or "dataset"
 
 
 def reject_lines(reasons: dict[str, int], samples: dict[str, list[str]]) -> list[str]:
