@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 from prefect import flow, get_run_logger
 
@@ -27,7 +27,18 @@ from negforge.flows.stages.partition import search_and_mine_all, search_job
 from negforge.flows.stages.publishing import mine_and_publish, new_run_dir, timed
 from negforge.flows.stages.run_report import publish_artifacts, reject_lines
 from negforge.schemas.config import BuildConfig
-from negforge.schemas.manifest import Calibration, Counts, Embed, Model, Provenance, Rejects, Search, TopicBound
+from negforge.schemas.manifest import (
+    Calibration,
+    Counts,
+    Embed,
+    Manifest,
+    Model,
+    Provenance,
+    Published,
+    Rejects,
+    Search,
+    TopicBound,
+)
 from negforge.schemas.stages import (
     CalibrationFiles,
     CorpusDeduplicated,
@@ -42,6 +53,7 @@ from negforge.tasks.embedding.model import embedding_dimension, resolve_model
 from negforge.tasks.gate.gates import check_inputs
 from negforge.tasks.ingest.ingest import ingest
 from negforge.tasks.registry.up_to_date import unchanged_version, up_to_date_result
+from negforge.tasks.registry.versions import MANIFEST
 from negforge.tasks.registry.versions_info import code_version
 from negforge.tasks.runtime.os_errors import naming
 from negforge.tasks.runtime.sizing import check_budget
@@ -53,7 +65,7 @@ validate_inputs_task = negforge_task(check_inputs, "validate inputs")
 
 @flow(name="build-training-set", flow_run_name="build {config.publish.dataset}", validate_parameters=True,
       task_runner=BuildTaskRunner())
-def build_training_set(config: BuildConfig) -> dict[str, Any]:
+def build_training_set(config: BuildConfig) -> Published:
     """Build and publish one version of a training set with mined hard negatives.
 
     Returns:
@@ -65,9 +77,8 @@ def build_training_set(config: BuildConfig) -> dict[str, Any]:
         unchanged = unchanged_version(config, code_version())
         if unchanged:
             get_run_logger().info("up to date: %s (inputs, config, model and code unchanged)", unchanged)
-            result = up_to_date_result(unchanged)
-            publish_artifacts(result["manifest"], str(unchanged), published=False)
-            return result
+            publish_artifacts(Manifest.read(unchanged / MANIFEST), str(unchanged), published=False)
+            return up_to_date_result(unchanged)
         runner = current_task_runner()
         starter = runner.start_in_background(model_warm_up(config)) if runner else None
         try:
@@ -77,7 +88,7 @@ def build_training_set(config: BuildConfig) -> dict[str, Any]:
                 starter.join()
 
 
-def _build(config: BuildConfig, worker_count: Callable[[], int]) -> dict[str, Any]:
+def _build(config: BuildConfig, worker_count: Callable[[], int]) -> Published:
     """The build's stages in order, as the README's diagram draws them; each times itself into `timings`."""
     timings: dict[str, float] = {}
     started = datetime.now(timezone.utc)

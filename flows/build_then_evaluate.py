@@ -14,12 +14,13 @@ from negforge.flows.build import build_training_set
 from negforge.flows.evaluate import evaluate_after_publish
 from negforge.schemas.config import BuildConfig
 from negforge.schemas.evaluation import Evaluated
+from negforge.schemas.manifest import Published
 
 
-def evaluate_published(config: BuildConfig, built: dict[str, Any]) -> Evaluated | None:
+def evaluate_published(config: BuildConfig, built: Published) -> Evaluated | None:
     """The evaluation of the version a build just published, when its config asks for one; None otherwise."""
-    if built["published"] and config.evaluate.eval:
-        return evaluate_after_publish(config, built["version"])
+    if built.published and config.evaluate.eval:
+        return evaluate_after_publish(config, built.version)
     return None
 
 

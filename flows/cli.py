@@ -18,6 +18,7 @@ from negforge.schemas.console_text import printable_lines, quoted
 
 if TYPE_CHECKING:  # imported where used: every command pays for the CLI's imports
     from negforge.schemas.evaluation import Evaluated
+    from negforge.schemas.manifest import Published
 
 # Defaults are looked for in the working directory (flows/deployments.py), never in the source tree.
 DEMO_HELP = "the demo, deployments/datasets/scifact-demo.yaml in the working directory"
@@ -150,16 +151,16 @@ def _quiet_task_runs() -> None:
     os.environ["PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"] = "WARNING"  # read by local workers when they start
 
 
-def _print_result(result: dict) -> int:
-    counts = result["counts"]
-    print(f"{counts['rows']} training rows from {counts['queries_used']} queries; "
-          f"{result['embed']['texts_embedded']} texts embedded, {result['embed']['texts_cached']} from the store; "
-          f"{result['short_queries']} queries short of negatives")
-    if result.get("evaluation"):
-        print(f"evaluated: {result['evaluation'].path}")
-    if not result["published"]:
+def _print_result(result: Published) -> int:
+    """A build's or remine's counts, its evaluation's record, then the version folder last."""
+    print(f"{result.counts.rows} training rows from {result.counts.queries_used} queries; "
+          f"{result.embed.texts_embedded} texts embedded, {result.embed.texts_cached} from the store; "
+          f"{result.short_queries} queries short of negatives")
+    if result.evaluation:
+        print(f"evaluated: {result.evaluation.path}")
+    if not result.published:
         print("up to date")
-    print(result["version_dir"])
+    print(result.version_dir)
     return 0
 
 
@@ -230,8 +231,8 @@ def _published_before_the_stop(earlier: int) -> str:
     return f"published before the stop: {', '.join(versions)}" if versions else "nothing was published"
 
 
-def _run_flow(args: argparse.Namespace, dataset: str, prepare: Callable[[], Callable[[], dict]],
-              report: Callable[[dict], int] | None = None,
+def _run_flow(args: argparse.Namespace, dataset: str, prepare: Callable[[], Callable[[], Published | Evaluated]],
+              report: Callable[[Evaluated], int] | None = None,
               cluster: Callable[[], AbstractContextManager] | None = None) -> int:
     """Run a flow against the Prefect API (a local one when none is set) and print its result.
 
@@ -288,7 +289,7 @@ def cmd_remine(args: argparse.Namespace) -> int:
         check_depth(config, stored)  # with auto, the window is the calibration's choice's: judged in the flow
     check_scheduler(config.runtime)
 
-    def prepare() -> Callable[[], dict]:
+    def prepare() -> Callable[[], Published]:
         from negforge.flows.remine import remine_training_set
 
         return lambda: remine_training_set(version, config)
@@ -358,7 +359,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     check_request(registry, dataset, version, settings, compare, args.save_model)  # refuse before any run starts
 
-    def prepare() -> Callable[[], dict]:
+    def prepare() -> Callable[[], Evaluated]:
         from negforge.flows.evaluate import evaluate_training_set
 
         return lambda: evaluate_training_set(dataset, version, registry, settings, compare, args.save_model)
@@ -385,13 +386,13 @@ def cmd_build(args: argparse.Namespace) -> int:
     check_scheduler(config.runtime)  # before the Prefect server, the cluster and the flow run: refused at once
     check_budget_for_the_model(config)
 
-    def prepare() -> Callable[[], dict]:
+    def prepare() -> Callable[[], Published]:
         from negforge.flows.build_then_evaluate import build_training_set, evaluate_published
         from negforge.tasks.gate import expectations  # noqa: F401  (Great Expectations too; validation needs it later)
 
-        def build_then_evaluate() -> dict:
+        def build_then_evaluate() -> Published:
             built = build_training_set(config)
-            return built | {"evaluation": evaluate_published(config, built)}
+            return built.model_copy(update={"evaluation": evaluate_published(config, built)})
 
         return build_then_evaluate
 

@@ -315,7 +315,7 @@ def _baseline(request: Request, baseline: str, scratch: Path) -> TrainingSet:
         "publish": {"registry": str(scratch), "dataset": dataset}}, source=f"{baseline} baseline")
     with dataset_tags(request.registry.dataset):  # the evaluated dataset's, as before
         result = remine_training_set(first.name, config)
-    folder = Path(result["version_dir"])
+    folder = Path(result.version_dir)
     manifest = Registry(scratch, dataset).manifest(folder.name)
     return training_set(baseline, folder, manifest, request.evaluation)
 

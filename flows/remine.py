@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 from datetime import datetime, timezone
-from typing import Any
 
 import polars as pl
 from prefect import flow
@@ -21,7 +20,7 @@ from negforge.flows.stages.calibration import calibrated
 from negforge.flows.stages.partition import mine_stored_all
 from negforge.flows.stages.publishing import mine_and_publish, new_run_dir
 from negforge.schemas.config import BuildConfig
-from negforge.schemas.manifest import Counts, Embed, Provenance, Search
+from negforge.schemas.manifest import Counts, Embed, Provenance, Published, Search
 from negforge.schemas.stages import COUNT_KEYS
 from negforge.tasks.mining.adaptive_depth import depth_levels
 from negforge.tasks.registry.candidates import check_depth, check_remine, load_candidates
@@ -30,7 +29,7 @@ from negforge.tasks.runtime.os_errors import naming
 
 
 @flow(name="remine-training-set", flow_run_name="remine {config.publish.dataset}", validate_parameters=True)
-def remine_training_set(source: str, config: BuildConfig) -> dict[str, Any]:
+def remine_training_set(source: str, config: BuildConfig) -> Published:
     """Mine the candidates stored in `source` (a version of config.publish.dataset) again and publish the result."""
     escape_console_lines()  # a served or work-pool run's process: no CLI set it up
     # a write error naming no path is the workdir's: what writes elsewhere (the staged version) names its own
@@ -38,7 +37,7 @@ def remine_training_set(source: str, config: BuildConfig) -> dict[str, Any]:
         return _remine(source, config)
 
 
-def _remine(source: str, config: BuildConfig) -> dict[str, Any]:
+def _remine(source: str, config: BuildConfig) -> Published:
     preflight(config)
     registry = Registry(config.publish.registry, config.publish.dataset)
     parent = registry.whole_manifest(source)

@@ -17,6 +17,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, PrivateAttr, model_validator
 
 from negforge.schemas.config import NOT_PUBLISHED, BuildConfig, apply_overrides, validate_config
+from negforge.schemas.evaluation import Evaluated
 
 Number = int | float
 
@@ -298,7 +299,25 @@ class Manifest(BaseModel):
         return config.content_dict() == {key: value for key, value in self.config.items()
                                          if key not in NOT_PUBLISHED}
 
-    def summary(self) -> dict[str, Any]:
-        """What a build or remine flow returns about its version (with the version folder, embedding and timings)."""
-        return {"counts": self.counts.model_dump(exclude_unset=True), "short_queries": self.short_queries.count,
-                "reasons": self.reasons}
+
+class Published(BaseModel):
+    """What a build or remine flow returns: its version (newly published, or the latest one found up to date), what
+    the version holds in brief, what embedding did and the stages' timings; the CLI adds the evaluation it chained."""
+
+    version_dir: str
+    published: bool
+    version: str
+    counts: Counts
+    short_queries: int
+    reasons: dict[str, int]
+    embed: Embed
+    timings: dict[str, float]
+    evaluation: Evaluated | None = None
+
+    @classmethod
+    def of(cls, version_dir: str | Path, manifest: Manifest, published: bool, timings: dict[str, float],
+           embed: Embed | None = None) -> Published:
+        """`embed`: what this run embedded (default: what the manifest's run did)."""
+        return cls(version_dir=str(version_dir), published=published, version=Path(version_dir).name,
+                   counts=manifest.counts, short_queries=manifest.short_queries.count, reasons=manifest.reasons,
+                   embed=embed or manifest.embed, timings=timings)

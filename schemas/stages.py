@@ -287,3 +287,14 @@ class Retrieval:
     metrics: dict[str, float]
     per_query: dict[str, float]
     seconds: float
+
+
+@dataclass(frozen=True)
+class WrittenSet:
+    """The training set as written (tasks/registry/training_set.py): its rows and id rows, its files per config
+    (data, ids, and exports when there are some), and the bytes of each config."""
+
+    rows: int
+    id_rows: int
+    files: dict[str, list[str]]
+    bytes: dict[str, int]

@@ -90,7 +90,7 @@ def _negforge_rows(sample: Path, tmp: Path, options: dict, *extra: str) -> pl.Da
                                        f"embed.max_seq_length={MAX_SEQ_LENGTH}", "runtime.shard_size=300",
                                        *overrides])
     result = build_training_set.with_options(task_runner=ThreadPoolTaskRunner(max_workers=2))(config)
-    return pl.read_parquet(Path(result["version_dir"]) / "data")
+    return pl.read_parquet(Path(result.version_dir) / "data")
 
 
 def _negforge(sample: Path, tmp: Path, options: dict) -> dict[str, tuple[list[str], list[float]]]:

@@ -52,7 +52,7 @@ def test_an_unchanged_rebuild_answers_up_to_date_before_starting_anything(config
     from negforge.schemas.config import load_config
 
     served = build_training_set(load_config(config))  # as a served or triggered run does: one quick flow run
-    assert served["published"] is False and served["version_dir"] == first
+    assert served.published is False and served.version_dir == first
     assert sorted((config.parent / "work" / "runs").iterdir()) == runs
 
     (tiny_beir / "queries.jsonl").write_text((tiny_beir / "queries.jsonl").read_text().replace("a", "A", 1))

@@ -63,7 +63,7 @@ def _refused(cfg, summary, staged, tmp_path) -> str:
 def test_a_valid_candidate_passes_and_real_inputs_pass(candidate, tmp_path):
     cfg, summary, stage, registry, _ = candidate
     outcome = check_candidate(str(stage()), MINED, summary.texts, cfg, None, str(tmp_path / "validation"))
-    assert outcome["success"] and outcome["expectations"] >= 8
+    assert outcome.success and outcome.expectations >= 8
     assert check_inputs(summary, str(tmp_path / "inputs"))["success"]
 
 
@@ -153,7 +153,7 @@ def test_drift_fails_the_gate_when_configured(candidate, tmp_path):
     previous = Manifest.model_validate({"counts": {"rows": 1000},
                                         "scores": {"positive": {"mean": 0.6}, "negative": {"mean": 0.4}}})
     outcome = check_candidate(str(stage()), MINED, summary.texts, cfg, previous, str(tmp_path / "warn"))
-    assert outcome["success"] and "row count 1000 ->" in outcome["warnings"][0]
+    assert outcome.success and "row count 1000 ->" in outcome.warnings[0]
     cfg.validate_.drift_fails = True
     with pytest.raises(ValidationFailed, match=r"(?s)nothing was published.*drift: row count 1000 ->"):
         check_candidate(str(stage()), MINED, summary.texts, cfg, previous, str(tmp_path / "fail"))

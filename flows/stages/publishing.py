@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import polars as pl
 from prefect import get_run_logger, task
@@ -24,8 +24,8 @@ from negforge.flows.orchestration.task_options import negforge_task
 from negforge.flows.stages.partition import combine_all
 from negforge.flows.stages.run_report import publish_artifacts
 from negforge.schemas.config import BuildConfig
-from negforge.schemas.manifest import Manifest, Provenance
-from negforge.schemas.stages import CalibrationFiles, Deepened, Mined, MinedPartition, StoreMeta, Texts
+from negforge.schemas.manifest import Manifest, Provenance, Published
+from negforge.schemas.stages import CalibrationFiles, Deepened, Mined, MinedPartition, StoreMeta, Texts, WrittenSet
 from negforge.tasks.gate.gates import check_candidate
 from negforge.tasks.registry.candidates import save_candidates
 from negforge.tasks.registry.charts import version_charts
@@ -41,7 +41,7 @@ charts_task = negforge_task(version_charts, "draw charts")
 
 
 @task(name="write training set", task_run_name="write training set", cache_policy=NO_CACHE)
-def write_task(mined: Mined, texts: Texts, config: BuildConfig, staging: str) -> dict[str, Any]:
+def write_task(mined: Mined, texts: Texts, config: BuildConfig, staging: str) -> WrittenSet:
     """Join texts back and write data/, ids/ and exports into the staging folder."""
     return write_training_set(pl.read_parquet(mined.ids), pl.read_parquet(mined.positives or texts.positives),
                               texts.query_files, texts.corpus_files, config.output,
@@ -49,12 +49,11 @@ def write_task(mined: Mined, texts: Texts, config: BuildConfig, staging: str) ->
 
 
 @task(name="publish", task_run_name="publish", cache_policy=NO_CACHE)
-def publish_task(staging: str, config: BuildConfig, manifest: Manifest, parent: str | None) -> dict[str, Any]:
-    """Number the staged version and move it into the registry, unless it equals the newest one."""
+def publish_task(staging: str, config: BuildConfig, manifest: Manifest, parent: str | None) -> tuple[Path, bool]:
+    """Number the staged version and move it into the registry, unless it equals the newest one: the version's
+    folder, and whether it is new."""
     registry = Registry(config.publish.registry, config.publish.dataset)
-    version_dir, published = registry.publish(Path(staging), manifest.model_copy(update={"parent": parent}),
-                                              dataset_card)
-    return {"version_dir": str(version_dir), "published": published, "version": version_dir.name}
+    return registry.publish(Path(staging), manifest.model_copy(update={"parent": parent}), dataset_card)
 
 
 @contextmanager
@@ -73,7 +72,7 @@ def mine_and_publish(config: BuildConfig, texts: Texts, parts: list[MinedPartiti
                      timings: dict[str, float], provenance: Provenance, stored: StoreMeta, parent: str | None = None,
                      mining: BuildConfig | None = None, corpus_duplicates: str | None = None,
                      calibration_files: CalibrationFiles | None = None,
-                     topic_sample: str | None = None) -> dict[str, Any]:
+                     topic_sample: str | None = None) -> Published:
     """The tail shared by build and remine: combine the mined partitions, write (with the candidates), validate,
     publish.
 
@@ -116,14 +115,14 @@ def mine_and_publish(config: BuildConfig, texts: Texts, parts: list[MinedPartiti
                                                  str(run_dir / "validation" / "candidate"))
         with timed(timings, "charts"), naming(staging):
             charts = charts_task(str(staging), mined, provenance.calibration)
-        for warning in validation["warnings"]:
+        for warning in validation.warnings:
             logger.warning("drift: %s", warning)
 
         manifest = Manifest.model_validate({
             "dataset": config.publish.dataset, "version": None, "parent": None, "data_hash": None,
             "code_version": code_version(), "packages": package_versions(),
             "config": config.model_dump(mode="json", by_alias=True), **provenance.model_dump(exclude_unset=True),
-            "counts": provenance.counts.model_copy(update={"rows": written["rows"], "id_rows": written["id_rows"]}),
+            "counts": provenance.counts.model_copy(update={"rows": written.rows, "id_rows": written.id_rows}),
             "reasons": mined.reasons, "reasons_per_query": mined.reasons_per_query,
             "short_queries": {"count": len(mined.short_queries), "ids": list(mined.short_queries)},
             "adaptive_depth": {"bound": mining.depth_bound(stored.max_positives, stored.documents),
@@ -133,19 +132,16 @@ def mine_and_publish(config: BuildConfig, texts: Texts, parts: list[MinedPartiti
             "side_inputs": side_inputs(config),
             "scores": {"positive": asdict(mined.positive_score_stats), "negative": asdict(mined.negative_score_stats)},
             "validation": validation, "charts": charts,
-            "files": written["files"] | {"bytes": written["bytes"]}, "timings": timings,
+            "files": written.files | {"bytes": written.bytes}, "timings": timings,
         })
         with naming(staging / "validation" / "data_docs"):
-            shutil.copytree(Path(validation["data_docs"]).parent, staging / "validation" / "data_docs")
+            shutil.copytree(Path(validation.data_docs).parent, staging / "validation" / "data_docs")
         with timed(timings, "publish"):
-            published = publish_task(str(staging), config, manifest, parent)
-    if published["published"]:
-        logger.info("published %s", published["version_dir"])
-    else:
-        logger.info("up to date: %s", published["version_dir"])
-    stored = Manifest.read(Path(published["version_dir"]) / MANIFEST)
+            version_dir, published = publish_task(str(staging), config, manifest, parent)
+    logger.info("%s %s", "published" if published else "up to date:", version_dir)
+    stored = Manifest.read(version_dir / MANIFEST)
     # timings: with the publish stage's, timed after the manifest was written
     publish_artifacts(manifest.model_copy(update={"version": stored.version, "parent": stored.parent,
                                                   "data_hash": stored.data_hash, "timings": timings}),
-                      published["version_dir"], published["published"])
-    return published | manifest.summary() | {"embed": manifest.embed.model_dump(exclude_unset=True), "timings": timings}
+                      str(version_dir), published)
+    return Published.of(version_dir, manifest, published, timings)

@@ -9,7 +9,7 @@ from typing import Any
 import polars as pl
 
 from negforge.schemas.config import BuildConfig
-from negforge.schemas.manifest import Manifest
+from negforge.schemas.manifest import Manifest, Validation
 from negforge.schemas.stages import Ingested, Mined, Texts
 from negforge.tasks.gate.row_checks import coverage_checks, eval_query_hashes, row_checks, shared_positives, text_checks
 from negforge.tasks.gate.validate import ValidationFailed, describe_failures, drift, quarantine, run_suites
@@ -59,8 +59,9 @@ def coverage_shortfall(queries: int, mined: Mined, config: BuildConfig) -> str:
 
 
 def check_candidate(staged: str, mined: Mined, texts: Texts, config: BuildConfig,
-                    previous: Manifest | None, out_dir: str) -> dict[str, Any]:
-    """Run the output suites on the staged version; quarantine it and raise ValidationFailed when one fails."""
+                    previous: Manifest | None, out_dir: str) -> Validation:
+    """Run the output suites on the staged version; quarantine it and raise ValidationFailed when one fails; what
+    passed, for the manifest."""
     from negforge.tasks.gate.expectations import MEANINGS, coverage_suite, output_suite, text_suite
 
     staged_path = Path(staged)
@@ -86,7 +87,7 @@ def check_candidate(staged: str, mined: Mined, texts: Texts, config: BuildConfig
             lines += [f"  drift: {w}" for w in warnings]
         raise ValidationFailed("\n".join([f"the candidate version failed validation; nothing was published. "
                                            f"Quarantined at {place}", *lines]))
-    return {"success": True, "expectations": outcome["expectations"], "warnings": warnings,
-            "data_docs": outcome["data_docs"],
-            "shared_positives_with_eval": shared_positives(positives, config.input, config.validate_.eval_qrels),
-            "eval_qrels": config.validate_.eval_qrels}
+    return Validation(success=True, expectations=outcome["expectations"], warnings=warnings,
+                      data_docs=outcome["data_docs"],
+                      shared_positives_with_eval=shared_positives(positives, config.input, config.validate_.eval_qrels),
+                      eval_qrels=config.validate_.eval_qrels)

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import polars as pl
 
 from negforge.schemas.config import InputConfig, OutputConfig
+from negforge.schemas.stages import WrittenSet
 from negforge.schemas.tables import shard_rows
 from negforge.tasks.ingest.readers import Field, input_files, read_input
 
@@ -145,7 +145,7 @@ def write_tevatron(ids: pl.DataFrame, base: pl.DataFrame, corpus_shards: list[st
 
 def write_training_set(ids: pl.DataFrame, positives: pl.DataFrame, query_shards: list[str],
                        corpus_shards: list[str], cfg: OutputConfig, num_negatives: int,
-                       out_dir: str | Path, source: InputConfig | None = None) -> dict[str, Any]:
+                       out_dir: str | Path, source: InputConfig | None = None) -> WrittenSet:
     """Write `data/`, `ids/` and the configured exports under `out_dir` (`source`, the input section, gives the
     Tevatron export its titles)."""
     out = Path(out_dir)
@@ -160,5 +160,4 @@ def write_training_set(ids: pl.DataFrame, positives: pl.DataFrame, query_shards:
         write_tevatron(ids, base, corpus_shards, source or InputConfig(pairs=[]), out / "exports" / "tevatron.jsonl")
         files["exports"] = [*files.get("exports", []), "tevatron.jsonl"]
     sizes = {config: sum((out / config / name).stat().st_size for name in files[config]) for config in ("data", "ids")}
-    return {"rows": training.height, "id_rows": ids.height, "columns": training.columns, "files": files,
-            "bytes": sizes}
+    return WrittenSet(rows=training.height, id_rows=ids.height, files=files, bytes=sizes)

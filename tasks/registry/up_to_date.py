@@ -15,7 +15,7 @@ from typing import Any
 import fsspec
 
 from negforge.schemas.config import BuildConfig
-from negforge.schemas.manifest import Manifest
+from negforge.schemas.manifest import Embed, Manifest, Published
 from negforge.tasks.embedding.model import resolve_model
 from negforge.tasks.ingest.readers import InputError, input_files
 from negforge.tasks.registry.versions import MANIFEST, NotFound, Registry
@@ -41,11 +41,10 @@ def side_inputs(config: BuildConfig) -> list[dict[str, Any]]:
     return [{"path": path, "sha256": sha256_of(path)} for path in dict.fromkeys(p for p in paths if p)]
 
 
-def up_to_date_result(version_dir: Path) -> dict[str, Any]:
+def up_to_date_result(version_dir: Path) -> Published:
     """What a build returns when it would publish the latest version again: that version, nothing new."""
-    manifest = Manifest.read(version_dir / MANIFEST)
-    return {"version_dir": str(version_dir), "published": False, "version": version_dir.name, "manifest": manifest,
-            **manifest.summary(), "embed": {"texts_embedded": 0, "texts_cached": 0}, "timings": {}}
+    return Published.of(version_dir, Manifest.read(version_dir / MANIFEST), published=False, timings={},
+                        embed=Embed(texts_embedded=0, texts_cached=0))
 
 
 def unchanged_version(config: BuildConfig, code_version: str) -> Path | None:
