@@ -31,7 +31,6 @@ from negforge.schemas.manifest import (
     Calibration,
     Counts,
     Embed,
-    Manifest,
     Model,
     Provenance,
     Published,
@@ -52,8 +51,8 @@ from negforge.schemas.stages import (
 from negforge.tasks.embedding.model import embedding_dimension, resolve_model
 from negforge.tasks.gate.gates import check_inputs
 from negforge.tasks.ingest.ingest import ingest
+from negforge.tasks.registry.registries import config_registry
 from negforge.tasks.registry.up_to_date import unchanged_version, up_to_date_result
-from negforge.tasks.registry.versions import MANIFEST
 from negforge.tasks.registry.versions_info import code_version
 from negforge.tasks.runtime.os_errors import naming
 from negforge.tasks.runtime.sizing import check_budget
@@ -76,9 +75,12 @@ def build_training_set(config: BuildConfig) -> Published:
     with untagged_task_runs(), naming(config.runtime.workdir):
         unchanged = unchanged_version(config, code_version())
         if unchanged:
-            get_run_logger().info("up to date: %s (inputs, config, model and code unchanged)", unchanged)
-            publish_artifacts(Manifest.read(unchanged / MANIFEST), str(unchanged), published=False)
-            return up_to_date_result(unchanged)
+            result = up_to_date_result(config, unchanged)
+            get_run_logger().info("up to date: %s (inputs, config, model and code unchanged)", result.version_dir)
+            registry = config_registry(config)
+            publish_artifacts(registry.manifest(unchanged), result.version_dir, published=False,
+                              files=registry.local_copy(unchanged))
+            return result
         runner = current_task_runner()
         starter = runner.start_in_background(model_warm_up(config)) if runner else None
         try:

@@ -22,7 +22,8 @@ from negforge.tasks.calibration.calibrate import (
     setting_fields,
 )
 from negforge.tasks.registry.candidates import load_candidates, settings_fixed_by_candidates
-from negforge.tasks.registry.versions import NotFound, Registry
+from negforge.tasks.registry.registries import open_registry
+from negforge.tasks.registry.versions import NotFound
 
 
 def _cell(value: Any) -> str:
@@ -72,13 +73,13 @@ def _refuse_what_calibration_cannot_honour(name: str, built: BuildConfig, config
 def calibrate_version(registry_folder: str, target: str, overrides: list[str]) -> list[str]:
     """Calibrate on a version's stored calibration candidates (default: LATEST); the lines to print."""
     dataset, _, version = target.partition("@")
-    registry = Registry(registry_folder, dataset)
+    registry = open_registry(registry_folder, dataset)
     version = version or registry.latest()
     if not version:
         raise NotFound(f"{registry.folder}: no published version to calibrate on; run negforge build first")
     manifest = registry.whole_manifest(version)
     config = manifest.build_config(overrides=overrides)
-    stored = load_candidates(registry.folder / version / "candidates")
+    stored = load_candidates(registry.local_copy(version) / "candidates")
     _refuse_what_calibration_cannot_honour(f"{dataset}@{version}", manifest.build_config(), config, stored)
     result = calibrate(stored.calibration, stored.texts.positives, config, stored.topic_sample)
     lines = [f"{dataset}@{version}: {result.queries} queries with two or more positives, at most {result.folds} "

@@ -227,7 +227,7 @@ def _published_before_the_stop(earlier: int) -> str:
     many) and a scratch registry's versions, gone with their folder, do not count."""
     from negforge.tasks.registry.versions import published_here
 
-    versions = [str(path) for path in published_here()[earlier:] if path.is_dir()]
+    versions = [str(path) for path in published_here()[earlier:] if path.exists()]
     return f"published before the stop: {', '.join(versions)}" if versions else "nothing was published"
 
 
@@ -271,23 +271,24 @@ def _run_flow(args: argparse.Namespace, dataset: str, prepare: Callable[[], Call
 
 
 def cmd_remine(args: argparse.Namespace) -> int:
-    from negforge.flows.orchestration.preflight import check_scheduler
+    from negforge.flows.orchestration.preflight import check_object_registry, check_scheduler
     from negforge.schemas.config import ConfigError
     from negforge.tasks.registry.candidates import check_depth, check_remine, load_candidates
-    from negforge.tasks.registry.versions import Registry
+    from negforge.tasks.registry.registries import open_registry
 
     dataset, sep, version = args.source.partition("@")
     if not sep or not version:
         raise ConfigError(f"--from {args.source!r}: expected DATASET@VERSION, e.g. scifact-demo@v0001")
-    registry = Registry(_default_registry(args), dataset)
+    registry = open_registry(_default_registry(args), dataset)
     parent = registry.whole_manifest(version)
     config = parent.build_config({"publish": {"registry": str(registry.folder.parent)}}, args.overrides,
                                  f"{args.source} config")
-    stored = load_candidates(registry.folder / version / "candidates")
+    stored = load_candidates(registry.local_copy(version) / "candidates")
     check_remine(parent.build_config(), config, stored)  # refuse before any run starts
     if config.mine.strategy == "fixed":
         check_depth(config, stored)  # with auto, the window is the calibration's choice's: judged in the flow
     check_scheduler(config.runtime)
+    check_object_registry(config)
 
     def prepare() -> Callable[[], Published]:
         from negforge.flows.remine import remine_training_set
@@ -316,9 +317,9 @@ def _dataset_version(text: str, option: str) -> tuple[str, str]:
 def evaluate_settings(args: argparse.Namespace, registry: str, dataset: str, version: str):
     """The version config's `evaluate` section, then --set, then the flags."""
     from negforge.schemas.config import EvaluateConfig, apply_overrides, validate_config
-    from negforge.tasks.registry.versions import Registry
+    from negforge.tasks.registry.registries import open_registry
 
-    store = Registry(registry, dataset)
+    store = open_registry(registry, dataset)
     name = store.latest() if version == "latest" else version
     stored = store.manifest(name).build_config().evaluate.model_dump(mode="json") if name else {}
     raw = apply_overrides(stored, [o.removeprefix("evaluate.") for o in args.overrides])
@@ -369,7 +370,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_build(args: argparse.Namespace) -> int:
     from negforge.flows.deployments import demo_config
-    from negforge.flows.orchestration.preflight import check_budget_for_the_model, check_scheduler
+    from negforge.flows.orchestration.preflight import (
+        check_budget_for_the_model,
+        check_object_registry,
+        check_scheduler,
+    )
     from negforge.schemas.config import load_config
     from negforge.tasks.calibration.calibrate import replaced_fields
     from negforge.tasks.registry.up_to_date import unchanged_version, up_to_date_result
@@ -382,8 +387,9 @@ def cmd_build(args: argparse.Namespace) -> int:
               f"{', '.join(replaced)} as set; set mine.strategy=fixed to mine with them", file=sys.stderr)
     unchanged = unchanged_version(config, code_version())
     if unchanged:  # before any Prefect server or Dask cluster starts: the UI shows no run for this
-        return _print_result(up_to_date_result(unchanged))
+        return _print_result(up_to_date_result(config, unchanged))
     check_scheduler(config.runtime)  # before the Prefect server, the cluster and the flow run: refused at once
+    check_object_registry(config)
     check_budget_for_the_model(config)
 
     def prepare() -> Callable[[], Published]:
@@ -457,6 +463,7 @@ def main(argv: list[str] | None = None) -> int:
     from negforge.tasks.runtime.os_errors import describe, permanent
     from negforge.tasks.runtime.sizing import BudgetError
     from negforge.tasks.search.ann_index import IndexSettingError
+    from negforge.tasks.storage.location import StoreError
 
     try:
         commands = {"build": cmd_build, "remine": cmd_remine, "calibrate": cmd_calibrate, "evaluate": cmd_evaluate,
@@ -464,7 +471,8 @@ def main(argv: list[str] | None = None) -> int:
                     "deployments": cmd_deployments}
         return commands[args.command](args)
     except (ConfigError, InputError, ModelError, ValidationFailed, RemineError, NotFound, StorageError,
-            NoPrefectAPI, IndexSettingError, BudgetError, CalibrationError, LexicalError, EvaluationError) as error:
+            NoPrefectAPI, IndexSettingError, BudgetError, CalibrationError, LexicalError, EvaluationError,
+            StoreError) as error:
         if args.debug:
             raise
         print(f"negforge: error: {printable_lines(str(error))}", file=sys.stderr)

@@ -64,6 +64,7 @@ from negforge.tasks.evaluation.records import (
     write_record,
 )
 from negforge.tasks.evaluation.split import EvaluationError, evaluation_split
+from negforge.tasks.registry.registries import on_object_store
 from negforge.tasks.registry.versions import Registry
 from negforge.tasks.runtime.containment import inside
 
@@ -121,6 +122,9 @@ def check_request(registry: str, dataset: str, version: str, settings: EvaluateC
     """Everything an evaluation could be refused for, checked before any work: a version compared with itself, saved
     models that would overwrite files, the evaluation split and its qrels, the version (and a compared version) with
     training rows and no leaked anchors, the base model offline."""
+    if on_object_store(registry):
+        raise EvaluationError(f"{registry}: evaluating a version on an object store is not supported yet; evaluate "
+                              f"a copy in a local registry folder (negforge versions lists it)")
     store = Registry(registry, dataset)
     inside(registry, store.dataset, FOLDER, entries=True)  # records and charts: never through a symlink
     name, manifest = _version(store, version)

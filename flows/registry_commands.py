@@ -8,7 +8,8 @@ import sys
 
 from negforge.schemas.console_text import printable
 from negforge.tasks.evaluation.records import comparison_records, version_records
-from negforge.tasks.registry.versions import NotFound, Registry, datasets
+from negforge.tasks.registry.registries import datasets, open_registry
+from negforge.tasks.registry.versions import NotFound, Registry
 
 
 def _warn(message: str) -> None:
@@ -17,7 +18,7 @@ def _warn(message: str) -> None:
 
 def _registry(args: argparse.Namespace) -> Registry:
     """The dataset the arguments name, inside --registry; its stray entries and a bad LATEST are warned about."""
-    registry = Registry(args.registry, args.dataset)
+    registry = open_registry(args.registry, args.dataset)
     if not registry.versions():
         raise NotFound(f"no versions of {args.dataset!r} in {args.registry}")
     for path in registry.unexpected():
@@ -81,7 +82,7 @@ def _evaluation_lines(registry: Registry, version: str) -> list[str]:
 def versions_verify(args: argparse.Namespace) -> int:
     """Check every listed file's size and sha256; exit 1 when any version is damaged."""
     dataset, _, version = (args.target or "").partition("@")
-    registries = [Registry(args.registry, dataset)] if dataset else datasets(args.registry)
+    registries = [open_registry(args.registry, dataset)] if dataset else datasets(args.registry)
     if not any(r.versions() for r in registries):
         raise NotFound(f"no versions of {dataset!r} in {args.registry}" if dataset else
                        f"no datasets in {args.registry}")
@@ -107,7 +108,7 @@ def versions_diff(args: argparse.Namespace) -> int:
 
     registry = _registry(args)
     old, new = registry.whole_manifest(args.a), registry.whole_manifest(args.b)
-    diff = diff_versions(registry.version_folder(args.a), registry.version_folder(args.b), old, new)
+    diff = diff_versions(registry.local_copy(args.a), registry.local_copy(args.b), old, new)
     print(f"{args.dataset}: {args.a} -> {args.b}")
     for field, (before, after) in diff["config"].items():
         print(f"config {field}: {before!r} -> {after!r}")

@@ -24,7 +24,7 @@ from negforge.schemas.manifest import Counts, Embed, Provenance, Published, Sear
 from negforge.schemas.stages import COUNT_KEYS
 from negforge.tasks.mining.adaptive_depth import depth_levels
 from negforge.tasks.registry.candidates import check_depth, check_remine, load_candidates
-from negforge.tasks.registry.versions import Registry
+from negforge.tasks.registry.registries import config_registry
 from negforge.tasks.runtime.os_errors import naming
 
 
@@ -39,9 +39,9 @@ def remine_training_set(source: str, config: BuildConfig) -> Published:
 
 def _remine(source: str, config: BuildConfig) -> Published:
     preflight(config)
-    registry = Registry(config.publish.registry, config.publish.dataset)
+    registry = config_registry(config)
     parent = registry.whole_manifest(source)
-    stored = load_candidates(registry.folder / source / "candidates")
+    stored = load_candidates(registry.local_copy(source) / "candidates")
     check_remine(parent.build_config(), config, stored)
     started = datetime.now(timezone.utc)
     run_dir = new_run_dir(config, started)

@@ -374,15 +374,13 @@ class AuditConfig(_Section):
 
 
 class PublishConfig(_Section):
-    registry: str = Field("./registry", description="Registry folder holding <dataset>/vNNNN versions.")
+    registry: str = Field("./registry", description="Registry holding <dataset>/vNNNN versions: a folder, or an "
+                                                    "object-store URL (s3://bucket/prefix; see the storage section).")
     dataset: str = Field("negforge-dataset", description="Dataset name inside the registry.")
 
     @field_validator("registry")
     @classmethod
-    def _local_registry(cls, value: str) -> str:
-        if "://" in value and not value.startswith("file://"):
-            raise ValueError("must be a local folder: publishing to object stores lacks the atomic rename and lock "
-                             "the registry relies on (see README, 'The registry')")
+    def _plain_local_registry(cls, value: str) -> str:
         return value.removeprefix("file://")
 
     @field_validator("dataset")
@@ -405,6 +403,8 @@ class RuntimeConfig(_Section):
     tasks_per_worker: int = Field(2, gt=0, description="Tasks per worker per stage, when the memory budget allows "
                                                       "fewer, larger ones (more: finer progress and retries).")
     workdir: str = Field("./.negforge", description="Run workspaces and the content-addressed embedding store.")
+    cache_dir: str | None = Field(None, description="Local cache of what must be opened as local files (a version of "
+                                                    "an object-store registry; null: a temporary folder).")
     device: str | None = Field(None, description="torch device for the model (null: sentence-transformers picks).")
 
 
@@ -452,7 +452,8 @@ class EvaluateConfig(_Section):
 
 
 # Sections that never change what is published: the data hash and the no-op check leave them out.
-NOT_PUBLISHED = {"runtime", "schedule", "evaluate"}
+NOT_PUBLISHED = {"runtime", "schedule", "evaluate", "storage"}
+NOT_RECORDED = {"storage"}  # credentials may be there: never written into a manifest
 
 
 class BuildConfig(_Section):
@@ -481,6 +482,10 @@ class BuildConfig(_Section):
     evaluate: EvaluateConfig = Field(
         default_factory=EvaluateConfig, description="Fine-tune and evaluate a model on each newly published version "
                                                     "(with evaluate.eval set); never changes what is published.")
+    storage: dict[str, Any] = Field(
+        default_factory=dict, description="fsspec storage_options for an object-store publish.registry (endpoint_url, "
+                                          "key, secret, ...; the environment's AWS_* variables work too); never "
+                                          "written into a manifest.")
 
     def window_and_depth(self, max_positives: int) -> tuple[int, int]:
         """The mining window (range_max, derived as the reference does when unset) and the search depth: search.depth,

@@ -315,9 +315,10 @@ class Published(BaseModel):
     evaluation: Evaluated | None = None
 
     @classmethod
-    def of(cls, version_dir: str | Path, manifest: Manifest, published: bool, timings: dict[str, float],
+    def of(cls, version_dir: object, manifest: Manifest, published: bool, timings: dict[str, float],
            embed: Embed | None = None) -> Published:
-        """`embed`: what this run embedded (default: what the manifest's run did)."""
-        return cls(version_dir=str(version_dir), published=published, version=Path(version_dir).name,
+        """`version_dir`: the version's folder or object-store location; `embed`: what this run embedded (default:
+        what the manifest's run did)."""
+        return cls(version_dir=str(version_dir), published=published, version=str(version_dir).rsplit("/", 1)[-1],
                    counts=manifest.counts, short_queries=manifest.short_queries.count, reasons=manifest.reasons,
                    embed=embed or manifest.embed, timings=timings)

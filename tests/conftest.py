@@ -89,6 +89,35 @@ def prefect_server():
 
 
 @pytest.fixture(scope="session")
+def s3_server():
+    """A real S3 API (moto's server, conditional writes included) on loopback for the session; nothing reaches the
+    internet."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3(s3_server, monkeypatch) -> str:
+    """A fresh bucket on the loopback S3 API, as `s3://<bucket>`; credentials and endpoint in the environment (as
+    users set them), so CLI subprocesses reach it too."""
+    import uuid
+
+    import boto3
+
+    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                        "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": s3_server}.items():
+        monkeypatch.setenv(name, value)
+    bucket = f"negforge-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3").create_bucket(Bucket=bucket)
+    return f"s3://{bucket}"
+
+
+@pytest.fixture(scope="session")
 def dask_address(prefect_server) -> str:
     """One local Dask cluster for the session's builds, set up as a build's own (flows/orchestration/dask_cluster.py),
     started after the Prefect server so its workers report there. Builds that use it skip starting workers and loading

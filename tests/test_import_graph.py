@@ -74,9 +74,10 @@ def _domain_graph() -> dict[str, set[str]]:
 
 
 def _may_import(init: Path) -> set[str]:
-    """The domains a package's docstring allows, from its closing "May import: schemas, tasks.gate." line."""
+    """The domains a package's docstring allows, from its closing "May import: schemas, tasks.gate." line
+    ("May import: nothing ..." for none)."""
     allowed = ast.get_docstring(ast.parse(init.read_text())).split("May import:")[1]
-    return {name.strip().removesuffix(".") for name in allowed.split(",")}
+    return set() if allowed.split()[0] == "nothing" else {name.strip().removesuffix(".") for name in allowed.split(",")}
 
 
 def test_no_import_loops():

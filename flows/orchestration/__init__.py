@@ -2,5 +2,5 @@
 `runtime.dask_address`), the Prefect API server started for a run, task options (retries, names), progress of stages,
 console escaping, the workers' forkserver, artifact keys.
 
-May import: schemas, tasks.embedding, tasks.registry, tasks.runtime.
+May import: schemas, tasks.embedding, tasks.registry, tasks.runtime, tasks.storage.
 """

@@ -19,10 +19,12 @@ from pathlib import Path
 from negforge.schemas.config import BuildConfig, ConfigError, RuntimeConfig
 from negforge.schemas.console_text import quoted, shortened
 from negforge.tasks.embedding.model import embedding_dimension, resolve_model
+from negforge.tasks.registry.registries import on_object_store
 from negforge.tasks.registry.versions import Registry
 from negforge.tasks.runtime.containment import inside
 from negforge.tasks.runtime.os_errors import describe
 from negforge.tasks.runtime.sizing import check_budget
+from negforge.tasks.storage.location import Location, check_conditional_writes
 
 DEFAULT_DIMENSION = 4096  # when the model's config does not say: as large as common embedding models get
 SCHEDULER_TIMEOUT_S = 5  # a scheduler that has not answered by then is taken for absent (Dask itself waits 30 s, twice)
@@ -67,11 +69,12 @@ def check_links(config: BuildConfig) -> None:
     (tasks/runtime/containment.py): the dataset folder, its lock, LATEST and (when the run evaluates) evaluations, and
     the workdir's folders. The fingerprint and index folders below them are checked where the run first knows their
     names."""
-    dataset = inside(config.publish.registry, config.publish.dataset)
-    for name in (".lock", "LATEST"):
-        inside(dataset, name)
-    if config.evaluate.eval:
-        inside(dataset, "evaluations", entries=True)
+    if not on_object_store(config.publish.registry):  # an object store has no links
+        dataset = inside(config.publish.registry, config.publish.dataset)
+        for name in (".lock", "LATEST"):
+            inside(dataset, name)
+        if config.evaluate.eval:
+            inside(dataset, "evaluations", entries=True)
     for name in ("runs", "embeddings", "lexical"):
         inside(config.runtime.workdir, name)
 
@@ -82,15 +85,25 @@ def preflight(config: BuildConfig) -> None:
     scheduler."""
     check_scheduler(config.runtime)
     check_links(config)
+    writable_folder(Path(config.runtime.workdir), "runtime.workdir")
+    if on_object_store(config.publish.registry):  # no space to estimate; what matters is that versions commit safely
+        check_object_registry(config)
+        return
     registry = Registry(config.publish.registry, config.publish.dataset)
     writable_folder(registry.folder, "publish.registry")
-    writable_folder(Path(config.runtime.workdir), "runtime.workdir")
     latest = registry.latest()
     if latest:
         size = sum(p.stat().st_size for p in (registry.folder / latest).rglob("*") if p.is_file())
         short = _shortfall(registry.folder, size, f"a new version (as large as {latest}, the one before)")
         if short:
             raise StorageError(f"publish.registry {short}; free space there or choose another publish.registry")
+
+
+def check_object_registry(config: BuildConfig) -> None:
+    """Refuse an object-store `publish.registry` that cannot hold versions safely (tasks/storage/location.py
+    check_conditional_writes); nothing for a local folder."""
+    if on_object_store(config.publish.registry):
+        check_conditional_writes(Location.of(config.publish.registry, config.storage), "publish.registry")
 
 
 async def _connect_and_close(address: str) -> None:

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import polars as pl
 from prefect import get_run_logger, task
@@ -23,16 +23,16 @@ from prefect.cache_policies import NO_CACHE
 from negforge.flows.orchestration.task_options import negforge_task
 from negforge.flows.stages.partition import combine_all
 from negforge.flows.stages.run_report import publish_artifacts
-from negforge.schemas.config import BuildConfig
+from negforge.schemas.config import NOT_RECORDED, BuildConfig
 from negforge.schemas.manifest import Manifest, Provenance, Published
 from negforge.schemas.stages import CalibrationFiles, Deepened, Mined, MinedPartition, StoreMeta, Texts, WrittenSet
 from negforge.tasks.gate.gates import check_candidate
 from negforge.tasks.registry.candidates import save_candidates
 from negforge.tasks.registry.charts import version_charts
 from negforge.tasks.registry.dataset_card import dataset_card
+from negforge.tasks.registry.registries import config_registry
 from negforge.tasks.registry.training_set import write_training_set
 from negforge.tasks.registry.up_to_date import side_inputs
-from negforge.tasks.registry.versions import MANIFEST, Registry
 from negforge.tasks.registry.versions_info import code_version, package_versions
 from negforge.tasks.runtime.os_errors import naming
 
@@ -49,10 +49,10 @@ def write_task(mined: Mined, texts: Texts, config: BuildConfig, staging: str) ->
 
 
 @task(name="publish", task_run_name="publish", cache_policy=NO_CACHE)
-def publish_task(staging: str, config: BuildConfig, manifest: Manifest, parent: str | None) -> tuple[Path, bool]:
+def publish_task(staging: str, config: BuildConfig, manifest: Manifest, parent: str | None) -> tuple[Any, bool]:
     """Number the staged version and move it into the registry, unless it equals the newest one: the version's
     folder, and whether it is new."""
-    registry = Registry(config.publish.registry, config.publish.dataset)
+    registry = config_registry(config)
     return registry.publish(Path(staging), manifest.model_copy(update={"parent": parent}), dataset_card)
 
 
@@ -102,7 +102,7 @@ def mine_and_publish(config: BuildConfig, texts: Texts, parts: list[MinedPartiti
                        mined.suspected["not_promoted"], mined.suspected["queries_not_promoted"],
                        mining.mine.max_promoted_per_positive)
 
-    registry = Registry(config.publish.registry, config.publish.dataset)
+    registry = config_registry(config)
     with registry.staged() as staging:  # removed however this ends (a refused candidate is in quarantine by then)
         with timed(timings, "write"), naming(staging):
             written = write_task(mined, texts, mining, str(staging))
@@ -121,7 +121,7 @@ def mine_and_publish(config: BuildConfig, texts: Texts, parts: list[MinedPartiti
         manifest = Manifest.model_validate({
             "dataset": config.publish.dataset, "version": None, "parent": None, "data_hash": None,
             "code_version": code_version(), "packages": package_versions(),
-            "config": config.model_dump(mode="json", by_alias=True), **provenance.model_dump(exclude_unset=True),
+            "config": config.model_dump(mode="json", by_alias=True, exclude=NOT_RECORDED), **provenance.model_dump(exclude_unset=True),
             "counts": provenance.counts.model_copy(update={"rows": written.rows, "id_rows": written.id_rows}),
             "reasons": mined.reasons, "reasons_per_query": mined.reasons_per_query,
             "short_queries": {"count": len(mined.short_queries), "ids": list(mined.short_queries)},
@@ -139,9 +139,9 @@ def mine_and_publish(config: BuildConfig, texts: Texts, parts: list[MinedPartiti
         with timed(timings, "publish"):
             version_dir, published = publish_task(str(staging), config, manifest, parent)
     logger.info("%s %s", "published" if published else "up to date:", version_dir)
-    stored = Manifest.read(version_dir / MANIFEST)
+    stored = registry.manifest(version_dir.name)
     # timings: with the publish stage's, timed after the manifest was written
     publish_artifacts(manifest.model_copy(update={"version": stored.version, "parent": stored.parent,
                                                   "data_hash": stored.data_hash, "timings": timings}),
-                      str(version_dir), published)
+                      str(version_dir), published, registry.local_copy(version_dir.name))
     return Published.of(version_dir, manifest, published, timings)

@@ -38,9 +38,9 @@ def image_markdown(path: Path, alt: str) -> str:
     return f"![{alt}](data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()})"
 
 
-def _charts(manifest: Manifest, version_dir: str) -> str:
+def _charts(manifest: Manifest, files: Path) -> str:
     """The version's charts (those its manifest lists and its folder holds), inline."""
-    charts = [(name, Path(version_dir) / path) for name, path in manifest.charts.items()]
+    charts = [(name, files / path) for name, path in manifest.charts.items()]
     return "\n\n".join(image_markdown(path, name.replace("_", " ")) for name, path in charts if path.is_file())
 
 
@@ -76,7 +76,7 @@ def _calibration_section(calibration: Calibration | None, topic: TopicBound | No
             f"**{calibration.choice}**: {calibration.message}.")
 
 
-def report_markdown(manifest: Manifest, version_dir: str, published: bool) -> str:
+def report_markdown(manifest: Manifest, version_dir: str, published: bool, files: Path | None = None) -> str:
     """The run report, from the manifest the run wrote."""
     counts, rejects = manifest.counts, manifest.rejects
     inputs = _table(("input", "rows read", "accepted", "rejected"),
@@ -136,7 +136,7 @@ Passed: {validation.expectations} expectations; drift warnings: {'; '.join(valid
 {counts.rows} training rows, {counts.id_rows} id rows; data hash `{manifest.data_hash}`.
 
 ## Charts
-{_charts(manifest, version_dir) or 'none (a version published before charts were drawn)'}
+{_charts(manifest, files or Path(version_dir)) or 'none (a version published before charts were drawn)'}
 """
 
 
@@ -148,15 +148,17 @@ def _sample(version_dir: Path) -> list[dict[str, Any]]:
             for row in shortened.iter_rows(named=True)]
 
 
-def publish_artifacts(manifest: Manifest, version_dir: str, published: bool) -> None:
-    """The report, sample table and version link of a finished run."""
+def publish_artifacts(manifest: Manifest, version_dir: str, published: bool, files: Path | None = None) -> None:
+    """The report, sample table and version link of a finished run; `files`: a local copy of the version's files
+    (default: `version_dir` itself, a local folder)."""
     key = slug(manifest.dataset)
-    folder = Path(version_dir)
-    create_markdown_artifact(report_markdown(manifest, version_dir, published), key=f"{key}-report",
+    folder = files or Path(version_dir)
+    create_markdown_artifact(report_markdown(manifest, version_dir, published, folder), key=f"{key}-report",
                              description=f"negforge run report: {manifest.dataset} {manifest.version}")
     create_table_artifact(_sample(folder), key=f"{key}-sample",
                           description=f"first {SAMPLE_ROWS} training rows of {manifest.version}")
     docs = folder / "validation" / "data_docs" / "index.html"
-    create_link_artifact(folder.resolve().as_uri(), link_text=f"{manifest.dataset} {manifest.version}",
+    link = version_dir if "://" in version_dir else folder.resolve().as_uri()  # an object store's URL as it is
+    create_link_artifact(link, link_text=f"{manifest.dataset} {manifest.version}",
                          key=f"{key}-version",
                          description=f"Data Docs: {docs.resolve().as_uri()}" if docs.exists() else None)

@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import uuid
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import TypeVar
 
@@ -22,6 +23,7 @@ from negforge.schemas.config import EvaluateConfig
 from negforge.schemas.evaluation import BaseMeasurement, Comparison, EvaluationRecord
 from negforge.schemas.stages import Encoder, EvaluationSplit
 from negforge.tasks.runtime.os_errors import naming
+from negforge.tasks.storage.location import Location
 
 FOLDER = "evaluations"
 Record = TypeVar("Record", BaseMeasurement, EvaluationRecord, Comparison)
@@ -69,14 +71,25 @@ def write_record(path: Path, record: BaseMeasurement | EvaluationRecord | Compar
         tmp.unlink(missing_ok=True)
 
 
-def _records(dataset_folder: Path, patterns: list[str], kind: type[Record]) -> list[Record]:
+def _records(dataset_folder: Path | Location, patterns: list[str], kind: type[Record]) -> list[Record]:
     """The readable records of `kind` whose names match `patterns`, oldest first; none in a linked evaluations
-    folder."""
+    folder (a dataset on an object store: read through the store, which has no links)."""
     folder = evaluations_folder(dataset_folder)
-    if folder.is_symlink():
+    if isinstance(folder, Location):
+        found = [_parsed(folder / name, kind) for name in folder.children()
+                 if any(fnmatch(name, pattern) for pattern in patterns)]
+    elif folder.is_symlink():
         return []
-    found = [read_record(p, kind) for pattern in patterns for p in folder.glob(pattern)]
+    else:
+        found = [read_record(p, kind) for pattern in patterns for p in folder.glob(pattern)]
     return sorted((r for r in found if r), key=lambda r: r.created_at)
+
+
+def _parsed(location: Location, kind: type[Record]) -> Record | None:
+    try:
+        return kind.model_validate_json(location.read_bytes())
+    except (OSError, ValueError):
+        return None
 
 
 def version_records(dataset_folder: Path, version: str) -> list[EvaluationRecord]:

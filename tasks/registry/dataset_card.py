@@ -55,6 +55,9 @@ Hard-negative training set built by negforge from {', '.join(i.path for i in man
 from datasets import load_dataset
 train = load_dataset("<this folder>", split="train")          # the training rows
 ids = load_dataset("<this folder>", "ids", split="train")     # the same rows by id, with scores
+# where the version lives on an object store (s3://bucket/registry/<dataset>/<version>), with the store's options:
+train = load_dataset("parquet", data_files="<version URL>/data/*.parquet", split="train",
+                     storage_options={{"client_kwargs": {{"endpoint_url": "..."}}}})  # or the AWS_* environment
 ```
 
 | candidate outcome | count |

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from negforge.tasks.embedding.store import EmbeddingStore
-from negforge.tasks.registry.versions import NotFound, datasets
+from negforge.tasks.registry.registries import datasets
+from negforge.tasks.registry.versions import NotFound
 
 log = logging.getLogger(__name__)
 SYMLINK = "a symlink (gc neither follows nor removes links it did not make)"

@@ -9,16 +9,16 @@ finishes in seconds. Everything compared is in the manifest, so the check reads 
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
 from typing import Any
 
 import fsspec
 
 from negforge.schemas.config import BuildConfig
-from negforge.schemas.manifest import Embed, Manifest, Published
+from negforge.schemas.manifest import Embed, Published
 from negforge.tasks.embedding.model import resolve_model
 from negforge.tasks.ingest.readers import InputError, input_files
-from negforge.tasks.registry.versions import MANIFEST, NotFound, Registry
+from negforge.tasks.registry.registries import config_registry
+from negforge.tasks.registry.versions import NotFound
 
 CHUNK = 1 << 22
 
@@ -41,15 +41,16 @@ def side_inputs(config: BuildConfig) -> list[dict[str, Any]]:
     return [{"path": path, "sha256": sha256_of(path)} for path in dict.fromkeys(p for p in paths if p)]
 
 
-def up_to_date_result(version_dir: Path) -> Published:
+def up_to_date_result(config: BuildConfig, version: str) -> Published:
     """What a build returns when it would publish the latest version again: that version, nothing new."""
-    return Published.of(version_dir, Manifest.read(version_dir / MANIFEST), published=False, timings={},
+    registry = config_registry(config)
+    return Published.of(registry.version_folder(version), registry.manifest(version), published=False, timings={},
                         embed=Embed(texts_embedded=0, texts_cached=0))
 
 
-def unchanged_version(config: BuildConfig, code_version: str) -> Path | None:
-    """The latest version's folder if building `config` now would publish exactly it again, else None."""
-    registry = Registry(config.publish.registry, config.publish.dataset)
+def unchanged_version(config: BuildConfig, code_version: str) -> str | None:
+    """The latest version if building `config` now would publish exactly it again, else None."""
+    registry = config_registry(config)
     try:
         latest = registry.latest()
         manifest = registry.manifest(latest) if latest else None
@@ -70,4 +71,4 @@ def unchanged_version(config: BuildConfig, code_version: str) -> Path | None:
     except InputError:
         return None
     current = {(path, sha256_of(path)) for path in files}
-    return registry.folder / latest if current == stored else None
+    return latest if current == stored else None

@@ -36,7 +36,7 @@ MANIFEST = "manifest.json"
 
 log = logging.getLogger(__name__)
 _held: dict[Path, int] = {}  # staging folders of builds in this process -> the descriptor holding their lock
-_published: list[Path] = []  # versions this process published, oldest first
+_published: list[object] = []  # versions this process published (folders or store locations), oldest first
 
 
 class NotFound(LookupError):
@@ -118,6 +118,21 @@ def _write_atomic(path: Path, text: str) -> None:
     _fsync_dir(path.parent)
 
 
+def parse_manifest(data: bytes, path: object) -> Manifest:
+    """A version's manifest from its bytes; NotFound naming `path` when it is unreadable or not a manifest."""
+    try:
+        manifest = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise NotFound(f"{path}: unreadable ({error})") from None
+    if not isinstance(manifest, dict):
+        raise NotFound(f"{path}: not a manifest (a JSON {type(manifest).__name__})")
+    try:
+        return Manifest.model_validate(manifest)
+    except ValidationError as error:
+        first = error.errors()[0]
+        raise NotFound(f"{path}: not a manifest ({'.'.join(map(str, first['loc']))}: {first['msg']})") from None
+
+
 def _expected(path: Path) -> bool:
     """Whether a dataset folder entry is one negforge made; anything else (a symlink above all) is ignored."""
     if path.is_symlink():
@@ -154,24 +169,19 @@ class Registry:
             raise NotFound(f"{self.folder}: no version {version} (have: {', '.join(self.versions()) or 'none'})")
         return self.folder / version
 
+    def local_copy(self, version: str) -> Path:
+        """The version's files as a local folder (here: the version's own folder)."""
+        return self.version_folder(version)
+
     def manifest(self, version: str) -> Manifest:
         """A version's manifest; NotFound when the version or its manifest is absent, unreadable or not a manifest."""
         path = self.version_folder(version) / MANIFEST
         if path.is_symlink():
             raise NotFound(f"{path}: a symlink, not read (a version holds only its own files)")
         try:
-            manifest = json.loads(path.read_text(encoding="utf-8"))
+            return parse_manifest(path.read_bytes(), path)
         except FileNotFoundError:
             raise NotFound(f"{self.folder / version}: no {MANIFEST} (an unfinished or damaged version)") from None
-        except (UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise NotFound(f"{path}: unreadable ({error})") from None
-        if not isinstance(manifest, dict):
-            raise NotFound(f"{path}: not a manifest (a JSON {type(manifest).__name__})")
-        try:
-            return Manifest.model_validate(manifest)
-        except ValidationError as error:
-            first = error.errors()[0]
-            raise NotFound(f"{path}: not a manifest ({'.'.join(map(str, first['loc']))}: {first['msg']})") from None
 
     def problems(self, version: str, hashes: bool = False) -> list[str]:
         """What is wrong with a version: its manifest, files missing, changed in size or, with `hashes`, in content,
@@ -360,7 +370,7 @@ class Registry:
                 except BaseException:
                     os.rename(target, staged)  # LATEST could not follow: the version must not stay either
                     raise
-                _published.append(target)
+                record_published(target)
             finally:
                 self.discard(staged)
             return target, True
@@ -372,7 +382,12 @@ class Registry:
             _write_atomic(refuse_link(self.folder / "LATEST"), version + "\n")
 
 
-def published_here() -> list[Path]:
+def record_published(version: object) -> None:
+    """Remember a version this process published (a folder, or an object-store location)."""
+    _published.append(version)
+
+
+def published_here() -> list[object]:
     """The versions this process published, oldest first: a run stopped after publishing must not say that nothing
     was published."""
     return list(_published)
