@@ -18,7 +18,15 @@ from typing import Any
 
 import yaml
 
-from negforge.schemas.config import BuildConfig, ConfigError, apply_overrides, load_config, map_paths, validate_config
+from negforge.schemas.config import (
+    NOT_RECORDED,
+    BuildConfig,
+    ConfigError,
+    apply_overrides,
+    load_config,
+    map_paths,
+    validate_config,
+)
 
 # Where configs are looked for when none are given: under the working directory, never the source tree (an installed
 # wheel has none). Relative paths inside a config stay relative to its file (schemas/config.py).
@@ -68,7 +76,9 @@ def dataset_configs(paths: list[Path] | None) -> list[tuple[Path, BuildConfig]]:
 
 
 def parameters(config: BuildConfig) -> dict[str, Any]:
-    return {"config": config.model_dump(mode="json", by_alias=True)}
+    """A deployment's parameters: its config, without `storage` (the Prefect UI shows parameters; a deployment's
+    runs take store credentials from their process's environment)."""
+    return {"config": config.model_dump(mode="json", by_alias=True, exclude=NOT_RECORDED)}
 
 
 # One run per deployment, and so per dataset, at a time; the others wait.

@@ -453,7 +453,7 @@ class EvaluateConfig(_Section):
 
 # Sections that never change what is published: the data hash and the no-op check leave them out.
 NOT_PUBLISHED = {"runtime", "schedule", "evaluate", "storage"}
-NOT_RECORDED = {"storage"}  # credentials may be there: never written into a manifest
+NOT_RECORDED = {"storage"}  # credentials may be there: never in a manifest or a deployment's parameters
 
 
 class BuildConfig(_Section):
