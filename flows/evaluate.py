@@ -64,7 +64,7 @@ from negforge.tasks.evaluation.records import (
     write_record,
 )
 from negforge.tasks.evaluation.split import EvaluationError, evaluation_split
-from negforge.tasks.registry.registries import on_object_store
+from negforge.tasks.registry.registries import on_object_store, open_registry
 from negforge.tasks.registry.versions import Registry
 from negforge.tasks.runtime.containment import inside
 
@@ -96,6 +96,7 @@ class Request:
     """An evaluation checked and ready to run: the split, the base model and the first training set."""
 
     registry: Registry
+    records: Path  # the local dataset folder holding evaluations/ (an object-store registry's: a mirror)
     settings: EvaluateConfig
     evaluation: EvaluationSplit
     encoder: Encoder
@@ -122,11 +123,9 @@ def check_request(registry: str, dataset: str, version: str, settings: EvaluateC
     """Everything an evaluation could be refused for, checked before any work: a version compared with itself, saved
     models that would overwrite files, the evaluation split and its qrels, the version (and a compared version) with
     training rows and no leaked anchors, the base model offline."""
-    if on_object_store(registry):
-        raise EvaluationError(f"{registry}: evaluating a version on an object store is not supported yet; evaluate "
-                              f"a copy in a local registry folder (negforge versions lists it)")
-    store = Registry(registry, dataset)
-    inside(registry, store.dataset, FOLDER, entries=True)  # records and charts: never through a symlink
+    store = open_registry(registry, dataset)
+    if not on_object_store(registry):
+        inside(registry, store.dataset, FOLDER, entries=True)  # records and charts: never through a symlink
     name, manifest = _version(store, version)
     other = _version(store, compare) if compare and compare not in BASELINES else None  # (name, manifest)
     second = other[0] if other else compare
@@ -140,12 +139,13 @@ def check_request(registry: str, dataset: str, version: str, settings: EvaluateC
     config = manifest.build_config()
     evaluation = evaluation_split(settings.eval, settings.split, settings.max_queries,
                                   config.input.doc_template, config.input.positive_threshold)
-    first = training_set(name, store.folder / name, manifest, evaluation)
+    first = training_set(name, store.local_copy(name), manifest, evaluation)
     if other:
-        training_set(second, store.folder / second, other[1], evaluation)
+        training_set(second, store.local_copy(second), other[1], evaluation)
     encoder = base_encoder(settings.model, config)
     load(encoder)  # loads offline, or refuses now
-    return Request(store, settings, evaluation, encoder, first, record_key(evaluation, encoder, settings))
+    return Request(store, store.side_folder(FOLDER), settings, evaluation, encoder, first,
+                   record_key(evaluation, encoder, settings))
 
 
 def _training_seeds(settings: EvaluateConfig) -> list[int]:
@@ -177,7 +177,7 @@ def _evaluated_model(encoder: Encoder) -> EvaluatedModel:
 
 def _base(request: Request) -> BaseMeasurement:
     """The base model's metrics on the split, cached per (model fingerprint, split key)."""
-    path = base_path(request.registry.folder, request.encoder, request.evaluation)
+    path = base_path(request.records, request.encoder, request.evaluation)
     cached = read_record(path, BaseMeasurement)
     if cached:
         return cached.model_copy(update={"cached": True})
@@ -246,7 +246,7 @@ def _evaluate(request: Request, trained: TrainingSet, save_model: str | None) ->
 def _recorded(request: Request, trained: TrainingSet, save_model: str | None) -> EvaluationRecord:
     """A version's evaluation: the stored record when this question was answered before, else a new one, written
     with its charts and shown as an artifact."""
-    folder = request.registry.folder
+    folder = request.records
     path = record_path(folder, trained.name, request.key)
     record = None if save_model else read_record(path, EvaluationRecord)
     if record:
@@ -326,7 +326,7 @@ def _baseline(request: Request, baseline: str, scratch: Path) -> TrainingSet:
 
 def _compared(request: Request, second: TrainingSet, save_model: str | None) -> Evaluated:
     """Train the second training set with the same seeds, compare it with the first, record and chart it."""
-    folder = request.registry.folder
+    folder = request.records
     first = _recorded(request, request.first, save_model)
     if second.name in BASELINES:
         record = _evaluate(request, second, save_model)
@@ -389,16 +389,23 @@ def evaluate_training_set(dataset: str, version: str = "latest", registry: str =
     escape_console_lines()  # a served or work-pool run's process: no CLI set it up
     with untagged_task_runs():
         request = check_request(registry, dataset, version, settings, compare, save_model)
-        if not compare:
-            record = _recorded(request, request.first, save_model)
-            return Evaluated(record=record, path=str(record_path(request.registry.folder, record.version,
-                                                                 request.key)))
-        if compare in BASELINES:
-            with tempfile.TemporaryDirectory(prefix="negforge-baseline-") as scratch:
-                return _compared(request, _baseline(request, compare, Path(scratch)), save_model)
-        name, manifest = _version(request.registry, compare)
-        return _compared(request, training_set(name, request.registry.folder / name, manifest, request.evaluation),
-                         save_model)
+        evaluated = _evaluated(request, compare, save_model)
+        request.registry.push_side_folder(FOLDER)  # an object store's registry: the records and charts written
+        stored = request.registry.folder / Path(evaluated.path).relative_to(request.records).as_posix()
+        return evaluated.model_copy(update={"path": str(stored)})
+
+
+def _evaluated(request: Request, compare: str | None, save_model: str | None) -> Evaluated:
+    """The version's evaluation, or its comparison with another version or a baseline; paths in `request.records`."""
+    if not compare:
+        record = _recorded(request, request.first, save_model)
+        return Evaluated(record=record, path=str(record_path(request.records, record.version, request.key)))
+    if compare in BASELINES:
+        with tempfile.TemporaryDirectory(prefix="negforge-baseline-") as scratch:
+            return _compared(request, _baseline(request, compare, Path(scratch)), save_model)
+    name, manifest = _version(request.registry, compare)
+    return _compared(request, training_set(name, request.registry.local_copy(name), manifest, request.evaluation),
+                     save_model)
 
 
 def evaluate_after_publish(config: BuildConfig, version: str) -> Evaluated | None:

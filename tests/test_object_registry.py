@@ -147,15 +147,21 @@ def test_stores_that_cannot_hold_versions_are_refused(s3, tmp_path):
 
 
 @pytest.mark.slow
-def test_build_remine_and_versions_commands_on_an_object_store(config, s3, prefect_server, monkeypatch):
+def test_build_evaluate_remine_and_versions_commands_on_an_object_store(config, s3, prefect_server, monkeypatch,
+                                                                        tmp_path):
     import datasets
     from datasets import load_dataset
 
     from tests.conftest import run_cli
+    from tests.test_evaluate import TINY, eval_subset
 
     registry_url = f"{s3}/registry"
     built = run_cli("build", "--config", str(config), "--set", f"publish.registry={registry_url}")
     assert built.stdout.strip().splitlines()[-1] == f"{registry_url}/tiny/v0001"
+    evaluated = run_cli("evaluate", "tiny@v0001", "--eval", str(eval_subset(tmp_path / "eval")), "--registry",
+                        registry_url, *TINY)
+    record = evaluated.stdout.strip().splitlines()[-1]
+    assert record.startswith(f"{registry_url}/tiny/evaluations/v0001-") and Location.of(record).exists()
     remined = run_cli("remine", "--from", "tiny@v0001", "--registry", registry_url, "--set", "mine.strategy=fixed",
                       "--set", "mine.relative_margin=0.1")
     assert remined.stdout.strip().splitlines()[-1] == f"{registry_url}/tiny/v0002"
@@ -165,8 +171,8 @@ def test_build_remine_and_versions_commands_on_an_object_store(config, s3, prefe
 
     listing = run_cli("versions", "list", "tiny", "--registry", registry_url).stdout.splitlines()
     assert listing[0].startswith("v0001") and listing[1].startswith("v0002") and listing[1].endswith("LATEST")
-    assert f"folder: {registry_url}/tiny/v0001" in run_cli("versions", "show", "tiny", "v0001", "--registry",
-                                                           registry_url).stdout
+    shown = run_cli("versions", "show", "tiny", "v0001", "--registry", registry_url).stdout
+    assert f"folder: {registry_url}/tiny/v0001" in shown and "evaluation " in shown
     assert run_cli("versions", "verify", "tiny@v0002", "--registry", registry_url).stdout.strip() == "tiny v0002  ok"
     assert "negatives changed in" in run_cli("versions", "diff", "tiny", "v0001", "v0002", "--registry",
                                              registry_url).stdout

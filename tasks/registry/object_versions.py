@@ -127,6 +127,20 @@ class ObjectRegistry(Registry):
                 shutil.rmtree(partial, ignore_errors=True)
         return target
 
+    def side_folder(self, name: str) -> Path:
+        """A local mirror of the dataset's `name/` folder (evaluations), downloaded fresh: commands read and write
+        there, and `push_side_folder` uploads what they wrote."""
+        mirror = self.cache / _cache_key(self.folder) / "side"
+        shutil.rmtree(mirror / name, ignore_errors=True)
+        if (self.folder / name).exists():
+            (self.folder / name).download(mirror / name)
+        (mirror / name).mkdir(parents=True, exist_ok=True)
+        return mirror
+
+    def push_side_folder(self, name: str) -> None:
+        """Upload the mirror of `name/` (whole files: a reader sees each old or new, never half)."""
+        (self.folder / name).upload(self.cache / _cache_key(self.folder) / "side" / name)
+
     # -- staging and publishing --------------------------------------------------------------------------------
     def staging(self) -> Path:
         """A local folder to assemble the version in; it is uploaded by `publish`."""

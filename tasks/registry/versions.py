@@ -173,6 +173,14 @@ class Registry:
         """The version's files as a local folder (here: the version's own folder)."""
         return self.version_folder(version)
 
+    def side_folder(self, name: str) -> Path:
+        """The local dataset folder holding `name/`, a folder beside the versions (evaluations): here, the dataset
+        folder itself."""
+        return self.folder
+
+    def push_side_folder(self, name: str) -> None:
+        """Store what was written into `side_folder(name)`: here it is stored already."""
+
     def manifest(self, version: str) -> Manifest:
         """A version's manifest; NotFound when the version or its manifest is absent, unreadable or not a manifest."""
         path = self.version_folder(version) / MANIFEST
