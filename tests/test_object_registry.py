@@ -148,7 +148,7 @@ def test_stores_that_cannot_hold_versions_are_refused(s3, tmp_path):
 
 @pytest.mark.slow
 def test_build_evaluate_remine_and_versions_commands_on_an_object_store(config, s3, prefect_server, monkeypatch,
-                                                                        tmp_path):
+                                                                        tmp_path, capsys):
     import datasets
     from datasets import load_dataset
 
@@ -169,14 +169,20 @@ def test_build_evaluate_remine_and_versions_commands_on_an_object_store(config, 
     assert registry.versions() == ["v0001", "v0002"] and registry.latest() == "v0002"
     assert registry.manifest("v0002").parent == "v0001" and "storage" not in registry.manifest("v0001").config
 
-    listing = run_cli("versions", "list", "tiny", "--registry", registry_url).stdout.splitlines()
+    from negforge.flows.cli import main
+
+    def versions(*arguments: str) -> str:  # in this process: a subprocess per command would cost seconds each
+        assert main(["versions", *arguments, "--registry", registry_url]) == 0
+        return capsys.readouterr().out
+
+    capsys.readouterr()
+    listing = versions("list", "tiny").splitlines()
     assert listing[0].startswith("v0001") and listing[1].startswith("v0002") and listing[1].endswith("LATEST")
-    shown = run_cli("versions", "show", "tiny", "v0001", "--registry", registry_url).stdout
+    shown = versions("show", "tiny", "v0001")
     assert f"folder: {registry_url}/tiny/v0001" in shown and "evaluation " in shown
-    assert run_cli("versions", "verify", "tiny@v0002", "--registry", registry_url).stdout.strip() == "tiny v0002  ok"
-    assert "negatives changed in" in run_cli("versions", "diff", "tiny", "v0001", "v0002", "--registry",
-                                             registry_url).stdout
-    run_cli("versions", "rollback", "tiny", "v0001", "--registry", registry_url)
+    assert versions("verify", "tiny@v0002").strip() == "tiny v0002  ok"
+    assert "negatives changed in" in versions("diff", "tiny", "v0001", "v0002")
+    versions("rollback", "tiny", "v0001")
     assert registry.latest() == "v0001"
 
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)  # the tests' offline switch also bars s3:// URLs

@@ -65,7 +65,8 @@ def _flow_run_id(stdout: str) -> str:
 def test_deployment_has_the_schedule_and_a_typed_form_of_the_config(served, dataset_config):
     schedule = served.schedules[0].schedule
     assert (schedule.cron, schedule.timezone) == ("0 2 * * *", "Europe/Berlin")
-    assert served.parameters["config"] == load_config(dataset_config).model_dump(mode="json", by_alias=True)
+    assert served.parameters["config"] == load_config(dataset_config).model_dump(mode="json", by_alias=True,
+                                                                                 exclude={"storage"})
     definitions = served.parameter_openapi_schema["definitions"]
     negatives = definitions["MineConfig"]["properties"]["num_negatives"]
     assert negatives["description"] == "Negatives per query." and negatives["minimum"] == 1
