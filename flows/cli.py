@@ -130,7 +130,8 @@ def cmd_gc(args: argparse.Namespace) -> int:
     path = args.config or (None if args.registry and args.workdir else demo_config())
     raw = read_config(path, args.overrides) if path else {}
     storage = validate_config(raw, str(path or "defaults"), StorageConfig)
-    return gc(args, args.workdir or storage.runtime.workdir, args.registry or storage.publish.registry)
+    return gc(args, args.workdir or storage.runtime.workdir, args.registry or storage.publish.registry,
+              storage.storage)
 
 
 class _NoTaskRunLines(logging.Filter):

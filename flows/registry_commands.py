@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import Any
 
 from negforge.schemas.console_text import printable
 from negforge.tasks.evaluation.records import comparison_records, version_records
@@ -144,10 +145,10 @@ def versions_rollback(args: argparse.Namespace) -> int:
     return 0
 
 
-def gc(args: argparse.Namespace, workdir: str, registry: str) -> int:
+def gc(args: argparse.Namespace, workdir: str, registry: str, options: dict[str, Any] | None = None) -> int:
     from negforge.tasks.registry.housekeeping import collect_garbage
 
-    report = collect_garbage(workdir, registry, args.keep_runs, args.dry_run)
+    report = collect_garbage(workdir, registry, args.keep_runs, args.dry_run, options)
     verb = "would remove" if args.dry_run else "removed"
     print(f"{verb} {len(report['runs_removed'])} run workspaces and {len(report['fingerprints_removed'])} "
           f"store fingerprints ({report['bytes_freed'] / 2**20:.1f} MiB)")

@@ -512,11 +512,13 @@ class BuildConfig(_Section):
 
 
 class StorageConfig(BaseModel):
-    """Only where a build keeps things (registry, workdir), for commands such as `gc` that read nothing else."""
+    """Only where a build keeps things (registry, workdir, the store's options), for commands such as `gc` that read
+    nothing else."""
 
     model_config = ConfigDict(extra="ignore")
     publish: PublishConfig = Field(default_factory=PublishConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+    storage: dict[str, Any] = Field(default_factory=dict)
 
 
 Config = TypeVar("Config", bound=BaseModel)

@@ -62,14 +62,24 @@ def test_versions_are_committed_numbered_and_deduplicated(s3):
     assert (local / "data" / "train-00000.parquet").read_text() == "data a"
 
 
+def _claimed_by(registry, version: str, pid: int) -> dict:
+    """An uncommitted version, half uploaded, claimed by process `pid` of this host."""
+    claim = {"owner": "x", "host": os.uname().nodename, "pid": pid, "heartbeat": time.time()}
+    (registry.folder / version / CLAIM).create(json.dumps(claim).encode())
+    (registry.folder / version / "data" / "train-00000.parquet").write_bytes(b"half")
+    return claim
+
+
+def _dead_pid() -> int:
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    return dead.pid
+
+
 def test_an_uncommitted_version_is_absent_and_gc_removes_it_once_its_publisher_is_gone(s3):
     registry = open_registry(f"{s3}/registry", "ds")
     _publish(registry, "a")
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    claim = {"owner": "x", "host": os.uname().nodename, "pid": dead.pid, "heartbeat": time.time()}
-    (registry.folder / "v0002" / CLAIM).create(json.dumps(claim).encode())
-    (registry.folder / "v0002" / "data" / "train-00000.parquet").write_bytes(b"half")
+    claim = _claimed_by(registry, "v0002", _dead_pid())
     assert registry.versions() == ["v0001"] and registry.latest() == "v0001"
     live = {**claim, "pid": os.getpid()}
     (registry.folder / "v0003" / CLAIM).create(json.dumps(live).encode())
@@ -201,3 +211,24 @@ def test_a_build_to_a_missing_bucket_is_refused_before_any_work(config, s3):
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip().splitlines() == [
         "negforge: error: publish.registry s3://no-such-bucket-y/registry: no such bucket or container"], done.stderr
+
+
+def test_gc_reaches_the_store_with_the_configs_storage_options(s3, s3_server, tmp_path, monkeypatch, capsys):
+    from negforge.flows.cli import main
+
+    registry = open_registry(f"{s3}/registry", "ds")
+    _publish(registry, "a")
+    _claimed_by(registry, "v0002", _dead_pid())
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(name)  # only the config says where the store is and how to sign in
+    config = tmp_path / "gc.yaml"
+    config.write_text(f"""publish: {{registry: "{s3}/registry"}}
+runtime: {{workdir: "{tmp_path / 'work'}"}}
+storage: {{key: testing, secret: testing, client_kwargs: {{endpoint_url: "{s3_server}"}}}}
+""")
+    assert main(["gc", "--config", str(config)]) == 0
+    assert "removed 1 staging folders of builds that are gone" in capsys.readouterr().out
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    assert not (registry.folder / "v0002").exists() and registry.versions() == ["v0001"]

@@ -17,7 +17,7 @@ from typing import Any
 
 from negforge.tasks.embedding.store import EmbeddingStore
 from negforge.tasks.registry.registries import datasets
-from negforge.tasks.registry.versions import NotFound
+from negforge.tasks.registry.versions import NotFound, Registry
 
 log = logging.getLogger(__name__)
 SYMLINK = "a symlink (gc neither follows nor removes links it did not make)"
@@ -43,10 +43,10 @@ def _run_fingerprints(run: Path) -> set[str]:
     return set(json.loads(marker.read_text())) if marker.is_file() and not marker.is_symlink() else set()
 
 
-def _published_fingerprints(registry: str | Path) -> set[str]:
+def _published_fingerprints(registries: list[Registry]) -> set[str]:
     """Fingerprints of every published version; a version without a readable manifest holds none."""
     used: set[str] = set()
-    for dataset in datasets(registry):
+    for dataset in registries:
         for version in dataset.versions():
             try:
                 used.update(dataset.manifest(version).model.fingerprints.values())
@@ -76,9 +76,11 @@ def _damaged_parts_removed(store: Path, fingerprint: str, not_removed: dict[str,
         return []
 
 
-def collect_garbage(workdir: str | Path, registry: str | Path, keep_runs: int, dry_run: bool) -> dict[str, Any]:
+def collect_garbage(workdir: str | Path, registry: str | Path, keep_runs: int, dry_run: bool,
+                    options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Remove all but the newest `keep_runs` run workspaces, the store fingerprints nothing kept refers to, store
-    parts that fail their checksum (and killed writers' leftovers), and abandoned staging folders.
+    parts that fail their checksum (and killed writers' leftovers), and abandoned staging folders (an object-store
+    registry's: uncommitted versions whose publisher is gone; `options`: the store's storage_options).
 
     Returns:
         What was (or, with dry_run, would be) removed, what could not be (path -> reason; symlinks always), and
@@ -88,7 +90,8 @@ def collect_garbage(workdir: str | Path, registry: str | Path, keep_runs: int, d
     runs, linked_runs = _folders(workdir / "runs")
     kept_runs, old_runs = runs[len(runs) - keep_runs:] if keep_runs else [], runs[:len(runs) - keep_runs]
     used = set().union(*(_run_fingerprints(r) for r in kept_runs)) if kept_runs else set()
-    used |= _published_fingerprints(registry)
+    registries = datasets(registry, options)
+    used |= _published_fingerprints(registries)
     store = workdir / "embeddings"
     fingerprints, linked_fingerprints = _folders(store)
     stale = [p for p in fingerprints if p.name not in used]
@@ -101,7 +104,7 @@ def collect_garbage(workdir: str | Path, registry: str | Path, keep_runs: int, d
     kept_fingerprints = [] if dry_run else _folders(store)[0]
     damaged = [name for folder in kept_fingerprints  # checksums: not in a dry run
                for name in _damaged_parts_removed(store, folder.name, not_removed)]
-    staging = [path for dataset in datasets(registry) for path in dataset.remove_abandoned(dry_run)]
+    staging = [path for dataset in registries for path in dataset.remove_abandoned(dry_run)]
     return {"runs_removed": [str(p) for p in old_runs if p in gone],
             "fingerprints_removed": [p.name for p in stale if p in gone], "not_removed": not_removed,
             "damaged_parts_removed": damaged, "staging_removed": [str(p) for p in staging],
