@@ -121,7 +121,8 @@ def mine_and_publish(config: BuildConfig, texts: Texts, parts: list[MinedPartiti
         manifest = Manifest.model_validate({
             "dataset": config.publish.dataset, "version": None, "parent": None, "data_hash": None,
             "code_version": code_version(), "packages": package_versions(),
-            "config": config.model_dump(mode="json", by_alias=True, exclude=NOT_RECORDED), **provenance.model_dump(exclude_unset=True),
+            "config": config.model_dump(mode="json", by_alias=True, exclude=NOT_RECORDED),
+            **provenance.model_dump(exclude_unset=True),
             "counts": provenance.counts.model_copy(update={"rows": written.rows, "id_rows": written.id_rows}),
             "reasons": mined.reasons, "reasons_per_query": mined.reasons_per_query,
             "short_queries": {"count": len(mined.short_queries), "ids": list(mined.short_queries)},

@@ -63,7 +63,8 @@ class ObjectRegistry(Registry):
                  cache: Path | None = None) -> None:
         self.dataset = check_dataset(dataset)
         self.folder = Location.of(root, options) / self.dataset  # type: ignore[assignment]
-        self.cache = (cache or Path(tempfile.gettempdir()) / "negforge-cache") / "registry"
+        # this dataset's local copies: its versions, and the mirror of its side folders
+        self.cached = (cache or Path(tempfile.gettempdir()) / "negforge-cache") / "registry" / _cache_key(self.folder)
 
     # -- reading -----------------------------------------------------------------------------------------------
     def _prefixes(self) -> list[str]:
@@ -117,7 +118,7 @@ class ObjectRegistry(Registry):
 
     def local_copy(self, version: str) -> Path:
         """The version's files in the local cache (downloaded when absent): for what must open local files."""
-        target = self.cache / _cache_key(self.folder) / version
+        target = self.cached / version
         if not target.is_dir():
             partial = target.with_name(f".{version}-{uuid.uuid4().hex}")
             try:
@@ -130,7 +131,7 @@ class ObjectRegistry(Registry):
     def side_folder(self, name: str) -> Path:
         """A local mirror of the dataset's `name/` folder (evaluations), downloaded fresh: commands read and write
         there, and `push_side_folder` uploads what they wrote."""
-        mirror = self.cache / _cache_key(self.folder) / "side"
+        mirror = self.cached / "side"
         shutil.rmtree(mirror / name, ignore_errors=True)
         if (self.folder / name).exists():
             (self.folder / name).download(mirror / name)
@@ -139,7 +140,7 @@ class ObjectRegistry(Registry):
 
     def push_side_folder(self, name: str) -> None:
         """Upload the mirror of `name/` (whole files: a reader sees each old or new, never half)."""
-        (self.folder / name).upload(self.cache / _cache_key(self.folder) / "side" / name)
+        (self.folder / name).upload(self.cached / "side" / name)
 
     # -- staging and publishing --------------------------------------------------------------------------------
     def staging(self) -> Path:
@@ -173,7 +174,7 @@ class ObjectRegistry(Registry):
             self.discard(staged)
             raise
         self._keep_as_local_copy(staged, version)
-        self._move_latest(version)
+        self._point_latest(version, keep_newer=True)
         record_published(target)
         return target, True
 
@@ -203,28 +204,27 @@ class ObjectRegistry(Registry):
             stop.set()
             thread.join()
 
-    def _move_latest(self, version: str) -> None:
-        """Point LATEST at `version` unless a concurrent publish already pointed it at a newer one."""
+    def _point_latest(self, version: str, keep_newer: bool) -> None:
+        """Compare-and-swap LATEST to `version`, again until no other writer came in between; with `keep_newer`,
+        not when a concurrent publish already pointed it at a newer committed version."""
+        latest = self.folder / LATEST
         while True:
-            current = (self.folder / LATEST).tagged()
+            current = latest.tagged()
             named = current[0].decode("utf-8", "replace").strip() if current else ""
-            if VERSION.match(named) and _number(named) > _number(version) and named in self.versions():
+            if keep_newer and VERSION.match(named) and _number(named) > _number(version) and named in self.versions():
                 return
-            if (self.folder / LATEST).swap(f"{version}\n".encode(), current[1] if current else None):
+            if latest.swap(f"{version}\n".encode(), current[1] if current else None):
                 return
 
     def _keep_as_local_copy(self, staged: Path, version: str) -> None:
-        target = self.cache / _cache_key(self.folder) / version
+        target = self.cached / version
         shutil.rmtree(target, ignore_errors=True)
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(staged), target)
 
     def rollback(self, version: str) -> None:
         self.whole_manifest(version)
-        while True:
-            current = (self.folder / LATEST).tagged()
-            if (self.folder / LATEST).swap(f"{version}\n".encode(), current[1] if current else None):
-                return
+        self._point_latest(version, keep_newer=False)
 
     # -- housekeeping ------------------------------------------------------------------------------------------
     def remove_abandoned(self, dry_run: bool = False) -> list[Location]:  # type: ignore[override]

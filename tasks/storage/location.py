@@ -94,25 +94,15 @@ class Location:
     def __str__(self) -> str:
         return self.url
 
-    def relative(self, other: Location) -> str:
-        """`other`'s path below this location."""
-        return other.url[len(self.url):].lstrip("/")
-
     # -- reads -------------------------------------------------------------------------------------------------
     def exists(self) -> bool:
         return self.fs.exists(self.path)
-
-    def is_folder(self) -> bool:
-        return self.fs.isdir(self.path)
 
     def read_bytes(self) -> bytes:
         return self.fs.cat_file(self.path)
 
     def read_text(self) -> str:
         return self.read_bytes().decode("utf-8")
-
-    def size(self) -> int:
-        return int(self.fs.size(self.path))
 
     def sha256(self) -> str:
         digest = hashlib.sha256()
@@ -153,9 +143,6 @@ class Location:
             os.replace(tmp, target)
         finally:
             tmp.unlink(missing_ok=True)
-
-    def write_text(self, text: str) -> None:
-        self.write_bytes(text.encode("utf-8"))
 
     def upload(self, folder: Path) -> None:
         """Copy a local folder's files here (a local folder: copied; an object store: PUT one by one)."""
