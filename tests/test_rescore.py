@@ -83,9 +83,14 @@ def test_guide_rescoring_through_the_flow_keeps_both_scores(small_config, prefec
 
 @pytest.fixture(scope="module")
 def cross_encoder(tmp_path_factory) -> Path:
-    """A CrossEncoder built here: the bundled MiniLM's encoder with a new one-logit head, saved to a folder."""
+    """A CrossEncoder built here: the bundled MiniLM's encoder with a new one-logit head, saved to a folder.
+
+    The head is initialised from a fixed seed: its scores are arbitrary, and an unseeded head made the remine's
+    coverage a matter of chance (CI once saw 16 of 20 queries keep all their negatives)."""
+    import torch
     from sentence_transformers import CrossEncoder
 
+    torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("cross-encoder")
     CrossEncoder(resolve_model(MODEL).path, num_labels=1, device="cpu").save(str(folder))
     return folder
@@ -108,7 +113,7 @@ def test_cross_encoder_rescoring_through_the_flow_and_a_remine_with_a_new_thresh
         [(queries[q], docs[d]) for q, d in sample.select("query_row", "doc_row").iter_rows()])
     assert np.allclose(sample["rescore"].to_numpy(), expected, atol=1e-4)
 
-    threshold = float(hits["rescore"].median())
+    threshold = float(hits["rescore"].quantile(0.8))
     second = _version(run_cli("remine", "--from", "tiny@v0001", "--registry", str(first.parent.parent),
                               "--set", f"rescore.threshold={threshold}", "--set", "output.scores=true").stdout)
     manifest = json.loads((second / "manifest.json").read_text())
