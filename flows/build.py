@@ -20,6 +20,7 @@ from negforge.flows.orchestration.console_lines import escape_console_lines
 from negforge.flows.orchestration.dask_cluster import BuildTaskRunner, current_task_runner
 from negforge.flows.orchestration.preflight import check_budget_for_the_model, preflight, store_shortfall
 from negforge.flows.orchestration.task_options import negforge_task, untagged_task_runs
+from negforge.flows.orchestration.workdir_mirror import mirrored
 from negforge.flows.stages.calibration import calibrated, lexical_index, samples
 from negforge.flows.stages.corpus_dedup import dedup_corpus
 from negforge.flows.stages.embedding import embed_stage, model_warm_up
@@ -57,6 +58,7 @@ from negforge.tasks.registry.versions_info import code_version
 from negforge.tasks.runtime.os_errors import naming
 from negforge.tasks.runtime.sizing import check_budget
 from negforge.tasks.search.ann_index import Probe, check_index_settings
+from negforge.tasks.storage.mirror import to_remote
 
 ingest_task = negforge_task(ingest, "ingest", retried=True)
 validate_inputs_task = negforge_task(check_inputs, "validate inputs")
@@ -72,7 +74,7 @@ def build_training_set(config: BuildConfig) -> Published:
     """
     escape_console_lines()  # a served or work-pool run's process: no CLI set it up
     # a write error naming no path is the workdir's: what writes elsewhere (the staged version) names its own
-    with untagged_task_runs(), naming(config.runtime.workdir):
+    with untagged_task_runs(), naming(config.runtime.workdir), mirrored(config) as config:
         unchanged = unchanged_version(config, code_version())
         if unchanged:
             result = up_to_date_result(config, unchanged)
@@ -224,7 +226,7 @@ def _provenance(started: datetime, config: BuildConfig, ingested: Ingested, embe
         counts=Counts(**ingested.counts.as_dict()),
         rejects=Rejects(path=ingested.rejects_path, reasons=ingested.reject_reasons,
                         samples=ingested.reject_samples),
-        calibration=calibrated.calibration, topic=calibrated.topic, run_dir=str(run_dir),
+        calibration=calibrated.calibration, topic=calibrated.topic, run_dir=to_remote(str(run_dir)),
         task_runs={"embed": embedded.task_runs, "dedup_corpus": corpus_dedup.task_runs if corpus_dedup else 0,
                    "approximate_index": 2 if probe else 0, "search_and_mine": partitions},
         corpus_dedup={"dropped": corpus_dedup.dropped, "record": "candidates/corpus-duplicates.parquet"}

@@ -272,7 +272,7 @@ def _run_flow(args: argparse.Namespace, dataset: str, prepare: Callable[[], Call
 
 
 def cmd_remine(args: argparse.Namespace) -> int:
-    from negforge.flows.orchestration.preflight import check_object_registry, check_scheduler
+    from negforge.flows.orchestration.preflight import check_object_stores, check_scheduler
     from negforge.schemas.config import ConfigError
     from negforge.tasks.registry.candidates import check_depth, check_remine, load_candidates
     from negforge.tasks.registry.registries import open_registry
@@ -289,7 +289,7 @@ def cmd_remine(args: argparse.Namespace) -> int:
     if config.mine.strategy == "fixed":
         check_depth(config, stored)  # with auto, the window is the calibration's choice's: judged in the flow
     check_scheduler(config.runtime)
-    check_object_registry(config)
+    check_object_stores(config)
 
     def prepare() -> Callable[[], Published]:
         from negforge.flows.remine import remine_training_set
@@ -373,7 +373,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     from negforge.flows.deployments import demo_config
     from negforge.flows.orchestration.preflight import (
         check_budget_for_the_model,
-        check_object_registry,
+        check_object_stores,
         check_scheduler,
     )
     from negforge.schemas.config import load_config
@@ -390,7 +390,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     if unchanged:  # before any Prefect server or Dask cluster starts: the UI shows no run for this
         return _print_result(up_to_date_result(config, unchanged))
     check_scheduler(config.runtime)  # before the Prefect server, the cluster and the flow run: refused at once
-    check_object_registry(config)
+    check_object_stores(config)
     check_budget_for_the_model(config)
 
     def prepare() -> Callable[[], Published]:

@@ -16,6 +16,7 @@ from prefect import flow
 from negforge.flows.orchestration.console_lines import escape_console_lines
 from negforge.flows.orchestration.preflight import preflight
 from negforge.flows.orchestration.task_options import untagged_task_runs
+from negforge.flows.orchestration.workdir_mirror import mirrored
 from negforge.flows.stages.calibration import calibrated
 from negforge.flows.stages.partition import mine_stored_all
 from negforge.flows.stages.publishing import mine_and_publish, new_run_dir
@@ -26,6 +27,7 @@ from negforge.tasks.mining.adaptive_depth import depth_levels
 from negforge.tasks.registry.candidates import check_depth, check_remine, load_candidates
 from negforge.tasks.registry.registries import config_registry
 from negforge.tasks.runtime.os_errors import naming
+from negforge.tasks.storage.mirror import to_remote
 
 
 @flow(name="remine-training-set", flow_run_name="remine {config.publish.dataset}", validate_parameters=True)
@@ -33,7 +35,7 @@ def remine_training_set(source: str, config: BuildConfig) -> Published:
     """Mine the candidates stored in `source` (a version of config.publish.dataset) again and publish the result."""
     escape_console_lines()  # a served or work-pool run's process: no CLI set it up
     # a write error naming no path is the workdir's: what writes elsewhere (the staged version) names its own
-    with untagged_task_runs(), naming(config.runtime.workdir):
+    with untagged_task_runs(), naming(config.runtime.workdir), mirrored(config) as config:
         return _remine(source, config)
 
 
@@ -61,7 +63,7 @@ def _remine(source: str, config: BuildConfig) -> Published:
         embed=Embed(texts_embedded=0, texts_cached=0), search=Search(depth=mine_depth, range_max=range_max),
         counts=Counts(**parent.counts.model_dump(include=set(COUNT_KEYS))), rejects=parent.rejects,
         remined_from=f"{config.publish.dataset}@{source}", calibration=calibration, topic=topic,
-        run_dir=str(run_dir), task_runs={"mine": len(parts)}, corpus_dedup=parent.corpus_dedup)
+        run_dir=to_remote(str(run_dir)), task_runs={"mine": len(parts)}, corpus_dedup=parent.corpus_dedup)
     return mine_and_publish(config, stored.texts, parts, run_dir, timings, provenance, meta, parent=source,
                             mining=mining, corpus_duplicates=stored.corpus_duplicates,
                             calibration_files=stored.calibration, topic_sample=stored.topic_sample)

@@ -203,14 +203,14 @@ def test_build_evaluate_remine_and_versions_commands_on_an_object_store(config, 
     assert remote.num_rows == local.num_rows > 0 and remote.to_list() == local.to_list()
 
 
-def test_a_build_to_a_missing_bucket_is_refused_before_any_work(config, s3):
+@pytest.mark.parametrize("setting", ["publish.registry", "runtime.workdir"])
+def test_a_build_to_a_missing_bucket_is_refused_before_any_work(config, s3, setting):
     from tests.conftest import run_cli
 
-    done = run_cli("build", "--config", str(config), "--set", "publish.registry=s3://no-such-bucket-y/registry",
-                   check=False)
+    done = run_cli("build", "--config", str(config), "--set", f"{setting}=s3://no-such-bucket-y/place", check=False)
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip().splitlines() == [
-        "negforge: error: publish.registry s3://no-such-bucket-y/registry: no such bucket or container"], done.stderr
+        f"negforge: error: {setting} s3://no-such-bucket-y/place: no such bucket or container"], done.stderr
 
 
 def test_gc_reaches_the_store_with_the_configs_storage_options(s3, s3_server, tmp_path, monkeypatch, capsys):

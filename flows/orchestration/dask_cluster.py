@@ -29,7 +29,9 @@ from distributed.core import Status
 from prefect.context import FlowRunContext
 from prefect_dask import DaskTaskRunner
 
+from negforge.flows.orchestration.workdir_mirror import handed_out, pulling, register_mirrors
 from negforge.schemas.config import BuildConfig, RuntimeConfig
+from negforge.tasks.storage.mirror import mirrors
 
 CLOSE_TIMEOUT_S = 10  # a local cluster closes in well under a second; past this, the run goes on without waiting
 log = logging.getLogger(__name__)
@@ -235,6 +237,15 @@ class BuildTaskRunner(DaskTaskRunner):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._warm_ups: list = []
+        self._mirror_plugins: set[str] = set()
+
+    def submit(self, task: Any, parameters: dict[str, Any], wait_for: Any = None, dependencies: Any = None) -> Any:
+        """Submit as prefect-dask does; with the workdir on an object store, through the mirrors
+        (flows/orchestration/workdir_mirror.py)."""
+        if not mirrors():
+            return super().submit(task, parameters, wait_for, dependencies)
+        register_mirrors(self.client, self._mirror_plugins)
+        return pulling(super().submit(task, handed_out(parameters), wait_for, dependencies))
 
     def duplicate(self) -> BuildTaskRunner:
         return type(self)()

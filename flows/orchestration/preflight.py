@@ -87,7 +87,7 @@ def preflight(config: BuildConfig) -> None:
     check_links(config)
     writable_folder(Path(config.runtime.workdir), "runtime.workdir")
     if on_object_store(config.publish.registry):  # no space to estimate; what matters is that versions commit safely
-        check_object_registry(config)
+        check_object_stores(config)
         return
     registry = Registry(config.publish.registry, config.publish.dataset)
     writable_folder(registry.folder, "publish.registry")
@@ -99,11 +99,13 @@ def preflight(config: BuildConfig) -> None:
             raise StorageError(f"publish.registry {short}; free space there or choose another publish.registry")
 
 
-def check_object_registry(config: BuildConfig) -> None:
-    """Refuse an object-store `publish.registry` that cannot hold versions safely (tasks/storage/location.py
-    check_conditional_writes); nothing for a local folder."""
-    if on_object_store(config.publish.registry):
-        check_conditional_writes(Location.of(config.publish.registry, config.storage), "publish.registry")
+def check_object_stores(config: BuildConfig) -> None:
+    """Refuse an object-store `publish.registry` or `runtime.workdir` that cannot be used safely: missing,
+    unreachable, not writable, or without conditional writes (tasks/storage/location.py check_conditional_writes);
+    nothing for a local folder."""
+    for setting, url in (("publish.registry", config.publish.registry), ("runtime.workdir", config.runtime.workdir)):
+        if on_object_store(url):
+            check_conditional_writes(Location.of(url, config.storage), setting)
 
 
 async def _connect_and_close(address: str) -> None:

@@ -14,6 +14,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.context import TagsContext
 
 from negforge.flows.orchestration.console_lines import escape_console_lines
+from negforge.flows.orchestration.workdir_mirror import worker_side
 from negforge.tasks.runtime.os_errors import permanent
 
 
@@ -36,7 +37,10 @@ def _task_body(fn: Any) -> Any:
     keeps freed pages in its arenas, so a worker held ~200 MB more than it used after embedding (measured with the 100k
     bench), and the whole tree's peak is the sum of such high-water marks. No full `gc.collect()`: with torch and
     Great Expectations loaded it walks ~750k objects (0.35 s) per task run, seconds per small build, and the freed
-    pages were glibc's, not cycles'. (Not a Prefect state hook: those log two lines per task run.)"""
+    pages were glibc's, not cycles'. (Not a Prefect state hook: those log two lines per task run.) With the workdir
+    on an object store, a worker runs it through its mirror (flows/orchestration/workdir_mirror.py)."""
+    fn = worker_side(fn)
+
     @functools.wraps(fn)
     def run(*args: Any, **kwargs: Any) -> Any:
         escape_console_lines()

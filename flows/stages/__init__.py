@@ -2,5 +2,5 @@
 (schemas/stages.py); the flows read as their list of stages.
 
 May import: flows.orchestration, schemas, tasks.calibration, tasks.embedding, tasks.gate, tasks.mining,
-tasks.registry, tasks.runtime, tasks.search.
+tasks.registry, tasks.runtime, tasks.search, tasks.storage.
 """

@@ -7,6 +7,10 @@ alone gave tasks of 208k to 431k tokens), and the stored ones, ordered by part, 
 holds keys and lengths, not texts: each task reads its own texts (a plan holding a million texts took 3.3 GB). Each task
 fills its rows of the run's vector matrices (one .npy per kind, a row per text row, created by the flow): rows are
 disjoint, so tasks write them in place, and a task run again writes the same rows.
+
+With the workdir on an object store (tasks/storage/mirror.py) each worker writes its own copy of a file, so rows
+written in place would overwrite each other's: the embedding tasks there only store their vectors (`fill` off), and
+one task then copies the whole run from the store into the matrices (`fill_matrices`).
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ class EmbedPlan:
     stored: str
     copy_ranges: tuple[tuple[int, int], ...]
     damaged: tuple[str, ...]
+    fill: bool = True  # the tasks write their rows into the matrices (off: they only store vectors)
 
 
 @dataclass(frozen=True)
@@ -86,12 +91,13 @@ def _with_texts(keys: pl.DataFrame, texts: Texts, column: str = "text") -> pl.Da
 
 
 def plan_embedding(texts: Texts, specs: dict[str, EncoderSpec], store_root: str, out_dir: str, workers: int,
-                   runtime: RuntimeConfig) -> EmbedPlan:
+                   runtime: RuntimeConfig, fill: bool = True) -> EmbedPlan:
     """Look the run's texts up in the store once and cut the work into a few tasks per worker.
 
     Args:
         specs: the encoder of each kind ("query", "corpus"); kinds that share a fingerprint share their texts.
         workers: the cluster's workers (tasks follow them, see tasks/runtime/sizing.py).
+        fill: whether the tasks write the matrices' rows (see the module's docstring).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -127,12 +133,13 @@ def plan_embedding(texts: Texts, specs: dict[str, EncoderSpec], store_root: str,
         matrices={kind: str(matrices / MATRIX_NAMES[kind]) for kind in KINDS},
         todo=str(out / "todo.parquet"), embed_ranges=tuple(weighted_ranges(work + 1, embed_tasks)),
         stored=str(out / "stored.parquet"), copy_ranges=tuple(ranges(stored.height, copy_tasks)),
-        damaged=tuple(sorted(set(damaged))))
+        damaged=tuple(sorted(set(damaged))), fill=fill)
 
 
 def create_matrices(plan: EmbedPlan) -> None:
     """The run's vector matrices, zero-filled (sparse) .npy files that the tasks fill and search memory-maps."""
     for kind, path in plan.matrices.items():
+        Path(path).parent.mkdir(parents=True, exist_ok=True)  # a worker that did not plan has no folder yet
         np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(plan.rows[kind], plan.dim)).flush()
 
 
@@ -165,7 +172,8 @@ def _embed_and_store(plan: EmbedPlan, store: EmbeddingStore, spec: EncoderSpec, 
         if vectors is None:
             vectors = encode(spec, chunk["text"].to_list(), progress.advance)  # a whole part per call
             store.put(chunk["text_hash"], vectors)
-        _write_rows(plan, chunk, vectors)
+        if plan.fill:
+            _write_rows(plan, chunk, vectors)
     return damaged
 
 
@@ -239,3 +247,11 @@ def copy_stored(plan: EmbedPlan, task: int, specs: dict[str, EncoderSpec], store
             embedded += lost.height
         damaged += bad
     return Filled(embedded=embedded, copied=stored.height - embedded, damaged=tuple(sorted(set(damaged))))
+
+
+def fill_matrices(plan: EmbedPlan, specs: dict[str, EncoderSpec], store_root: str, progress_dir: str) -> Filled:
+    """Create the run's matrices and copy every vector of `plan` (all of them stored) into them, in one task."""
+    create_matrices(plan)
+    filled = [copy_stored(plan, task, specs, store_root, progress_dir) for task in range(len(plan.copy_ranges))]
+    return Filled(embedded=sum(f.embedded for f in filled), copied=sum(f.copied for f in filled),
+                  damaged=tuple(sorted({part for f in filled for part in f.damaged})))

@@ -38,6 +38,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from negforge.tasks.runtime.containment import inside, refuse_link
+from negforge.tasks.storage.mirror import fetch
 
 PART_BYTES = 32 << 20  # target size of a part: what a killed embedding task can lose, and what compaction merges to
 COMPACT_AT = 8  # compaction runs once this many parts are under half of PART_BYTES
@@ -88,6 +89,7 @@ class EmbeddingStore:
         writes land outside it, and compaction and `gc` delete there (tasks/runtime/containment.py)."""
         self.folder = inside(refuse_link(Path(root)), fingerprint, entries=True)
         self.folder.mkdir(parents=True, exist_ok=True)
+        fetch(self.folder)  # a workdir on an object store: its parts, into this process's mirror
 
     def parts(self) -> list[Path]:
         """The part files; a symlink is no part (it would make reads and `gc` reach outside the store)."""

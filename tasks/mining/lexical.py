@@ -25,6 +25,7 @@ import polars as pl
 
 from negforge.schemas.tables import LEXICAL_PAIRS, frame, shard_rows
 from negforge.tasks.runtime.containment import inside
+from negforge.tasks.storage.mirror import fetch
 
 
 class LexicalError(ValueError):
@@ -49,6 +50,7 @@ def build_index(corpus_files: Sequence[str], settings: dict[str, Any], workdir: 
     An index folder that is a symlink or holds one is refused, not read or written through
     (tasks/runtime/containment.py)."""
     folder = inside(workdir, "lexical", index_key(corpus_files, settings), entries=True)
+    fetch(folder)  # a workdir on an object store: the index another run built, if any
     if (folder / "params.index.json").exists():
         return str(folder)
     texts = pl.scan_parquet(list(corpus_files)).select("row", "text").collect().sort("row")["text"].to_list()

@@ -1,0 +1,129 @@
+"""A workdir on an object store (a real S3 API on loopback): workers that share nothing with the flow but the store,
+and a run killed part way that resumes from what the store holds."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from negforge.flows.orchestration.prefect_server import free_port
+from negforge.tasks.storage.location import Location
+from tests.conftest import ROOT, run_cli
+
+pytestmark = pytest.mark.slow
+
+
+def _private_mounts() -> bool:
+    """Whether this process may give a child its own mount namespace (root, or a user namespace allowed)."""
+    try:
+        return subprocess.run(["unshare", "--mount", "--propagation", "private", "true"], capture_output=True,
+                              timeout=30).returncode == 0
+    except (FileNotFoundError, subprocess.TimeoutExpired):
+        return False
+
+
+@pytest.fixture
+def private_workers(prefect_server, s3):
+    """`dask scheduler` and two `dask worker` processes, each worker in its own mount namespace with an empty
+    temporary folder mounted over /tmp: every file of the flow's (its tests' folders, its mirror, its cache) is out
+    of their sight. They reach the store through the environment, as users' workers do."""
+    from distributed import Client
+
+    if not _private_mounts():
+        pytest.skip("unshare --mount is not allowed here (needs root or user namespaces)")
+    address = f"tcp://127.0.0.1:{free_port()}"
+    worker = f"mount -t tmpfs tmpfs /tmp && exec {sys.executable} -m dask worker {address} --nthreads 1 --no-dashboard"
+    processes = [subprocess.Popen([sys.executable, "-m", "dask", "scheduler", "--host", "127.0.0.1", "--port",
+                                   address.rsplit(":", 1)[1], "--no-dashboard"], env=os.environ.copy(),
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    processes += [subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sh", "-c", worker], cwd=ROOT,
+                                   env=os.environ.copy(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                  for _ in range(2)]
+    try:
+        with Client(address, timeout=60) as client:
+            client.wait_for_workers(2, timeout=120)
+        yield address
+    finally:
+        for process in reversed(processes):
+            process.terminate()
+            process.wait(timeout=30)
+
+
+def _on_store(s3: str, tiny_beir: Path) -> dict[str, str]:
+    """The tiny BEIR inputs copied to the store: the workers read them from there."""
+    Location.of(f"{s3}/input").upload(tiny_beir)
+    return {"input.corpus": f"{s3}/input/corpus.jsonl", "input.queries": f"{s3}/input/queries.jsonl",
+            "input.qrels": f"{s3}/input/qrels/train.tsv"}
+
+
+def _sets(values: dict[str, str]) -> list[str]:
+    return [argument for key, value in values.items() for argument in ("--set", f"{key}={value}")]
+
+
+def _manifest(url: str) -> dict:
+    return json.loads(Location.of(f"{url}/manifest.json").read_text())
+
+
+def test_workers_that_share_nothing_but_the_store_publish_what_a_local_build_does(config, tiny_beir, s3,
+                                                                                   private_workers):
+    from distributed import Client
+
+    with Client(private_workers) as client:  # the workers cannot see the flow's files
+        assert not any(client.run(os.path.exists, str(config)).values())
+    on_store = {**_on_store(s3, tiny_beir), "runtime.workdir": f"{s3}/work", "publish.registry": f"{s3}/registry",
+                "runtime.dask_address": private_workers}
+    built = run_cli("build", "--config", str(config), *_sets(on_store))
+    version = built.stdout.strip().splitlines()[-1]
+    assert version == f"{s3}/registry/tiny/v0001"
+    manifest = _manifest(version)
+    assert manifest["run_dir"].startswith(f"{s3}/work/runs/")  # the run's files are on the store, named by URL
+    work = Location.of(f"{s3}/work")
+    assert any(name.startswith(manifest["run_dir"].rsplit("/", 1)[1]) for name in (work / "runs").children())
+    assert any(path.endswith(".parquet") for path in (work / "embeddings").files())
+
+    local = run_cli("build", "--config", str(config)).stdout.strip().splitlines()[-1]  # the session's cluster
+    assert json.loads((Path(local) / "manifest.json").read_text())["data_hash"] == manifest["data_hash"]
+
+    # a remine of the store's version, its workspace on the store too
+    remined = run_cli("remine", "--from", "tiny@v0001", "--registry", f"{s3}/registry", "--set",
+                      f"runtime.workdir={s3}/work", "--set", "mine.strategy=fixed", "--set", "mine.relative_margin=0.1")
+    assert remined.stdout.strip().splitlines()[-1] == f"{s3}/registry/tiny/v0002"
+
+
+def _stored(s3: str) -> int:
+    """Vectors in the store's embedding store (parts of about 8 texts: runtime.shard_size)."""
+    import polars as pl
+
+    parts = [path for path in Location.of(f"{s3}/work/embeddings").files() if "/part-" in path]
+    return sum(pl.read_parquet(Location.of(f"{s3}/work/embeddings/{path}").read_bytes(), columns=["text_hash"]).height
+               for path in parts)
+
+
+def test_a_run_killed_part_way_resumes_from_what_the_store_holds(small_config, s3):
+    on_store = ["--set", f"runtime.workdir={s3}/work", "--set", f"publish.registry={s3}/registry",
+                "--set", "runtime.dask_address=null", "--set", "runtime.shard_size=8"]
+    unique = 120  # small_config: 100 documents and 20 queries, all distinct texts
+    process = subprocess.Popen([sys.executable, "-m", "negforge.flows.cli", "build", "--config", str(small_config),
+                                *on_store], cwd=ROOT, env=os.environ.copy(), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while _stored(s3) < 16:
+        assert process.poll() is None, process.stderr.read()[-2000:]
+        assert time.monotonic() < deadline, "embedding did not start within 300 s"
+        time.sleep(0.5)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=60)
+    stored_before = _stored(s3)
+    assert 0 < stored_before < unique
+
+    retried = _manifest(run_cli("build", "--config", str(small_config), *on_store).stdout.strip().splitlines()[-1])
+    assert retried["embed"] == {"texts_embedded": unique - stored_before, "texts_cached": stored_before,
+                                "store_repaired": []}
+    assert Location.of(f"{s3}/registry/tiny").children() == ["LATEST", "v0001"]
