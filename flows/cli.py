@@ -125,13 +125,17 @@ def cmd_versions(args: argparse.Namespace) -> int:
 def cmd_gc(args: argparse.Namespace) -> int:
     from negforge.flows.deployments import demo_config
     from negforge.flows.registry_commands import gc
-    from negforge.schemas.config import StorageConfig, read_config, validate_config
+    from negforge.schemas.config import ConfigError, StorageConfig, read_config, validate_config
 
     path = args.config or (None if args.registry and args.workdir else demo_config())
     raw = read_config(path, args.overrides) if path else {}
     storage = validate_config(raw, str(path or "defaults"), StorageConfig)
-    return gc(args, args.workdir or storage.runtime.workdir, args.registry or storage.publish.registry,
-              storage.storage)
+    workdir = args.workdir or storage.runtime.workdir
+    if "://" in workdir and not workdir.startswith("file://"):
+        raise ConfigError(f"runtime.workdir {workdir}: gc does not reach a workdir on an object store yet; give "
+                          f"--workdir a local folder (with --registry) or expire the store's runs/ with its own "
+                          f"lifecycle rules")
+    return gc(args, workdir, args.registry or storage.publish.registry, storage.storage)
 
 
 class _NoTaskRunLines(logging.Filter):

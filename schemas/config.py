@@ -402,9 +402,12 @@ class RuntimeConfig(_Section):
                                 "derived from the machine: the smaller of 1 GiB and half the available memory per worker).")
     tasks_per_worker: int = Field(2, gt=0, description="Tasks per worker per stage, when the memory budget allows "
                                                       "fewer, larger ones (more: finer progress and retries).")
-    workdir: str = Field("./.negforge", description="Run workspaces and the content-addressed embedding store.")
+    workdir: str = Field("./.negforge", description="Run workspaces and the content-addressed embedding store: a "
+                                                    "folder, or an object-store URL (s3://bucket/work) that the flow "
+                                                    "and each worker mirror locally.")
     cache_dir: str | None = Field(None, description="Local cache of what must be opened as local files (a version of "
-                                                    "an object-store registry; null: a temporary folder).")
+                                                    "an object-store registry, the mirror of an object-store workdir; "
+                                                    "null: a temporary folder).")
     device: str | None = Field(None, description="torch device for the model (null: sentence-transformers picks).")
 
 

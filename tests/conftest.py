@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import shutil
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Callable, Iterator
 
 import pytest
 
@@ -169,6 +171,31 @@ runtime:
   dask_address: {dask_address or 'null'}
 {extra}""")
     return path
+
+
+@contextlib.contextmanager
+def dask_scheduler_and_workers(wrap: Callable[[list[str]], list[str]] = lambda command: command) -> Iterator[str]:
+    """`dask scheduler` and two `dask worker` processes on loopback (each worker's command line through `wrap`),
+    stopped at the end; yields the scheduler's address once both workers have joined."""
+    from distributed import Client
+
+    from negforge.flows.orchestration.prefect_server import free_port
+
+    address = f"tcp://127.0.0.1:{free_port()}"
+    dask = [sys.executable, "-m", "dask"]
+    commands = [[*dask, "scheduler", "--host", "127.0.0.1", "--port", address.rsplit(":", 1)[1], "--no-dashboard"]]
+    commands += [wrap([*dask, "worker", address, "--nthreads", "1", "--no-dashboard", "--name", f"w{i}"])
+                 for i in range(2)]
+    processes = [subprocess.Popen(command, cwd=ROOT, env=os.environ.copy(), stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL) for command in commands]
+    try:
+        with Client(address, timeout=60) as client:
+            client.wait_for_workers(2, timeout=120)
+        yield address
+    finally:
+        for process in reversed(processes):
+            process.terminate()
+            process.wait(timeout=30)
 
 
 def local_workers(processes: list) -> list:

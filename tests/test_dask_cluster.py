@@ -17,36 +17,16 @@ import polars as pl
 import psutil
 import pytest
 
-from negforge.flows.orchestration.prefect_server import free_port
-from tests.conftest import ROOT, local_workers, run_cli
+from tests.conftest import ROOT, dask_scheduler_and_workers, local_workers, run_cli
 
 pytestmark = pytest.mark.slow
-
-
-def _dask(*args: str) -> subprocess.Popen:
-    """`dask ARGS`, run by this interpreter (the `dask` script of whichever environment runs the tests)."""
-    return subprocess.Popen([sys.executable, "-m", "dask", *args], env=os.environ.copy(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 @pytest.fixture
 def scheduler(prefect_server):
     """`dask scheduler` and two `dask worker` processes on loopback (workers get the Prefect API URL)."""
-    from distributed import Client
-
-    address = f"tcp://127.0.0.1:{free_port()}"
-    port = address.rsplit(":", 1)[1]
-    processes = [_dask("scheduler", "--host", "127.0.0.1", "--port", port, "--no-dashboard")]
-    processes += [_dask("worker", address, "--nthreads", "1", "--no-dashboard", "--name", f"w{i}")
-                  for i in range(2)]
-    try:
-        with Client(address, timeout=60) as client:
-            client.wait_for_workers(2, timeout=120)
+    with dask_scheduler_and_workers() as address:
         yield address
-    finally:
-        for process in reversed(processes):
-            process.terminate()
-            process.wait(timeout=30)
 
 
 def test_a_running_scheduler_does_the_work(small_config, scheduler):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -13,9 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from negforge.flows.orchestration.prefect_server import free_port
 from negforge.tasks.storage.location import Location
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, dask_scheduler_and_workers, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -34,26 +34,15 @@ def private_workers(prefect_server, s3):
     """`dask scheduler` and two `dask worker` processes, each worker in its own mount namespace with an empty
     temporary folder mounted over /tmp: every file of the flow's (its tests' folders, its mirror, its cache) is out
     of their sight. They reach the store through the environment, as users' workers do."""
-    from distributed import Client
-
     if not _private_mounts():
         pytest.skip("unshare --mount is not allowed here (needs root or user namespaces)")
-    address = f"tcp://127.0.0.1:{free_port()}"
-    worker = f"mount -t tmpfs tmpfs /tmp && exec {sys.executable} -m dask worker {address} --nthreads 1 --no-dashboard"
-    processes = [subprocess.Popen([sys.executable, "-m", "dask", "scheduler", "--host", "127.0.0.1", "--port",
-                                   address.rsplit(":", 1)[1], "--no-dashboard"], env=os.environ.copy(),
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
-    processes += [subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sh", "-c", worker], cwd=ROOT,
-                                   env=os.environ.copy(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                  for _ in range(2)]
-    try:
-        with Client(address, timeout=60) as client:
-            client.wait_for_workers(2, timeout=120)
+
+    def private(command: list[str]) -> list[str]:
+        return ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                f"mount -t tmpfs tmpfs /tmp && exec {shlex.join(command)}"]
+
+    with dask_scheduler_and_workers(private) as address:
         yield address
-    finally:
-        for process in reversed(processes):
-            process.terminate()
-            process.wait(timeout=30)
 
 
 def _on_store(s3: str, tiny_beir: Path) -> dict[str, str]:

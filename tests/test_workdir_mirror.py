@@ -68,3 +68,12 @@ def test_arguments_and_results_cross_as_urls(two_processes, s3, monkeypatch):
     assert Path(received["result"].files[0]).read_bytes() == b"a"  # named, so pulled
     assert received["workdir"] == str(worker.root) and not (worker.root / "runs" / "r1" / "b").exists()
     assert worker.requests["get"] == 1  # the workdir itself is not pulled because it was named
+
+
+def test_gc_refuses_a_workdir_on_a_store_in_one_line(tmp_path, capsys):
+    from negforge.flows.cli import main
+
+    assert main(["gc", "--workdir", "s3://bucket/work", "--registry", str(tmp_path / "registry")]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "negforge: error: runtime.workdir s3://bucket/work: gc does not reach a workdir on an object store yet; give "
+        "--workdir a local folder (with --registry) or expire the store's runs/ with its own lifecycle rules"]
