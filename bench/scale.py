@@ -14,16 +14,22 @@ the Prefect API), stages (the manifest's timings), jaccard (the mined negative s
 --ivf a build with `search.index: ivf` (its time, probe and jaccard) or "unsupported". With --external the same
 flat build runs again on an external cluster (`dask scheduler` and two `dask worker`s of one thread each, on
 loopback, started before it and reporting to a local Prefect server started for them): its time (server and cluster
-already up) and whether its data hash equals the local cluster's build.
+already up) and whether its data hash equals the local cluster's build. With --object-store the same build runs with
+inputs, workdir and registry on an S3 API on loopback (moto's server in its own process, bench/s3_loopback.py, which
+counts the requests it serves), on an external cluster whose two workers each have their own mount namespace with an
+empty /tmp where the host allows it (`unshare --mount`, as root): its time and ratio to the local-folder build,
+peak memory (the build's tree plus the scheduler's and workers'; not the S3 server's, which stands in for the
+store), whether its data hash equals the local build's, and the store requests by kind.
 
-    .venv/bin/python bench/scale.py [--sizes 10k,100k,1m] [--ivf] [--external] [--cache ~/.cache/negforge-bench]
-        [--work /tmp/negforge-bench-scale] [--seed 0] [--data ../shared/data/scifact]
+    .venv/bin/python bench/scale.py [--sizes 10k,100k,1m] [--ivf] [--external] [--object-store]
+        [--cache ~/.cache/negforge-bench] [--work /tmp/negforge-bench-scale] [--seed 0] [--data ../shared/data/scifact]
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -32,7 +38,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+import psutil
 from bench_args import ROOT, absolute_path, parser
+from s3_loopback import requests, s3_loopback
 from side_by_side import (
     BATCH_SIZE,
     MINING,
@@ -130,10 +138,23 @@ def negforge_build(data: Path, work: Path, dataset: str, settings: dict[str, Any
             "manifest": json.loads((version / "manifest.json").read_text())}
 
 
+def private_mounts() -> bool:
+    """Whether workers can get a mount namespace of their own here (`unshare --mount`: root)."""
+    done = subprocess.run(["unshare", "--mount", "--propagation", "private", "true"], capture_output=True)
+    return done.returncode == 0
+
+
+def _private(command: list[str]) -> list[str]:
+    """`command` in its own mount namespace with an empty /tmp: no file of the flow's temporary folder is visible."""
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+            f"mount -t tmpfs tmpfs /tmp && exec {shlex.join(command)}"]
+
+
 @contextmanager
-def external_cluster(workers: int = 2) -> Iterator[str]:
-    """A local Prefect server, then `dask scheduler` and `workers` `dask worker`s (one thread each) on loopback that
-    report to it; yields the scheduler's address, with PREFECT_API_URL set for the build meanwhile."""
+def external_cluster(workers: int = 2, private: bool = False) -> Iterator[tuple[str, list[subprocess.Popen]]]:
+    """A local Prefect server, then `dask scheduler` and `workers` `dask worker`s (one thread each, `private`: each in
+    its own mount namespace) on loopback that report to it; yields the scheduler's address and its processes, with
+    PREFECT_API_URL set for the build meanwhile."""
     from distributed import Client
 
     from negforge.flows.orchestration.prefect_server import free_port, local_server
@@ -145,12 +166,13 @@ def external_cluster(workers: int = 2) -> Iterator[str]:
         processes = [subprocess.Popen([*dask, "scheduler", "--host", "127.0.0.1", "--port", str(port),
                                        "--no-dashboard"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
         address = f"tcp://127.0.0.1:{port}"
-        processes += [subprocess.Popen([*dask, "worker", address, "--nthreads", "1", "--no-dashboard"],
-                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(workers)]
+        worker = [*dask, "worker", address, "--nthreads", "1", "--no-dashboard"]
+        processes += [subprocess.Popen(_private(worker) if private else worker, cwd=ROOT, stdout=subprocess.DEVNULL,
+                                       stderr=subprocess.DEVNULL) for _ in range(workers)]
         try:
             with Client(address, timeout=60) as client:
                 client.wait_for_workers(workers, timeout=120)
-            yield address
+            yield address, processes
         finally:
             os.environ.pop("PREFECT_API_URL", None)
             for process in reversed(processes):
@@ -158,7 +180,38 @@ def external_cluster(workers: int = 2) -> Iterator[str]:
                 process.wait(timeout=30)
 
 
-def measure(label: str, data: Path, model: Path, work: Path, ivf: bool, external: bool) -> dict[str, Any]:
+def on_object_store(label: str, data: Path, model: Path, work: Path, local_s: float, data_hash: str) -> dict[str, Any]:
+    """The flat build again with inputs, workdir and registry on the loopback S3 API and workers that share nothing
+    with the flow (see the module docstring)."""
+    import boto3
+
+    from negforge.flows.orchestration.prefect_server import free_port
+    from negforge.tasks.storage.location import Location
+
+    work.mkdir(parents=True)
+    with s3_loopback(free_port()) as endpoint:
+        boto3.client("s3").create_bucket(Bucket="bench")
+        Location.of("s3://bench/input").upload(data)
+        private = private_mounts()
+        with external_cluster(private=private) as (address, processes):
+            requests(endpoint)  # from zero
+            store = {"input.corpus": "s3://bench/input/corpus.jsonl", "input.queries": "s3://bench/input/queries.jsonl",
+                     "input.qrels": "s3://bench/input/qrels/train.tsv", "runtime.workdir": "s3://bench/work",
+                     "publish.registry": "s3://bench/registry", "runtime.dask_address": address,
+                     "embed.model": model}
+            build = run_measured(build_command(data, work, f"scale-{label}-store", SCALE_SETTINGS | store),
+                                 work / "store.log", tuple(psutil.Process(p.pid) for p in processes))
+            served = requests(endpoint)
+        version = build.stdout.strip().splitlines()[-1]
+        manifest = json.loads(Location.of(f"{version}/manifest.json").read_text())
+    return {"store_s": round(build.seconds, 1), "store_ratio": round(build.seconds / local_s, 3),
+            "store_peak_mb": round(build.peak_pss_mb), "store_private_workers": private,
+            "store_same_data_hash": manifest["data_hash"] == data_hash, "store_requests": served,
+            "store_stages": manifest["timings"]}
+
+
+def measure(label: str, data: Path, model: Path, work: Path, ivf: bool, external: bool,
+            object_store: bool) -> dict[str, Any]:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     stamp = time.strftime("%Y%m%dT%H%M%S")
@@ -176,7 +229,7 @@ def measure(label: str, data: Path, model: Path, work: Path, ivf: bool, external
            "jaccard": round(mean_jaccard(ours["version"] / "data", work / "st.parquet"), 4)}
     if external:
         (work / "external").mkdir()
-        with external_cluster() as address:
+        with external_cluster() as (address, _):
             outside = run_measured(build_command(data, work / "external", f"scale-{label}-external-{stamp}",
                                                  SCALE_SETTINGS | {"embed.model": model,
                                                                    "runtime.dask_address": address}),
@@ -184,6 +237,8 @@ def measure(label: str, data: Path, model: Path, work: Path, ivf: bool, external
         manifest = json.loads((published_version(outside.stdout) / "manifest.json").read_text())
         row |= {"external_s": round(outside.seconds, 1),
                 "external_same_data_hash": manifest["data_hash"] == ours["manifest"]["data_hash"]}
+    if object_store:
+        row |= on_object_store(label, data, model, work / "store", ours["seconds"], ours["manifest"]["data_hash"])
     if ivf and not ivf_supported():
         row["ivf"] = "unsupported"
     elif ivf:
@@ -205,6 +260,8 @@ def main() -> None:
     arguments.add_argument("--ivf", action="store_true", help="also build with search.index: ivf")
     arguments.add_argument("--external", action="store_true",
                            help="also build on an external dask scheduler with two dask workers")
+    arguments.add_argument("--object-store", action="store_true",
+                           help="also build with inputs, workdir and registry on an S3 API on loopback")
     args = arguments.parse_args()
     sizes = args.sizes.lower().split(",")
     if unknown := [s for s in sizes if s not in SIZES]:
@@ -219,7 +276,8 @@ def main() -> None:
                       "negforge_ivf": IVF_SETTINGS if args.ivf else None}), flush=True)
     for label in sizes:
         data = corpus(args.cache, args.data, SIZES[label], args.seed)
-        print(json.dumps(measure(label, data, model, args.work / label, args.ivf, args.external)), flush=True)
+        print(json.dumps(measure(label, data, model, args.work / label, args.ivf, args.external,
+                                 args.object_store)), flush=True)
 
 
 if __name__ == "__main__":

@@ -70,9 +70,9 @@ class Measured:
 SAMPLE_SECONDS = 1.0  # see the module docstring: sampling more often slows the measured processes
 
 
-def _tree_memory(root: psutil.Process) -> tuple[float, float]:
+def _tree_memory(roots: list[psutil.Process]) -> tuple[float, float]:
     pss = rss = 0
-    for process in [root, *root.children(recursive=True)]:
+    for process in [tree for root in roots for tree in (root, *root.children(recursive=True))]:
         try:
             info = process.memory_full_info()  # reads smaps_rollup
         except psutil.Error:  # exited between listing and reading
@@ -81,18 +81,19 @@ def _tree_memory(root: psutil.Process) -> tuple[float, float]:
     return pss / 2**20, rss / 2**20
 
 
-def run_measured(args: list[str], log: Path) -> Measured:
+def run_measured(args: list[str], log: Path, others: tuple[psutil.Process, ...] = ()) -> Measured:
     """Run a command from the repository root, stderr to `log`; stop the benchmark if it fails.
 
     CPU time counts every process of the tree that its parent waited for (all of negforge's and the reference's):
-    on a shared machine it shows the work apart from the wait for a core."""
+    on a shared machine it shows the work apart from the wait for a core. Peak memory also counts the trees of
+    `others` (an external cluster's processes, which the command only talks to)."""
     start, used = time.perf_counter(), _children_cpu()
     with log.open("w") as errors:
         process = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=errors, text=True)
         root, peak_pss, peak_rss = psutil.Process(process.pid), 0.0, 0.0
         while process.poll() is None:
             try:
-                pss, rss = _tree_memory(root)
+                pss, rss = _tree_memory([root, *others])
                 peak_pss, peak_rss = max(peak_pss, pss), max(peak_rss, rss)
             except psutil.NoSuchProcess:
                 pass
