@@ -26,6 +26,7 @@ from typing import Any, Callable, Iterator
 import distributed
 import psutil
 from distributed.core import Status
+from distributed.diagnostics.plugin import WorkerPlugin
 from prefect.context import FlowRunContext
 from prefect_dask import DaskTaskRunner
 
@@ -94,6 +95,15 @@ def dask_setup(worker: distributed.Worker) -> None:
     threadpool_limits(worker.state.nthreads)
     torch.set_num_threads(worker.state.nthreads)
     tqdm.std.tqdm.set_lock(threading.RLock())
+
+
+class WorkerSetup(WorkerPlugin):
+    """`dask_setup` for the workers of an existing scheduler, which were started without negforge's preload: without
+    it each worker's torch takes every core (bench/scale.py --object-store, 100k, two one-thread workers on two cores:
+    the embedding stage 56.5 s without it, 45.8 s with it and the warm-up, one run each)."""
+
+    def setup(self, worker: distributed.Worker) -> None:
+        dask_setup(worker)
 
 
 async def _kill_workers(cluster: distributed.LocalCluster) -> None:
@@ -257,9 +267,11 @@ class BuildTaskRunner(DaskTaskRunner):
                 runtime = _run_runtime()
                 if runtime.dask_address:
                     self.address = runtime.dask_address
-                else:
-                    self.cluster_class, self.cluster_kwargs = distributed.LocalCluster, local_cluster_kwargs(runtime)
-                    self._adopt(_adopt_early(self.cluster_kwargs))
+                    client = DaskTaskRunner.client.fget(self)
+                    client.register_plugin(WorkerSetup(), name="negforge-worker-setup")
+                    return client
+                self.cluster_class, self.cluster_kwargs = distributed.LocalCluster, local_cluster_kwargs(runtime)
+                self._adopt(_adopt_early(self.cluster_kwargs))
             return DaskTaskRunner.client.fget(self)
 
     def _adopt(self, early: _EarlyCluster | None) -> None:
@@ -298,10 +310,10 @@ class BuildTaskRunner(DaskTaskRunner):
         On a local cluster of the run's own, `warm_up` then runs once on every worker, as a plain Dask task (no Prefect
         task run), so that what every task needs first (the model) loads while the flow ingests: a cold build's plan
         loaded it on one worker while the other idled (the embedding stage of a 240-text build: 13.6 s -> 9.6 s). An
-        existing cluster's workers keep their models between runs."""
+        existing cluster's workers get it too: a worker that has the model already returns at once."""
         def start() -> None:
             client = self.client
-            if warm_up and self.cluster_class and not self._warm_ups:
+            if warm_up and not self._warm_ups:
                 self._warm_ups = _submit_warm_ups(client, warm_up)
 
         starter = threading.Thread(target=contextvars.copy_context().run, args=(start,), daemon=True,
