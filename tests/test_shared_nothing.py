@@ -1,5 +1,6 @@
 """A workdir on an object store (a real S3 API on loopback): workers that share nothing with the flow but the store,
-and a run killed part way that resumes from what the store holds."""
+workers killed while embedding and while searching, and a run killed part way that resumes from what the store
+holds."""
 
 from __future__ import annotations
 
@@ -11,13 +12,15 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
 from negforge.tasks.storage.location import Location
-from tests.conftest import ROOT, dask_scheduler_and_workers, run_cli
+from tests.conftest import ROOT, dask_scheduler_and_workers, local_workers, run_cli
 
 pytestmark = pytest.mark.slow
+UNIQUE = 120  # small_config: 100 documents and 20 queries, all distinct texts
 
 
 def _private_mounts() -> bool:
@@ -86,33 +89,61 @@ def test_workers_that_share_nothing_but_the_store_publish_what_a_local_build_doe
     assert remined.stdout.strip().splitlines()[-1] == f"{s3}/registry/tiny/v0002"
 
 
-def _stored(s3: str) -> int:
-    """Vectors in the store's embedding store (parts of about 8 texts: runtime.shard_size)."""
+def _stored(workdir: str) -> int:
+    """Vectors in the embedding store of a workdir on the store (parts of about 8 texts: runtime.shard_size)."""
     import polars as pl
 
-    parts = [path for path in Location.of(f"{s3}/work/embeddings").files() if "/part-" in path]
-    return sum(pl.read_parquet(Location.of(f"{s3}/work/embeddings/{path}").read_bytes(), columns=["text_hash"]).height
-               for path in parts)
+    store = Location.of(f"{workdir}/embeddings")
+    return sum(pl.read_parquet((store / path).read_bytes(), columns=["text_hash"]).height
+               for path in store.files() if "/part-" in path)
+
+
+def _build_until(config: Path, s3: str, name: str, ready: Callable[[str], bool]) -> tuple[subprocess.Popen, list[str]]:
+    """Start a build on its own local cluster (its own process group) with workdir `s3/name` and registry
+    `s3/name-registry`; return it and its settings once `ready(workdir)`."""
+    settings = ["--set", f"runtime.workdir={s3}/{name}", "--set", f"publish.registry={s3}/{name}-registry",
+                "--set", "runtime.dask_address=null", "--set", "runtime.shard_size=8",
+                "--set", "runtime.tasks_per_worker=4"]
+    process = subprocess.Popen([sys.executable, "-m", "negforge.flows.cli", "build", "--config", str(config),
+                                *settings], cwd=ROOT, env=os.environ.copy(), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not ready(f"{s3}/{name}"):
+        assert process.poll() is None, process.stderr.read()[-2000:]
+        assert time.monotonic() < deadline, "the build did not get there within 300 s"
+        time.sleep(0.2)
+    return process, settings
+
+
+def _vectors_written(workdir: str) -> bool:
+    return any(path.endswith("/vectors/corpus.npy") for path in Location.of(f"{workdir}/runs").files())
+
+
+def test_a_worker_killed_while_embedding_or_searching_on_the_store_loses_no_work(small_config, s3):
+    import psutil
+
+    hashes = []
+    for name, ready in (("embedding", lambda workdir: _stored(workdir) >= 16), ("searching", _vectors_written)):
+        process, _ = _build_until(small_config, s3, name, ready)
+        local_workers(psutil.Process(process.pid).children(recursive=True))[0].send_signal(signal.SIGKILL)
+        out, err = process.communicate(timeout=600)
+        assert process.returncode == 0, err[-3000:]
+        manifest = _manifest(out.strip().splitlines()[-1])
+        assert manifest["embed"]["texts_embedded"] + manifest["embed"]["texts_cached"] == UNIQUE
+        assert Location.of(f"{s3}/{name}-registry/tiny").children() == ["LATEST", "v0001"]
+        hashes.append(manifest["data_hash"])
+    local = run_cli("build", "--config", str(small_config)).stdout.strip().splitlines()[-1]  # the session's cluster
+    assert hashes == [json.loads((Path(local) / "manifest.json").read_text())["data_hash"]] * 2
 
 
 def test_a_run_killed_part_way_resumes_from_what_the_store_holds(small_config, s3):
-    on_store = ["--set", f"runtime.workdir={s3}/work", "--set", f"publish.registry={s3}/registry",
-                "--set", "runtime.dask_address=null", "--set", "runtime.shard_size=8"]
-    unique = 120  # small_config: 100 documents and 20 queries, all distinct texts
-    process = subprocess.Popen([sys.executable, "-m", "negforge.flows.cli", "build", "--config", str(small_config),
-                                *on_store], cwd=ROOT, env=os.environ.copy(), stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, start_new_session=True)
-    deadline = time.monotonic() + 300
-    while _stored(s3) < 16:
-        assert process.poll() is None, process.stderr.read()[-2000:]
-        assert time.monotonic() < deadline, "embedding did not start within 300 s"
-        time.sleep(0.5)
+    process, settings = _build_until(small_config, s3, "work", lambda workdir: _stored(workdir) >= 16)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait(timeout=60)
-    stored_before = _stored(s3)
-    assert 0 < stored_before < unique
+    stored_before = _stored(f"{s3}/work")
+    assert 0 < stored_before < UNIQUE
 
-    retried = _manifest(run_cli("build", "--config", str(small_config), *on_store).stdout.strip().splitlines()[-1])
-    assert retried["embed"] == {"texts_embedded": unique - stored_before, "texts_cached": stored_before,
+    retried = _manifest(run_cli("build", "--config", str(small_config), *settings).stdout.strip().splitlines()[-1])
+    assert retried["embed"] == {"texts_embedded": UNIQUE - stored_before, "texts_cached": stored_before,
                                 "store_repaired": []}
-    assert Location.of(f"{s3}/registry/tiny").children() == ["LATEST", "v0001"]
+    assert Location.of(f"{s3}/work-registry/tiny").children() == ["LATEST", "v0001"]

@@ -38,7 +38,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from negforge.tasks.runtime.containment import inside, refuse_link
-from negforge.tasks.storage.mirror import fetch
+from negforge.tasks.storage.mirror import fetch, push_now
 
 PART_BYTES = 32 << 20  # target size of a part: what a killed embedding task can lose, and what compaction merges to
 COMPACT_AT = 8  # compaction runs once this many parts are under half of PART_BYTES
@@ -111,6 +111,7 @@ class EmbeddingStore:
         with tmp.open("wb") as handle:
             handle.write(data)
         os.replace(tmp, self.folder / name)
+        push_now(self.folder / name)  # a workdir on an object store: a killed task keeps the parts it wrote
         return name
 
     def written(self, hashes: pl.Series) -> str | None:

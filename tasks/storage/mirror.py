@@ -9,8 +9,9 @@ under its cache folder, and only store URLs cross between processes:
 - the shared caches (the embedding store, the BM25 indexes) are pulled by the code that reads them, a part or an index
   at a time, never because a task names the workdir;
 - after a task, and before the flow hands work out, the process pushes what it wrote or changed since its last
-  push, and deletes on the store what it deleted (a compacted part, a stopped run's staging folder); per-process
-  state is never pushed (locks, temporary files, the store's key index, parts set aside as damaged);
+  push (the embedding store pushes each part as soon as it is written, so a killed task loses at most the part it
+  was embedding), and deletes on the store what it deleted (a compacted part, a stopped run's staging folder);
+  per-process state is never pushed (locks, temporary files, the store's key index, parts set aside as damaged);
 - a task's result names store URLs again, which the flow maps to its own mirror and pulls.
 
 Each process's mirror is private (a folder per process): two processes never push each other's half-written files.
@@ -115,14 +116,22 @@ class Mirror:
             for relative, path in sorted(present.items()):
                 stamp = _stamp(path)
                 if self._synced.get(relative) != stamp:
-                    target = self.location / relative
-                    self.requests["put"] += 1
-                    target.fs.put_file(str(path), target.path)
-                    self._synced[relative] = stamp
+                    self._upload(path)
             for relative in sorted(set(self._synced) - set(present)):
                 self.requests["delete"] += 1
                 (self.location / relative).remove()
                 del self._synced[relative]
+
+    def push_file(self, path: Path) -> None:
+        """Send one file to the store now (a part that a killed task must not lose), not at the task's end."""
+        with self._lock:
+            self._upload(path)
+
+    def _upload(self, path: Path) -> None:
+        target = self.location / self._relative(path)
+        self.requests["put"] += 1
+        target.fs.put_file(str(path), target.path)
+        self._synced[self._relative(path)] = _stamp(path)
 
     def lazy(self, url: str) -> bool:
         """Whether a URL is the workdir or one of its shared caches, pulled piecewise by their readers."""
@@ -257,6 +266,14 @@ def fetch(path: str | Path) -> None:
     for mirror in mirrors():
         if mirror.remote(str(path)) is not None:
             mirror.pull(path)
+            return
+
+
+def push_now(path: str | Path) -> None:
+    """Send a mirror file to the store at once; nothing for a path that is not in a mirror."""
+    for mirror in mirrors():
+        if mirror.remote(str(path)) is not None:
+            mirror.push_file(Path(path))
             return
 
 
