@@ -18,6 +18,8 @@ from contextlib import contextmanager
 from threading import Lock
 from typing import Any, Callable, Iterator
 
+from s3fs import S3FileSystem
+
 COUNTS_PATH = "/__requests"
 
 
@@ -54,6 +56,7 @@ def s3_loopback(port: int) -> Iterator[str]:
     endpoint = f"http://127.0.0.1:{port}"
     os.environ.update({"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1",
                        "AWS_ENDPOINT_URL": endpoint})
+    S3FileSystem.clear_instance_cache()  # fsspec keeps one per set of options: an earlier server's endpoint
     try:
         deadline = time.monotonic() + 60
         while True:
