@@ -17,7 +17,7 @@ from typing import Callable
 import pytest
 
 from negforge.tasks.storage.location import Location
-from tests.conftest import ROOT, dask_scheduler_and_workers, local_workers, run_cli
+from tests.conftest import DEMO, ROOT, beir_subset, dask_scheduler_and_workers, local_workers, run_cli, write_config
 
 pytestmark = pytest.mark.slow
 UNIQUE = 120  # small_config: 100 documents and 20 queries, all distinct texts
@@ -48,9 +48,9 @@ def private_workers(prefect_server, s3):
         yield address
 
 
-def _on_store(s3: str, tiny_beir: Path) -> dict[str, str]:
-    """The tiny BEIR inputs copied to the store: the workers read them from there."""
-    Location.of(f"{s3}/input").upload(tiny_beir)
+def _on_store(s3: str, data: Path) -> dict[str, str]:
+    """A BEIR folder's inputs copied to the store: the workers read them from there."""
+    Location.of(f"{s3}/input").upload(data)
     return {"input.corpus": f"{s3}/input/corpus.jsonl", "input.queries": f"{s3}/input/queries.jsonl",
             "input.qrels": f"{s3}/input/qrels/train.tsv"}
 
@@ -63,15 +63,26 @@ def _manifest(url: str) -> dict:
     return json.loads(Location.of(f"{url}/manifest.json").read_text())
 
 
-def test_workers_that_share_nothing_but_the_store_publish_what_a_local_build_does(config, tiny_beir, s3,
-                                                                                   private_workers):
+@pytest.fixture(scope="module")
+def local_data_hash(tmp_path_factory, dask_address) -> str:
+    """The data hash of a local build (workdir and registry in folders, the session's cluster) of what `small_config`
+    holds: the tests below publish the same inputs from the store."""
+    folder = tmp_path_factory.mktemp("local-build")
+    config = write_config(folder / "build.yaml", beir_subset(DEMO, folder / "small", 20, 100),
+                          dask_address=dask_address)
+    version = run_cli("build", "--config", str(config)).stdout.strip().splitlines()[-1]
+    return json.loads((Path(version) / "manifest.json").read_text())["data_hash"]
+
+
+def test_workers_that_share_nothing_but_the_store_publish_what_a_local_build_does(small_config, s3, private_workers,
+                                                                                   local_data_hash):
     from distributed import Client
 
     with Client(private_workers) as client:  # the workers cannot see the flow's files
-        assert not any(client.run(os.path.exists, str(config)).values())
-    on_store = {**_on_store(s3, tiny_beir), "runtime.workdir": f"{s3}/work", "publish.registry": f"{s3}/registry",
-                "runtime.dask_address": private_workers}
-    built = run_cli("build", "--config", str(config), *_sets(on_store))
+        assert not any(client.run(os.path.exists, str(small_config)).values())
+    on_store = {**_on_store(s3, small_config.parent / "small"), "runtime.workdir": f"{s3}/work",
+                "publish.registry": f"{s3}/registry", "runtime.dask_address": private_workers}
+    built = run_cli("build", "--config", str(small_config), *_sets(on_store))
     version = built.stdout.strip().splitlines()[-1]
     assert version == f"{s3}/registry/tiny/v0001"
     manifest = _manifest(version)
@@ -80,8 +91,7 @@ def test_workers_that_share_nothing_but_the_store_publish_what_a_local_build_doe
     assert any(name.startswith(manifest["run_dir"].rsplit("/", 1)[1]) for name in (work / "runs").children())
     assert any(path.endswith(".parquet") for path in (work / "embeddings").files())
 
-    local = run_cli("build", "--config", str(config)).stdout.strip().splitlines()[-1]  # the session's cluster
-    assert json.loads((Path(local) / "manifest.json").read_text())["data_hash"] == manifest["data_hash"]
+    assert manifest["data_hash"] == local_data_hash
 
     # a remine of the store's version, its workspace on the store too
     remined = run_cli("remine", "--from", "tiny@v0001", "--registry", f"{s3}/registry", "--set",
@@ -119,7 +129,8 @@ def _vectors_written(workdir: str) -> bool:
     return any(path.endswith("/vectors/corpus.npy") for path in Location.of(f"{workdir}/runs").files())
 
 
-def test_workers_killed_while_embedding_and_while_searching_on_the_store_lose_no_work(small_config, s3):
+def test_workers_killed_while_embedding_and_while_searching_on_the_store_lose_no_work(small_config, s3,
+                                                                                      local_data_hash):
     import psutil
 
     # one build, two kills: a worker while the store fills, then one (its nanny starts a new worker each time) once the
@@ -136,8 +147,7 @@ def test_workers_killed_while_embedding_and_while_searching_on_the_store_lose_no
     manifest = _manifest(out.strip().splitlines()[-1])
     assert manifest["embed"]["texts_embedded"] + manifest["embed"]["texts_cached"] == UNIQUE
     assert Location.of(f"{s3}/work-registry/tiny").children() == ["LATEST", "v0001"]
-    local = run_cli("build", "--config", str(small_config)).stdout.strip().splitlines()[-1]  # the session's cluster
-    assert manifest["data_hash"] == json.loads((Path(local) / "manifest.json").read_text())["data_hash"]
+    assert manifest["data_hash"] == local_data_hash
 
 
 def test_a_run_killed_part_way_resumes_from_what_the_store_holds(small_config, s3):
