@@ -126,12 +126,13 @@ def cmd_gc(args: argparse.Namespace) -> int:
     from negforge.flows.deployments import demo_config
     from negforge.flows.registry_commands import gc
     from negforge.schemas.config import ConfigError, StorageConfig, read_config, validate_config
+    from negforge.tasks.registry.registries import on_object_store
 
     path = args.config or (None if args.registry and args.workdir else demo_config())
     raw = read_config(path, args.overrides) if path else {}
     storage = validate_config(raw, str(path or "defaults"), StorageConfig)
     workdir = args.workdir or storage.runtime.workdir
-    if "://" in workdir and not workdir.startswith("file://"):
+    if on_object_store(workdir):
         raise ConfigError(f"runtime.workdir {workdir}: gc does not reach a workdir on an object store yet; give "
                           f"--workdir a local folder (with --registry) or expire the store's runs/ with its own "
                           f"lifecycle rules")

@@ -20,12 +20,8 @@ from distributed.diagnostics.plugin import WorkerPlugin
 from prefect_dask.task_runners import PrefectDaskFuture
 
 from negforge.schemas.config import BuildConfig
-from negforge.tasks.storage.location import Location
+from negforge.tasks.registry.registries import on_object_store
 from negforge.tasks.storage.mirror import forget, mirror_of, mirrors, push_all, to_local, to_remote
-
-
-def on_object_store(url: str) -> bool:
-    return not Location.of(url).local
 
 
 @contextlib.contextmanager
